@@ -1,0 +1,19 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,export]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/allspark demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs demo_data
