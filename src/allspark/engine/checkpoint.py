@@ -1,0 +1,78 @@
+"""Our one weights format: a safetensors file holding the model state (memory included) and,
+in its metadata, the full resolved Config, so a single file is enough to rebuild the model."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open, save_file
+
+from allspark.config import Config, config_from_dict, config_to_dict
+
+FORMAT = "allspark-seg/1"
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
+    so a run killed mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config) -> None:
+    """Write `state_dict` (tensors only) with the config in the metadata, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    metadata = {"format": FORMAT, "allspark_config": json.dumps(config_to_dict(cfg))}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
+    """Read a weights file written by save_weights; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorsError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
+        raise ValueError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
+                         "convert release checkpoints with `allspark convert-official`")
+    cfg = config_from_dict(json.loads(metadata["allspark_config"]), where=f"{path} (embedded config)")
+    return state, cfg
+
+
+def resolve_weights(path_or_run: str | Path, which: str = "best") -> Path:
+    """A weights file, or a run directory (its `which` checkpoint, falling back to `latest`)."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        for name in (which, "latest"):
+            candidate = path / "checkpoints" / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"run directory {path} has no checkpoints/{which}.safetensors or latest.safetensors")
+    return path
+
+
+def load_model(path_or_run: str | Path, which: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild the model from a weights file or run directory; returns (model in eval mode, cfg)."""
+    from allspark.models import build_model
+
+    state, cfg = read_weights(resolve_weights(path_or_run, which))
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
