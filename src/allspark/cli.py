@@ -12,6 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # Each feature module has `register(sub)`, which adds its subparsers with `set_defaults(run=fn)`;
     # fn(args) returns the exit status. One import + register line per module.
+    from allspark.data import checks, splits
+    checks.register(sub)
+    splits.register(sub)
     return parser
 
 

@@ -1,0 +1,202 @@
+"""Reading images and masks with checks that name the file at fault; shared by datasets and check-data."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from allspark.config import ConfigError, load_config
+from allspark.data.layouts import LAYOUTS, Layout, get_layout
+
+IGNORE_INDEX = 255
+INDEX_MASK_MODES = ("L", "P", "I", "I;16")
+
+
+class DataError(ValueError):
+    """One bad file: `path: problem`."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, f"missing file (listed as {what})")
+    try:
+        image = Image.open(path)
+        image.load()  # decodes fully: truncated files fail here, not later in a worker
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"unreadable or truncated {what} ({err})") from None
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8."""
+    return np.asarray(_open(Path(path), "image").convert("RGB"))
+
+
+def read_mask(path: str | Path, convert: Callable | None = None) -> np.ndarray:
+    """A single-channel class-index mask as (H, W) uint8; `convert` maps another id space to train ids."""
+    mask = _open(Path(path), "mask")
+    if mask.mode not in INDEX_MASK_MODES:
+        raise DataError(path, f"mask has mode {mask.mode} with {len(mask.getbands())} channels; expected a "
+                        "single-channel class-index PNG (mode L or P: one class index per pixel, 255 = ignore), "
+                        "not a colour rendering")
+    array = np.asarray(mask)
+    if array.dtype != np.uint8:
+        if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+            raise DataError(path, f"mask values reach {array.min()}..{array.max()}; expected 0..255")
+        array = array.astype(np.uint8)
+    return convert(array, path) if convert is not None else array
+
+
+def check_pair(image: np.ndarray, mask: np.ndarray, mask_path: str | Path, num_classes: int) -> None:
+    """Raise DataError if the mask's size differs from the image's or it holds values outside [0, K) and not 255."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(mask_path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
+                        f"{image.shape[1]}x{image.shape[0]} (width x height)")
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        values = np.unique(mask[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+        raise DataError(mask_path, f"mask values {shown} outside [0, {num_classes}) and not {IGNORE_INDEX} "
+                        f"({int(bad.sum())} pixels)")
+
+
+def load_sample(image_path: Path, mask_path: Path | None, num_classes: int,
+                convert: Callable | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image (H, W, 3) uint8 and mask (H, W) uint8 (or None), all checks applied; raises DataError."""
+    image = read_image(image_path)
+    if mask_path is None:
+        return image, None
+    mask = read_mask(mask_path, convert)
+    check_pair(image, mask, mask_path, num_classes)
+    return image, mask
+
+
+def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
+                    convert: Callable | None = None) -> list[str]:
+    """Every problem of one sample as `path: problem` lines (image and mask checked independently)."""
+    problems, image, mask = [], None, None
+    try:
+        image = read_image(image_path)
+    except DataError as err:
+        problems.append(str(err))
+    if mask_path is None:
+        return problems
+    try:
+        mask = read_mask(mask_path, convert)
+        check_pair(image if image is not None else mask[..., None], mask, mask_path, num_classes)
+    except DataError as err:
+        problems.append(str(err))
+    return problems
+
+
+def read_list(path: str | Path, need_masks: bool) -> list[tuple[str, str | None]]:
+    """A list file: `image_path mask_path` per line (the mask optional unless `need_masks`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "missing list file")
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2 or (need_masks and len(fields) < 2):
+            expected = "'image_path mask_path'" if need_masks else "'image_path [mask_path]'"
+            raise DataError(path, f"line {number}: expected {expected}, found {len(fields)} fields: {line.strip()!r}")
+        entries.append((fields[0], fields[1] if len(fields) == 2 else None))
+    if not entries:
+        raise DataError(path, "list file is empty")
+    return entries
+
+
+LIST_NAMES = ("train", "val", "labeled", "unlabeled")
+
+
+def _sources(source: str, num_classes: int | None, layout_name: str | None):
+    """(root, {list name: list path}, K, layout) from a config/preset or a dataset root."""
+    path = Path(source)
+    if not path.is_dir():
+        cfg = load_config(source)
+        root = Path(cfg.data.root)
+        keys = {"labeled": cfg.data.labeled_list, "unlabeled": cfg.data.unlabeled_list, "val": cfg.data.val_list}
+        lists = {name: root / value for name, value in keys.items() if value}
+        layout = get_layout(layout_name or cfg.data.layout, root)
+        return root, lists, num_classes or cfg.model.num_classes, layout
+    lists = {name: path / f"{name}.txt" for name in LIST_NAMES if (path / f"{name}.txt").is_file()}
+    if layout_name is None and (path / "classes.txt").is_file():
+        layout_name = "folder"
+    layout = get_layout(layout_name, path) if layout_name else None
+    num_classes = num_classes or (layout.num_classes if layout else None)
+    if num_classes is None:
+        raise ConfigError(f"{path}: cannot tell the number of classes; pass --num-classes K or --layout L, "
+                          "or add a classes.txt (one class name per line)")
+    return path, lists, num_classes, layout
+
+
+def _entries(root: Path, lists: dict[str, Path], layout: Layout | None, problems: list[str]) -> dict:
+    """{list name: [(image, mask or None)]}; from the list files, else from the layout's own splits."""
+    entries = {}
+    for name, list_path in lists.items():
+        try:
+            entries[name] = read_list(list_path, need_masks=name != "unlabeled")
+        except DataError as err:
+            problems.append(str(err))
+    if not lists and layout is not None:
+        for split in layout.splits:
+            pairs = layout.pairs(root, split)
+            if pairs:
+                entries[split] = pairs
+    return entries
+
+
+def check_data(source: str, num_classes: int | None = None, layout_name: str | None = None,
+               progress: bool = True) -> tuple[list[str], str]:
+    """Every problem of a dataset as `path: problem` lines, and a one-line summary."""
+    root, lists, num_classes, layout = _sources(source, num_classes, layout_name)
+    problems: list[str] = []
+    entries = _entries(root, lists, layout, problems)
+    if not entries and not problems:
+        problems.append(f"{root}: no list files ({', '.join(n + '.txt' for n in LIST_NAMES)}) and no "
+                        f"images found with layout '{layout.name if layout else 'folder'}'")
+    samples = {}
+    for name, items in entries.items():
+        for image, mask in items:
+            key = (root / image, None if name == "unlabeled" or mask is None else root / mask)
+            samples.setdefault(key, name)
+    convert = layout.convert_mask if layout is not None else None
+    for image_path, mask_path in tqdm(samples, desc="check-data", unit="sample", disable=not progress):
+        problems.extend(sample_problems(image_path, mask_path, num_classes, convert))
+    if "labeled" in entries and "unlabeled" in entries:
+        labeled = {image for image, _ in entries["labeled"]}
+        problems.extend(f"{root / image}: listed in both {lists['labeled'].name} and {lists['unlabeled'].name}"
+                        for image, _ in entries["unlabeled"] if image in labeled)
+    summary = (f"check-data: {len(samples)} samples in {len(entries)} lists ({', '.join(entries) or 'none'}) "
+               f"under {root}, {num_classes} classes: {len(problems) or 'no'} problem{'s' * (len(problems) != 1)}")
+    return problems, summary
+
+
+def _run(args: argparse.Namespace) -> int:
+    problems, summary = check_data(args.source, args.num_classes, args.layout)
+    for line in problems:
+        print(line)
+    print(summary)
+    return 1 if problems else 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("check-data", help="read every listed file and report each problem",
+                            description="Check a dataset: CONFIG_OR_ROOT is a YAML config or preset, or a directory "
+                                        "with train/val/labeled/unlabeled.txt lists or a layout's tree. One line per "
+                                        "problem naming the file; exit status 1 if any.")
+    parser.add_argument("source", metavar="CONFIG_OR_ROOT")
+    parser.add_argument("--num-classes", type=int, help="K: mask values must be in [0, K) or 255")
+    parser.add_argument("--layout", choices=LAYOUTS, help="dataset layout (class count, labelIds conversion, tree)")
+    parser.set_defaults(run=_run)

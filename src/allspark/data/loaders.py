@@ -1,0 +1,115 @@
+"""Data loaders of spec 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, get_worker_info
+
+from allspark.config import Config, ConfigError
+from allspark.data.datasets import ListDataset
+from allspark.data.layouts import get_layout
+from allspark.data.transforms import TrainTransform
+
+_LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
+
+
+class TrainSampler(Sampler[int]):
+    """`length` indices per epoch over `num_items` items, this rank's disjoint share.
+
+    Concatenated fresh permutations (each item appears floor or ceil of length/num_items times),
+    reshuffled every epoch from (seed, epoch); rank r takes positions r, r+W, ... of the first
+    length - length % W, so every rank gets the same count.
+    """
+
+    def __init__(self, num_items: int, length: int | None = None, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if num_items <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
+        self.num_items, self.length = num_items, length or num_items
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length // self.world_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        rounds = -(-self.length // self.num_items)
+        order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(rounds)])
+        order = order[: len(self) * self.world_size]
+        return iter(order[self.rank::self.world_size].tolist())
+
+
+class ShardSampler(Sampler[int]):
+    """Validation: rank r visits r, r+W, r+2W, ...; each item exactly once over the group, no padding."""
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1):
+        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_items, self.world_size))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_items, self.world_size))
+
+
+def _stream_seed(cfg: Config, stream: int, rank: int) -> int:
+    return int(np.random.SeedSequence([cfg.train.seed, stream, rank]).generate_state(1)[0])
+
+
+def _reseed_worker(worker_id: int) -> None:
+    info = get_worker_info()
+    if info.dataset.transform is not None:
+        info.dataset.transform.reseed(info.seed % 2**32)
+
+
+def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None) -> ListDataset:
+    list_path = getattr(cfg.data, key)
+    if not list_path:
+        raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
+                          "labeled/unlabeled lists from a training list)")
+    root = Path(cfg.data.root)
+    layout = get_layout(cfg.data.layout, root)
+    return ListDataset(root, root / list_path, mode, cfg.model.num_classes, transform,
+                       convert_mask=layout.convert_mask, skip_bad=cfg.data.skip_bad_samples)
+
+
+def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
+    workers = cfg.data.workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      worker_init_fn=_reseed_worker, generator=torch.Generator().manual_seed(seed))
+
+
+def _train_loader(cfg, key, mode, stream, rank, world_size, length):
+    seed = _stream_seed(cfg, stream, rank)
+    transform = TrainTransform(cfg.model.crop_size, colour=mode == "labeled", seed=seed)
+    dataset = _dataset(cfg, key, mode, transform)
+    sampler = TrainSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
+    if len(sampler) < cfg.train.batch_size:
+        raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
+                          f"({dataset.list_path}, {world_size} processes) is fewer than train.batch_size "
+                          f"{cfg.train.batch_size}, so drop_last leaves no batch")
+    return _loader(dataset, sampler, cfg.train.batch_size, cfg, seed, drop_last=True)
+
+
+def build_labeled_loader(cfg: Config, rank: int = 0, world_size: int = 1, length: int | None = None) -> DataLoader:
+    """Labeled batches {"image" (B,3,S,S), "mask" (B,S,S) int64}; `length` samples per epoch over all ranks."""
+    return _train_loader(cfg, "labeled_list", "labeled", _LABELED, rank, world_size, length)
+
+
+def build_unlabeled_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Unlabeled batches {"image" (B,3,S,S), "valid" (B,S,S) bool}; geometric augmentation only."""
+    return _train_loader(cfg, "unlabeled_list", "unlabeled", _UNLABELED, rank, world_size, None)
+
+
+def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Full-size validation samples, batch 1; each image once over the process group."""
+    dataset = _dataset(cfg, "val_list", "val", None)
+    sampler = ShardSampler(len(dataset), rank, world_size)
+    return _loader(dataset, sampler, 1, cfg, _stream_seed(cfg, _VAL, rank), drop_last=False)

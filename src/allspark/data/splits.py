@@ -1,0 +1,108 @@
+"""Labeled / unlabeled lists from a full training list: by count or fraction, seeded, disjoint."""
+from __future__ import annotations
+
+import argparse
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from allspark.data.checks import DataError, read_list
+from allspark.data.layouts import LAYOUTS, get_layout
+
+
+def parse_fraction(text: str | float) -> Fraction:
+    """`1/8`, `0.125` or 0.125 -> Fraction(1, 8); must lie in (0, 1]."""
+    try:
+        value = Fraction(str(text).strip()).limit_denominator(100_000)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"fraction must look like 1/8 or 0.125; got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"fraction must be in (0, 1]; got {text!r}")
+    return value
+
+
+def split_lines(lines: list[str], count: int | None = None, fraction: str | float | None = None,
+                seed: int = 0) -> tuple[list[str], list[str]]:
+    """Choose the labeled lines (count, or ceil(fraction * n) as in the UniMatch splits) at random.
+
+    Lines naming the same image are merged first, so no image lands in both lists; both outputs keep
+    the input order.
+    """
+    seen, unique = set(), []
+    for line in lines:
+        if line.split()[0] not in seen:
+            seen.add(line.split()[0])
+            unique.append(line)
+    total = len(unique)
+    if (count is None) == (fraction is None):
+        raise ValueError("give exactly one of count and fraction")
+    if fraction is not None:
+        count = math.ceil(parse_fraction(fraction) * total)
+    if not 1 <= count <= total:
+        raise ValueError(f"count must be in [1, {total}] (the list's distinct images); got {count}")
+    chosen = np.zeros(total, bool)
+    chosen[np.random.default_rng(seed).permutation(total)[:count]] = True
+    labeled = [line for line, keep in zip(unique, chosen) if keep]
+    unlabeled = [line for line, keep in zip(unique, chosen) if not keep]
+    return labeled, unlabeled
+
+
+def make_split(train_list: str | Path, out_dir: str | Path, count: int | None = None,
+               fraction: str | float | None = None, seed: int = 0, force: bool = False) -> tuple[Path, Path]:
+    """Write `labeled.txt` and `unlabeled.txt` under `out_dir` from `train_list`; refuse to overwrite unless `force`."""
+    entries = read_list(train_list, need_masks=True)
+    lines = [f"{image} {mask}" for image, mask in entries]
+    labeled, unlabeled = split_lines(lines, count, fraction, seed)
+    out_dir = Path(out_dir)
+    paths = out_dir / "labeled.txt", out_dir / "unlabeled.txt"
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exist; pass --force (force=True) to overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, chosen in zip(paths, (labeled, unlabeled)):
+        path.write_text("".join(f"{line}\n" for line in chosen))
+    return paths
+
+
+def write_layout_list(root: str | Path, layout: str, split: str, out: str | Path) -> Path:
+    """A list file of every (image, mask) pair the layout finds in `root` for `split`."""
+    pairs = get_layout(layout, root).pairs(root, split)
+    if not pairs:
+        raise FileNotFoundError(f"{root}: layout '{layout}' found no images for split '{split}'")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"{image} {mask}\n" for image, mask in pairs))
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    source = Path(args.train_list)
+    try:
+        if source.is_dir():
+            source = write_layout_list(source, args.layout, args.split, Path(args.out) / f"{args.split}.txt")
+            print(f"wrote {source} (every {args.layout} pair of split '{args.split}')")
+        labeled, unlabeled = make_split(source, args.out, args.count, args.fraction, args.seed, args.force)
+    except (ValueError, FileExistsError, FileNotFoundError, DataError) as err:
+        print(f"allspark splits: {err}")
+        return 1
+    for path in (labeled, unlabeled):
+        print(f"wrote {path} ({len(path.read_text().splitlines())} images)")
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("splits", help="make labeled/unlabeled lists from a training list",
+                            description="Choose labeled images from TRAIN_LIST (lines 'image mask', or a dataset "
+                                        "root read with --layout) and write OUT/labeled.txt and OUT/unlabeled.txt.")
+    parser.add_argument("train_list", metavar="TRAIN_LIST")
+    parser.add_argument("--out", required=True, help="output directory")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--count", type=int, help="number of labeled images, e.g. 92, 183, 366, 732, 1464")
+    how.add_argument("--fraction", help="labeled fraction, e.g. 1/16, 1/8, 0.25 (rounded up)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="overwrite existing lists")
+    parser.add_argument("--layout", choices=LAYOUTS, default="folder", help="layout when TRAIN_LIST is a dataset root")
+    parser.add_argument("--split", default="train", help="split to list when TRAIN_LIST is a dataset root")
+    parser.set_defaults(run=_run)

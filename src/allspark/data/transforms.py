@@ -1,0 +1,58 @@
+"""Training augmentation of the release (spec 2) with albumentations, and ImageNet normalisation."""
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from allspark.data.checks import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet mean/std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    return tensor.sub_(_MEAN).div_(_STD)
+
+
+class TrainTransform:
+    """Random long-side rescale 0.5..2.0, pad (image 0, mask 255) + random crop, flip; colour ops if `colour`.
+
+    Works on uint8 arrays; masks are resized nearest-neighbour, images bilinearly (spec 2).
+    """
+
+    def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
+        steps = [
+            A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
+                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+            A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
+                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
+            A.RandomCrop(crop_size, crop_size),
+            A.HorizontalFlip(p=0.5),
+        ]
+        if colour:
+            steps += [
+                A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
+                A.ToGray(p=0.2),
+                A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
+            ]
+        self.compose = A.Compose(steps, seed=seed)
+
+    def reseed(self, seed: int) -> None:
+        """Give each DataLoader worker its own random stream (forked copies would otherwise repeat it)."""
+        self.compose.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> image (S, S, 3) uint8, mask (S, S) uint8 with 255 on padding.
+
+        Without a mask (unlabeled), an all-zero mask rides along, so its 255s mark exactly the padded
+        pixels, aligned with the image by construction: `valid = mask != 255`.
+        """
+        carried = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
+        out = self.compose(image=image, mask=carried)
+        return out["image"], out["mask"]
