@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from allspark.config import Config, config_from_dict, config_to_dict
@@ -31,10 +31,11 @@ def atomic_write(path: str | Path, write) -> None:
             os.remove(tmp)
 
 
-def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config) -> None:
-    """Write `state_dict` (tensors only) with the config in the metadata, atomically."""
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
+                 extra: dict[str, str] | None = None) -> None:
+    """Write `state_dict` (tensors only) with the config (and `extra` strings) in the metadata, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    metadata = {"format": FORMAT, "allspark_config": json.dumps(config_to_dict(cfg))}
+    metadata = {**(extra or {}), "format": FORMAT, "allspark_config": json.dumps(config_to_dict(cfg))}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -47,7 +48,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
-    except (SafetensorsError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
         raise ValueError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
@@ -76,3 +77,37 @@ def load_model(path_or_run: str | Path, which: str = "best", device: str | torch
     model = build_model(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata strings of a safetensors file, without reading its tensors."""
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def checkpoint_paths(run_dir: str | Path, name: str = "latest") -> tuple[Path, Path]:
+    """(weights, state) paths of checkpoint `name` in a run directory."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder / f"{name}.safetensors", folder / f"{name}.state.pt"
+
+
+def save_checkpoint(run_dir: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config, state: dict) -> None:
+    """Write `latest`: weights (stamped with the iteration) then the training state, each atomically.
+    `state` holds plain types and tensors only (optimizer, epoch, iteration, RNG, best score)."""
+    weights, state_path = checkpoint_paths(run_dir)
+    save_weights(weights, state_dict, cfg, extra={"iteration": str(state["iteration"])})
+    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(model state, training state) of `latest`, or None when the run has no state file yet."""
+    weights, state_path = checkpoint_paths(run_dir)
+    if not state_path.is_file():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    stamp = weights_metadata(weights).get("iteration") if weights.is_file() else None
+    if stamp != str(state["iteration"]):
+        raise ValueError(f"{weights} (iteration {stamp}) does not match {state_path} (iteration {state['iteration']}); "
+                         "the run was killed between the two writes: delete both to restart the run")
+    model_state, _ = read_weights(weights)
+    return model_state, state

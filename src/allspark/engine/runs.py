@@ -1,0 +1,113 @@
+"""A run directory: resolved config, metrics.jsonl, TensorBoard scalars, train.log (written by rank 0)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import yaml
+
+from allspark.config import Config, ConfigError, config_from_dict, config_to_dict
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_diff(old: Config, new: Config) -> list[str]:
+    """Lines 'key: old -> new' for every differing key."""
+    a, b = flatten(config_to_dict(old)), flatten(config_to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def prepare_run_dir(cfg: Config, force_config: bool = False) -> Path:
+    """Create the run directory and write config.yaml; if it already holds a different config,
+    refuse (naming the differing keys) unless `force_config`."""
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        old = config_from_dict(yaml.safe_load(saved.read_text()), where=str(saved))
+        diff = config_diff(old, cfg)
+        if diff and not force_config:
+            raise ConfigError(f"run directory {run_dir} was started with a different config; differing keys:\n  "
+                              + "\n  ".join(diff) + "\nuse another run_dir, or pass --force-config to continue anyway")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return run_dir
+
+
+def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger:
+    """Logger writing to run_dir/train.log (when given) and to stderr."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler()]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(Path(run_dir) / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON line per record to metrics.jsonl and mirrors the scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, class_names: list[str] | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.class_names = class_names
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def write(self, record: dict) -> None:
+        """record: {'split': 'train'|'val', 'iter', 'epoch', ...scalars, optional 'iou': list}."""
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+        split, step = record["split"], record["iter"]
+        for key, value in record.items():
+            if key in ("split", "iter", "epoch") or not isinstance(value, (int, float)):
+                continue
+            self.tb.add_scalar(f"{split}/{key}", value, step)
+        for index, value in enumerate(record.get("iou", [])):
+            name = self.class_names[index] if self.class_names else str(index)
+            if math.isfinite(value):
+                self.tb.add_scalar(f"{split}_iou/{name}", value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
+    """Drop records past `iteration` (written after the checkpoint a resumed run restarts from)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    kept = [r for r in read_metrics(run_dir) if r["iter"] <= iteration]
+    if path.is_file():
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,98 @@
+"""Config loading: every shipped preset loads; every bad key or value is reported by name."""
+import pytest
+import yaml
+
+from allspark.config import ConfigError, list_presets, load_config
+from allspark.engine.runs import config_diff, prepare_run_dir
+
+PUBLISHED = {  # spec 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
+    "pascal": (513, 2, 80, 0.001, 10.0, "ce", "whole", 21),
+    "cityscapes": (801, 2, 240, 0.005, 1.0, "ohem", "sliding", 19),
+    "coco": (513, 4, 10, 0.001, 10.0, "ce", "whole", 81),
+}
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_loads(name):
+    cfg = load_config(name)
+    assert (cfg.method == "allspark") == (cfg.model.ablation != "none")
+    dataset = name.split("/")[0]
+    if dataset in PUBLISHED and not name.endswith("base"):
+        crop, batch, epochs, lr, lr_multi, loss, mode, classes = PUBLISHED[dataset]
+        t = cfg.train
+        assert (cfg.model.crop_size, t.batch_size, t.epochs, t.lr, t.lr_multi, t.labeled_loss, cfg.eval.mode,
+                cfg.model.num_classes) == (crop, batch, epochs, lr, lr_multi, loss, mode, classes)
+        assert cfg.model.encoder == "mit_b5"
+        assert cfg.data.labeled_list.endswith("labeled.txt")
+        assert bool(cfg.data.unlabeled_list) == (cfg.method != "sup")
+        assert cfg.method in cfg.run_dir
+
+
+def test_protocol_coverage():
+    names = set(list_presets())
+    protocols = {"pascal/original": ["92", "183", "366", "732", "1464"],
+                 "pascal/augmented": ["1_16", "1_8", "1_4", "1_2"], "pascal/u2pl": ["1_16", "1_8", "1_4", "1_2"],
+                 "cityscapes": ["1_16", "1_8", "1_4", "1_2"], "coco": ["1_512", "1_256", "1_128", "1_64"]}
+    for prefix, splits in protocols.items():
+        for split in splits:
+            for method in ("sup", "semi", "allspark"):
+                assert f"{prefix}/{split}/{method}" in names
+    for extra in ("demo", "camvid/sup", "camvid/semi", "camvid/allspark"):
+        assert extra in names
+
+
+def test_warmup_published():
+    assert load_config("pascal/augmented/1_8/allspark").train.warmup_epochs == 5
+    assert load_config("cityscapes/1_8/allspark").train.warmup_epochs == 15
+
+
+def test_overrides_and_ablation_switch():
+    cfg = load_config("pascal/augmented/1_8/allspark", ["model.ablation=cca", "train.lr=0.01", "data.root=/x"])
+    assert (cfg.model.ablation, cfg.train.lr, cfg.data.root) == ("cca", 0.01, "/x")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lrr=0.1", "train.lrr"),                 # unknown key
+    ("nosection.x=1", "nosection"),                  # unknown section
+    ("train.epochs=ten", "train.epochs"),            # wrong type
+    ("train.batch_size=1.5", "train.batch_size"),     # wrong type
+    ("model.encoder=resnet50", "model.encoder"),      # bad choice
+    ("eval.mode=tiles", "eval.mode"),                 # bad choice
+    ("train.epochs=0", "train.epochs"),               # out of range
+    ("method=sup", "model.ablation"),                 # cross-field rule
+])
+def test_bad_override_names_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config("demo", [override])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train:\n  epocs: 3\n", "train.epocs"),
+    ("model:\n  crop_size: big\n", "model.crop_size"),
+    ("train:\n  amp: fp8\n", "train.amp"),
+    ("data: 3\n", "data"),
+])
+def test_bad_yaml_names_key_and_file(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert key in str(err.value) and str(path) in str(err.value)
+
+
+def test_yaml_base_merges(tmp_path):
+    (tmp_path / "parent.yaml").write_text("train:\n  lr: 0.02\n  epochs: 7\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  epochs: 3\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.lr, cfg.train.epochs) == (0.02, 3)
+
+
+def test_run_dir_refuses_other_config(tmp_path):
+    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}"])
+    prepare_run_dir(cfg)
+    other = load_config("demo", [f"run_dir={tmp_path / 'run'}", "train.lr=0.5"])
+    assert config_diff(cfg, other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]
+    with pytest.raises(ConfigError, match="train.lr"):
+        prepare_run_dir(other)
+    prepare_run_dir(other, force_config=True)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
