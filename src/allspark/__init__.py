@@ -1,2 +1,13 @@
 """allspark-seg: semi-supervised semantic segmentation with AllSpark (CVPR 2024)."""
 __version__ = "0.1.0"
+
+# Public names resolve on first use, so `import allspark` stays light (no torch, no transformers).
+_LAZY = {"build_model": "allspark.models", "load_official": "allspark.models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'allspark' has no attribute {name!r}")

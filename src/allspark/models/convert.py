@@ -1,0 +1,180 @@
+"""Key conversion into our layout: original SegFormer MiT names (`mit_bX.pth`, the release's
+`backbone.*`) and the authors' release checkpoints (ModelBuilder layout). Every key of the
+source is either placed or reported; nothing is dropped silently."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from allspark.models.segmenter import AllSparkSegmenter, model_config
+
+# Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
+# {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
+_MIT_RULES = [
+    (r"patch_embed(?P<n>[1-4])\.proj\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.proj.{p}"),
+    (r"patch_embed(?P<n>[1-4])\.norm\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.layer_norm.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm1\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_before.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm2\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_after.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.q\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.q_proj.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.kv\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.{half}_proj.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.proj\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.o_proj.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.sr\.(?P<p>weight|bias)",
+     "stages.{s}.blocks.{j}.attention.sequence_reduction.sequence_reduction.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.norm\.(?P<p>weight|bias)",
+     "stages.{s}.blocks.{j}.attention.sequence_reduction.layer_norm.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.mlp\.(?P<m>fc1|fc2|dwconv\.dwconv)\.(?P<p>weight|bias)",
+     "stages.{s}.blocks.{j}.mlp.{m}.{p}"),
+    (r"norm(?P<n>[1-4])\.(?P<p>weight|bias)", "stages.{s}.layer_norm.{p}"),
+]
+
+# The release's decoder (SemiDecoder: `allspark` + SegFormerHead `decoder`) -> our segmenter.
+# The attention weights map 1:1: spec 1.1 fixes the release's head-major q/k/v and
+# channel-major `out_u` inputs, so no permutation is needed.
+_RELEASE_DECODER_RULES = [
+    (r"decoder\.allspark\.(?P<m>map_in\.0|map_out\.0|attn_norm)\.(?P<p>weight|bias)", "allspark.{m}.{p}"),
+    (r"decoder\.allspark\.encoder_norm\.(?P<p>weight|bias)", "allspark.out_norm.{p}"),
+    (r"decoder\.allspark\.attn\.(?P<m>q|k|v|out)_u\.weight", "allspark.attn.{m}_u.weight"),
+    (r"decoder\.allspark\.attn\.(?P<m>q|k|v|out)_l2u\.weight", "allspark.attn.{m}_l.weight"),
+    (r"decoder\.allspark\.attn\.kv_queue", "allspark.memory.queue"),
+    (r"decoder\.allspark\.attn\.queue_ptr", "allspark.memory.ptr"),
+    (r"decoder\.decoder\.linear_c(?P<i>[1-4])\.proj\.(?P<p>weight|bias)", "head.linear_c{i}.{p}"),
+    (r"decoder\.decoder\.linear_fuse\.conv\.weight", "head.fuse.weight"),
+    (r"decoder\.decoder\.linear_fuse\.bn\.(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)",
+     "head.fuse_bn.{p}"),
+    (r"decoder\.decoder\.linear_pred\.(?P<p>weight|bias)", "head.classifier.{p}"),
+]
+
+_LIST_LIMIT = 20
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model: keys left over, keys missing, or shapes that differ."""
+
+
+@dataclass
+class Converted:
+    """Tensors under our names, where each came from (for error messages), and the source keys no rule took."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    unconsumed: list[str] = field(default_factory=list)
+
+    def put(self, key: str, tensor: torch.Tensor, source: str) -> None:
+        self.tensors[key] = tensor
+        self.origin[key] = source
+
+
+def _apply_rules(key: str, tensor: torch.Tensor, rules, out: Converted, prefix: str = "", source: str = "") -> bool:
+    """Place `key` under `prefix` through the first matching rule (`source` + key names it in
+    errors); return False when no rule matches."""
+    for pattern, template in rules:
+        match = re.fullmatch(pattern, key)
+        if match is None:
+            continue
+        names = match.groupdict()
+        if "n" in names:
+            names["s"] = int(names["n"]) - 1
+        if "{half}" in template:
+            k, v = tensor.chunk(2, dim=0)  # (2C, ...) -> k (C, ...), v (C, ...)
+            out.put(prefix + template.format(half="k", **names), k, f"{source}{key} (first half)")
+            out.put(prefix + template.format(half="v", **names), v, f"{source}{key} (second half)")
+        else:
+            out.put(prefix + template.format(**names), tensor, source + key)
+        return True
+    return False
+
+
+def mit_to_hf(state: dict[str, torch.Tensor], drop_head: bool = False, prefix: str = "") -> Converted:
+    """Original MiT names (`block1.0.attn.kv.weight`, ...) -> `MiTEncoder` names under `prefix`.
+    `drop_head` discards the ImageNet classifier `head.*` of the `mit_bX.pth` files."""
+    out = Converted()
+    for key, tensor in state.items():
+        if drop_head and key.startswith("head."):
+            continue
+        if not _apply_rules(key, tensor, _MIT_RULES, out, prefix):
+            out.unconsumed.append(key)
+    return out
+
+
+def release_to_ours(state: dict[str, torch.Tensor]) -> Converted:
+    """A release ModelBuilder state dict (`backbone.*`, `decoder.allspark.*`, `decoder.decoder.*`,
+    already unwrapped) -> `AllSparkSegmenter` names."""
+    out = Converted()
+    for key, tensor in state.items():
+        if key.startswith("backbone."):
+            placed = _apply_rules(key.removeprefix("backbone."), tensor, _MIT_RULES, out, "encoder.", "backbone.")
+        else:
+            placed = _apply_rules(key, tensor, _RELEASE_DECODER_RULES, out)
+        if not placed:
+            out.unconsumed.append(key)
+    return out
+
+
+def unwrap_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a `{"model": ...}` or `{"state_dict": ...}` wrapper, `module.` prefixes removed."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f"{where}: expected a state dict (optionally under 'model' or 'state_dict'), "
+                              f"found {type(obj).__name__}")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"{where}: key '{key}' holds a {type(value).__name__}, expected a tensor")
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+def read_checkpoint(source: str | Path | dict, where: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """A state dict from a `.pth` path (loaded with weights_only=True) or an in-memory mapping."""
+    if isinstance(source, dict):
+        return unwrap_checkpoint(source, where or "<state dict>"), where or "<state dict>"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return unwrap_checkpoint(obj, str(path)), str(path)
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_LIST_LIMIT]
+    more = f", ... ({len(items) - len(shown)} more)" if len(items) > len(shown) else ""
+    return f"{title} ({len(items)}): {', '.join(shown)}{more}"
+
+
+def load_exact(module: nn.Module, converted: Converted, where: str) -> None:
+    """Load `converted` into `module` only if every key is placed, none is missing and all shapes
+    agree; otherwise raise ConversionError listing each problem with its source key."""
+    expected = module.state_dict()
+    unexpected = [f"{converted.origin[k]} -> {k}" for k in converted.tensors if k not in expected]
+    problems = []
+    if converted.unconsumed or unexpected:
+        problems.append(_listing("keys in the checkpoint that the model does not have",
+                                 converted.unconsumed + unexpected))
+    missing = sorted(k for k in expected if k not in converted.tensors)
+    if missing:
+        problems.append(_listing("model keys the checkpoint does not provide", missing))
+    mismatched = [f"{converted.origin[k]}: checkpoint {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, t in converted.tensors.items() if k in expected and t.shape != expected[k].shape]
+    if mismatched:
+        problems.append(_listing("shapes that differ from the model config", mismatched))
+    if problems:
+        raise ConversionError(f"{where}: checkpoint does not match the model; " + "; ".join(problems))
+    module.load_state_dict(converted.tensors, strict=True)
+
+
+def load_official(source: str | Path | dict, cfg) -> AllSparkSegmenter:
+    """A segmenter holding the weights (memory included) of a release checkpoint: a `.pth` path or a
+    state dict, with or without `module.` and a `{"model": ...}` wrapper. `cfg` (Config, ModelConfig
+    or mapping) must name its encoder, class count and crop size; `model.pretrained` is not used."""
+    state, where = read_checkpoint(source)
+    model = AllSparkSegmenter(model_config(cfg))
+    load_exact(model, release_to_ours(state), where)
+    return model

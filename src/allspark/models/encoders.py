@@ -1,0 +1,79 @@
+"""SegFormer's Mix Transformer (MiT-B0..B5) from `transformers`, and its pretrained sources
+(a Hugging Face id or directory, or an original `mit_bX.pth` ImageNet file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import SegformerConfig, SegformerModel
+
+# (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (spec 1).
+MIT_SIZES = {
+    "mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
+    "mit_b1": ((64, 128, 320, 512), (2, 2, 2, 2)),
+    "mit_b2": ((64, 128, 320, 512), (3, 4, 6, 3)),
+    "mit_b3": ((64, 128, 320, 512), (3, 4, 18, 3)),
+    "mit_b4": ((64, 128, 320, 512), (3, 8, 27, 3)),
+    "mit_b5": ((64, 128, 320, 512), (3, 6, 40, 3)),
+}
+
+
+def mit_config(name: str) -> SegformerConfig:
+    """The SegformerConfig of MiT size `name` (mit_b0 .. mit_b5) as SegFormer trains it."""
+    if name not in MIT_SIZES:
+        raise ValueError(f"unknown encoder {name!r}; expected one of {', '.join(MIT_SIZES)}")
+    widths, depths = MIT_SIZES[name]
+    return SegformerConfig(
+        num_encoder_blocks=4, hidden_sizes=list(widths), depths=list(depths), num_attention_heads=[1, 2, 5, 8],
+        sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], mlp_ratios=[4, 4, 4, 4],
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.1, layer_norm_eps=1e-6,
+    )
+
+
+class MiTEncoder(nn.Module):
+    """The four MiT stages; returns c1..c4 at strides 4, 8, 16, 32. Parameter names are those of
+    `SegformerModel` in transformers 5.x (`stages.N.blocks.M.attention.q_proj`, ...)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.config = mit_config(name)
+        self.stages = SegformerModel(self.config).stages
+        self.channels = tuple(self.config.hidden_sizes)
+        # The original MiT uses eps 1e-6 in its block and stage norms (transformers builds 1e-5).
+        for stage in self.stages:
+            stage.layer_norm.eps = self.config.layer_norm_eps
+            for block in stage.blocks:
+                block.layernorm_before.eps = self.config.layer_norm_eps
+                block.layernorm_after.eps = self.config.layer_norm_eps
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        x = images  # (N, 3, H, W)
+        for stage in self.stages:
+            x = stage(x)  # (N, C_i, H / s_i, W / s_i)
+            feats.append(x)
+        return feats
+
+
+def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
+    """Load ImageNet weights into `encoder` from an original `mit_bX.pth` file, a Hugging Face
+    directory or a hub id; every key must match (errors list the ones that do not)."""
+    from allspark.models.convert import Converted, load_exact, mit_to_hf, read_checkpoint
+
+    if Path(source).is_file():
+        state, where = read_checkpoint(source)
+        load_exact(encoder, mit_to_hf(state, drop_head=True), where)
+        return
+    try:
+        hf = SegformerModel.from_pretrained(source)
+    except OSError as err:
+        raise ValueError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
+                         f"directory or hub id failed: {err}") from None
+    found = (tuple(hf.config.hidden_sizes), tuple(hf.config.depths))
+    if found != MIT_SIZES[encoder.name]:
+        raise ValueError(f"model.pretrained {source!r} holds an encoder with widths {found[0]} and depths {found[1]}; "
+                         f"model.encoder {encoder.name} expects {MIT_SIZES[encoder.name]}")
+    state = hf.state_dict()
+    load_exact(encoder, Converted(tensors=state, origin={k: k for k in state}), source)

@@ -1,0 +1,134 @@
+"""The segmenter of spec 1: MiT encoder -> AllSpark bottleneck on c4 -> SegFormer decode head."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from allspark.config import Config, ModelConfig, config_from_dict
+from allspark.models.encoders import MiTEncoder, load_pretrained_encoder
+
+
+class DecodeHead(nn.Module):
+    """SegFormer's all-MLP head (spec 1): per-stage Linear to E, resize to c1, concat c4..c1,
+    1x1 conv + BN + ReLU, Dropout2d(0.1), 1x1 conv to K classes."""
+
+    def __init__(self, in_channels: Sequence[int], embed_dim: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.linear_c1 = nn.Linear(in_channels[0], embed_dim)
+        self.linear_c2 = nn.Linear(in_channels[1], embed_dim)
+        self.linear_c3 = nn.Linear(in_channels[2], embed_dim)
+        self.linear_c4 = nn.Linear(in_channels[3], embed_dim)
+        self.fuse = nn.Conv2d(4 * embed_dim, embed_dim, kernel_size=1, bias=False)
+        self.fuse_bn = nn.BatchNorm2d(embed_dim)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        projected = []
+        for feat, linear in zip(feats, (self.linear_c1, self.linear_c2, self.linear_c3, self.linear_c4)):
+            n, _, h, w = feat.shape
+            x = linear(feat.flatten(2).transpose(1, 2))  # (N, h*w, E)
+            x = x.transpose(1, 2).reshape(n, -1, h, w)  # (N, E, h, w)
+            if (h, w) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            projected.append(x)
+        x = torch.cat(projected[::-1], dim=1)  # (N, 4E, H/4, W/4), order c4, c3, c2, c1
+        x = F.relu(self.fuse_bn(self.fuse(x)))
+        return self.classifier(self.dropout(x))  # (N, K, H/4, W/4)
+
+
+def default_embed_dim(encoder: str) -> int:
+    """Decode-head width E of spec 1: 256 for MiT-B0/B1, 768 for B2..B5."""
+    return 256 if encoder in ("mit_b0", "mit_b1") else 768
+
+
+class AllSparkSegmenter(nn.Module):
+    """Encoder -> AllSpark on c4 (nothing for ablation `none`, plain SegFormer) -> head -> input size.
+
+    `model(images)` is per-image inference (spec 1.3); `model(images_l, images_u=..., ...)` is the
+    training step (spec 1.1) and returns (logits_l, logits_u)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MiTEncoder(cfg.encoder)
+        self.allspark = None
+        self.token_grid = None
+        if cfg.ablation != "none":
+            from allspark.models.allspark import AllSparkBottleneck
+
+            self.token_grid = AllSparkBottleneck.tokens_for_crop(cfg.crop_size)
+            self.allspark = AllSparkBottleneck(self.encoder.channels[-1], cfg.num_classes, self.token_grid,
+                                               heads=cfg.heads, ablation=cfg.ablation, grouping=cfg.grouping)
+        self.head = DecodeHead(self.encoder.channels, cfg.embed_dim or default_embed_dim(cfg.encoder), cfg.num_classes)
+
+    def forward(self, images: torch.Tensor, images_u: torch.Tensor | None = None,
+                teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False):
+        if images_u is not None:
+            return self.forward_semi(images, images_u, teacher_logits_u, use_memory)
+        feats = self.encoder(images)
+        if self.allspark is not None:
+            feats[3] = self.allspark(feats[3])  # (N, C, h, w), each image on its own
+        return self._decode(feats, images.shape[-2:])
+
+    def forward_semi(self, images_l: torch.Tensor, images_u: torch.Tensor,
+                     teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False):
+        """One student pass on [labeled ; unlabeled] (spec 2, step 2): encoder and head see the
+        whole batch (BatchNorm statistics over both), AllSpark gets the two halves of c4."""
+        if images_l.shape[1:] != images_u.shape[1:]:
+            raise ValueError(f"labeled and unlabeled images must share a shape; got {tuple(images_l.shape)} "
+                             f"and {tuple(images_u.shape)}")
+        n_l = images_l.shape[0]
+        feats = self.encoder(torch.cat([images_l, images_u]))
+        if self.allspark is not None:
+            self._check_grid(tuple(feats[3].shape[-2:]), f"crop {tuple(images_l.shape[-2:])}")
+            y_l, y_u = self.allspark.forward_semi(feats[3][:n_l], feats[3][n_l:], teacher_logits_u, use_memory)
+            feats[3] = torch.cat([y_l, y_u])  # (B_l + B_u, C, h, w)
+        logits = self._decode(feats, images_l.shape[-2:])
+        return logits[:n_l], logits[n_l:]
+
+    def check_crop(self, crop_size: int) -> None:
+        """Raise ValueError if training crops of `crop_size` do not fit the Semantic Memory's token grid."""
+        if self.allspark is not None:
+            self._check_grid(self.allspark.tokens_for_crop(crop_size), f"crop_size {crop_size}")
+
+    def _check_grid(self, grid: tuple[int, int], what: str) -> None:
+        if tuple(grid) != tuple(self.token_grid):
+            h, w = self.token_grid
+            raise ValueError(f"{what} gives a {grid[0]}x{grid[1]} token grid at stride 32, but the Semantic Memory "
+                             f"was built for {h}x{w} tokens (model.crop_size {self.cfg.crop_size}); train at crop "
+                             f"{self.cfg.crop_size} or set model.crop_size to the training crop")
+
+    def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
+        logits = self.head(feats)  # (N, K, H/4, W/4)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def model_config(cfg: Config | ModelConfig | Mapping) -> ModelConfig:
+    """A validated ModelConfig from a Config, a ModelConfig, or a mapping (ModelConfig fields or a whole Config)."""
+    if isinstance(cfg, Config):
+        return cfg.model
+    if isinstance(cfg, ModelConfig):
+        data = dataclasses.asdict(cfg)
+    elif isinstance(cfg, Mapping):
+        if "model" in cfg:
+            return config_from_dict(dict(cfg)).model
+        data = dict(cfg)
+    else:
+        raise TypeError(f"expected a Config, ModelConfig or mapping, got {type(cfg).__name__}")
+    method = "semi" if data.get("ablation") == "none" else "allspark"  # validation pairs method and ablation
+    return config_from_dict({"method": method, "model": data}, where="<model config>").model
+
+
+def build_model(cfg: Config | ModelConfig | Mapping) -> AllSparkSegmenter:
+    """The segmenter for `cfg`, with the pretrained encoder weights of `model.pretrained` when set."""
+    mcfg = model_config(cfg)
+    model = AllSparkSegmenter(mcfg)
+    if mcfg.pretrained:
+        load_pretrained_encoder(model.encoder, mcfg.pretrained)
+    return model

@@ -1,0 +1,154 @@
+"""The segmenter: encoder sizes, decode head, training and inference paths, weights round trip."""
+import pytest
+import torch
+from torch import nn
+
+from allspark.config import Config, ConfigError, ModelConfig
+from allspark.engine.checkpoint import load_model, save_weights
+from allspark.models import AllSparkSegmenter, build_model
+from allspark.models.encoders import MiTEncoder, mit_config
+from allspark.models.segmenter import DecodeHead
+
+# Spec 1 / SegFormer paper, Table 6: stage widths and blocks per stage of each size.
+SIZES = {
+    "mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]),
+    "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
+    "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]),
+    "mit_b3": ([64, 128, 320, 512], [3, 4, 18, 3]),
+    "mit_b4": ([64, 128, 320, 512], [3, 8, 27, 3]),
+    "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3]),
+}
+CROP = 64
+
+
+def tiny_cfg(ablation="none", encoder="mit_b0", **kw) -> ModelConfig:
+    return ModelConfig(encoder=encoder, num_classes=5, crop_size=CROP, ablation=ablation, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_encoder_structure_per_size(name):
+    with torch.device("meta"):
+        enc = MiTEncoder(name)
+    widths, depths = SIZES[name]
+    assert [len(stage.blocks) for stage in enc.stages] == depths
+    assert [stage.layer_norm.weight.shape[0] for stage in enc.stages] == widths
+    assert [stage.blocks[0].attention.num_attention_heads for stage in enc.stages] == [1, 2, 5, 8]
+    assert [stage.blocks[0].attention.sequence_reduction_ratio for stage in enc.stages] == [8, 4, 2, 1]
+    assert [stage.patch_embeddings.proj.stride[0] for stage in enc.stages] == [4, 2, 2, 2]
+    # stochastic depth rises linearly to 0.1 at the last block; block norms use the original eps 1e-6
+    assert enc.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    assert enc.stages[0].blocks[0].layernorm_before.eps == 1e-6
+    assert mit_config(name).drop_path_rate == 0.1
+
+
+def test_unknown_encoder_is_rejected():
+    with pytest.raises(ValueError, match="mit_b9"):
+        mit_config("mit_b9")
+
+
+def test_encoder_feature_strides():
+    enc = MiTEncoder("mit_b0").eval()
+    with torch.no_grad():
+        feats = enc(torch.randn(1, 3, 96, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 24, 16), (1, 64, 12, 8), (1, 160, 6, 4), (1, 256, 3, 2)]
+
+
+def test_decode_head_concatenates_c4_first():
+    torch.manual_seed(0)
+    head = DecodeHead([4, 6, 8, 10], embed_dim=3, num_classes=2).eval()
+    with torch.no_grad():
+        head.fuse.weight.zero_()
+        head.fuse.weight[:, :3] = torch.eye(3)[:, :, None, None]  # keep only the first E inputs
+    feats = [torch.randn(1, c, s, s) for c, s in zip([4, 6, 8, 10], [8, 4, 2, 1])]
+    base = head(feats)
+    changed_c1 = head([feats[0] + 1, *feats[1:]])
+    changed_c4 = head([*feats[:3], feats[3] + 1])
+    assert torch.equal(base, changed_c1)
+    assert not torch.allclose(base, changed_c4)
+    assert isinstance(head.dropout, nn.Dropout2d) and head.dropout.p == 0.1
+
+
+@pytest.mark.parametrize("encoder,embed", [("mit_b0", 256), ("mit_b5", 768)])
+def test_inference_shapes(encoder, embed):
+    model = build_model(tiny_cfg(encoder=encoder)).eval()
+    assert model.head.fuse.out_channels == embed
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, CROP, CROP))
+    assert logits.shape == (1, 5, CROP, CROP)
+
+
+def test_embed_dim_override():
+    model = build_model(tiny_cfg(embed_dim=48))
+    assert model.head.linear_c4.out_features == 48 and model.head.classifier.in_channels == 48
+
+
+@pytest.mark.parametrize("ablation", ["none"])
+def test_forward_semi_shapes_and_gradients(ablation):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(ablation)).train()
+    images_l, images_u = torch.randn(2, 3, CROP, CROP), torch.randn(2, 3, CROP, CROP)
+    teacher = torch.randn(2, 5, CROP, CROP)
+    logits_l, logits_u = model(images_l, images_u=images_u, teacher_logits_u=teacher, use_memory=False)
+    assert logits_l.shape == logits_u.shape == (2, 5, CROP, CROP)
+    (logits_l.square().mean() + logits_u.square().mean()).backward()
+    parts = [model.encoder, model.head] + ([model.allspark] if model.allspark is not None else [])
+    for part in parts:
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.parametrize("ablation", ["none"])
+def test_inference_is_per_image(ablation):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(ablation)).eval()
+    images = torch.randn(3, 3, CROP, CROP)
+    with torch.no_grad():
+        batch = model(images)
+        single = torch.cat([model(images[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
+
+
+def test_build_model_accepts_config_modelconfig_and_mapping():
+    cfg = Config(method="semi", model=tiny_cfg())
+    for source in (cfg, cfg.model, {"encoder": "mit_b0", "num_classes": 5, "crop_size": CROP, "ablation": "none"}):
+        model = build_model(source)
+        assert isinstance(model, AllSparkSegmenter) and model.head.classifier.out_channels == 5
+    with pytest.raises(ConfigError, match="encoder"):
+        build_model({"encoder": "resnet50"})
+    with pytest.raises(ConfigError, match="num_clases"):
+        build_model({"num_clases": 3})
+
+
+def test_pretrained_from_huggingface_directory(tmp_path):
+    from transformers import SegformerModel
+
+    torch.manual_seed(1)
+    hf = SegformerModel(mit_config("mit_b0"))
+    hf.save_pretrained(tmp_path / "mit")
+    model = build_model(tiny_cfg(pretrained=str(tmp_path / "mit")))
+    for key, value in hf.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_pretrained_of_another_size_is_rejected(tmp_path):
+    from transformers import SegformerModel
+
+    SegformerModel(mit_config("mit_b0")).save_pretrained(tmp_path / "b0")
+    with pytest.raises(ValueError, match="mit_b1"):
+        build_model(tiny_cfg(encoder="mit_b1", pretrained=str(tmp_path / "b0")))
+
+
+@pytest.mark.parametrize("ablation", ["none"])
+def test_weights_round_trip(tmp_path, ablation):
+    torch.manual_seed(0)
+    cfg = Config(method="semi" if ablation == "none" else "allspark", model=tiny_cfg(ablation))
+    model = build_model(cfg).eval()
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), cfg)
+    loaded, loaded_cfg = load_model(tmp_path / "w.safetensors")
+    assert loaded_cfg == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    images = torch.randn(1, 3, CROP, CROP)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
