@@ -23,13 +23,14 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
 class TrainTransform:
     """Random long-side rescale 0.5..2.0, pad (image 0, mask 255) + random crop, flip; colour ops if `colour`.
 
-    Works on uint8 arrays; masks are resized nearest-neighbour, images bilinearly (spec 2).
+    Works on uint8 arrays; images are resized bilinearly, masks nearest-neighbour with pixel centres
+    aligned (as PIL's NEAREST in the release; OpenCV's plain INTER_NEAREST is off by up to one pixel).
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
         steps = [
             A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
                           border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
             A.RandomCrop(crop_size, crop_size),

@@ -1,0 +1,95 @@
+"""Each layout finds (image, mask) pairs in a small tree built here; class names and palettes."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from allspark.data.layouts import cityscapes_label_ids_to_train_ids, get_layout
+
+
+def _write(root, rel, size=(8, 6), mode="RGB", value=0):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+
+
+@pytest.mark.parametrize("name,count", [("pascal", 21), ("cityscapes", 19), ("coco", 81), ("camvid", 11)])
+def test_builtin_class_counts_and_palettes(name, count):
+    layout = get_layout(name)
+    assert layout.num_classes == count == len(layout.class_names)
+    assert layout.palette.shape == (count, 3) and layout.palette.dtype == np.uint8
+    assert len({tuple(c) for c in layout.palette}) == count  # colours tell classes apart
+
+
+def test_pascal_names_file_and_aug_masks(tmp_path):
+    (tmp_path / "ImageSets/Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets/Segmentation/train.txt").write_text("2007_000032\n2008_000002\n")
+    for stem in ("2007_000032", "2008_000002", "2009_000001"):
+        _write(tmp_path, f"JPEGImages/{stem}.jpg")
+    _write(tmp_path, "SegmentationClass/2007_000032.png", mode="L")
+    _write(tmp_path, "SegmentationClassAug/2008_000002.png", mode="L")
+    pairs = get_layout("pascal").pairs(tmp_path, "train")
+    assert pairs == [("JPEGImages/2007_000032.jpg", "SegmentationClass/2007_000032.png"),
+                     ("JPEGImages/2008_000002.jpg", "SegmentationClassAug/2008_000002.png")]
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        get_layout("pascal").pairs(tmp_path, "val")
+
+
+def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
+    _write(tmp_path, "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png")
+    _write(tmp_path, "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png", mode="L")
+    _write(tmp_path, "leftImg8bit/train/bremen/bremen_000001_000019_leftImg8bit.png")
+    _write(tmp_path, "gtFine/train/bremen/bremen_000001_000019_gtFine_labelIds.png", mode="L")
+    layout = get_layout("cityscapes")
+    pairs = layout.pairs(tmp_path, "train")
+    assert pairs == [
+        ("leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
+         "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png"),
+        ("leftImg8bit/train/bremen/bremen_000001_000019_leftImg8bit.png",
+         "gtFine/train/bremen/bremen_000001_000019_gtFine_labelIds.png"),
+    ]
+    ids = np.array([[7, 8, 0, 33], [26, 24, 1, 255]], np.uint8)
+    expected = np.array([[0, 1, 255, 18], [13, 11, 255, 255]], np.uint8)
+    np.testing.assert_array_equal(cityscapes_label_ids_to_train_ids(ids), expected)
+    np.testing.assert_array_equal(layout.convert_mask(ids, pairs[1][1]), expected)
+    np.testing.assert_array_equal(layout.convert_mask(ids, pairs[0][1]), ids)  # train ids pass through
+
+
+def test_coco_ssss_tree(tmp_path):
+    _write(tmp_path, "train2017/000000000009.jpg")
+    _write(tmp_path, "masks/train2017/000000000009.png", mode="L")
+    _write(tmp_path, "val2017/000000000139.jpg")
+    layout = get_layout("coco")
+    assert layout.pairs(tmp_path, "train2017") == [("train2017/000000000009.jpg", "masks/train2017/000000000009.png")]
+    assert layout.pairs(tmp_path, "val2017") == [("val2017/000000000139.jpg", "masks/val2017/000000000139.png")]
+
+
+@pytest.mark.parametrize("image,mask", [("images/train/a.jpg", "labels/train/a.png"), ("train/a.png", "trainannot/a.png")])
+def test_camvid_trees(tmp_path, image, mask):
+    _write(tmp_path, image)
+    _write(tmp_path, mask, mode="L")
+    assert get_layout("camvid").pairs(tmp_path, "train") == [(image, mask)]
+
+
+def test_folder_layout_classes_file_and_nested_stems(tmp_path):
+    (tmp_path / "classes.txt").write_text("background\nroad 128 64 128\n\ntraffic sign 220 220 0\n")
+    _write(tmp_path, "images/a.jpg")
+    _write(tmp_path, "images/city/b.png")
+    _write(tmp_path, "masks/a.png", mode="L")
+    _write(tmp_path, "masks/city/b.png", mode="L")
+    (tmp_path / "images/notes.txt").write_text("not an image")
+    layout = get_layout("folder", tmp_path)
+    assert layout.class_names == ("background", "road", "traffic sign")
+    np.testing.assert_array_equal(layout.palette[1:], [[128, 64, 128], [220, 220, 0]])
+    assert layout.pairs(tmp_path) == [("images/a.jpg", "masks/a.png"), ("images/city/b.png", "masks/city/b.png")]
+
+
+def test_folder_layout_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="classes.txt"):
+        get_layout("folder", tmp_path)
+    with pytest.raises(ValueError, match="needs the dataset root"):
+        get_layout("synthetic")
+    with pytest.raises(ValueError, match="unknown layout 'voc'"):
+        get_layout("voc")
+    (tmp_path / "classes.txt").write_text("sky 300 0 0\n")
+    with pytest.raises(ValueError, match="line 1: colour values must be 0..255"):
+        get_layout("folder", tmp_path)
