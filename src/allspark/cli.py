@@ -15,6 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
     from allspark.data import checks, splits
     checks.register(sub)
     splits.register(sub)
+    from allspark.engine import commands
+    commands.register(sub)
+    from allspark import predict
+    predict.register(sub)
+    from allspark.viz import commands as viz_commands
+    viz_commands.register(sub)
+    from allspark import export
+    export.register(sub)
     return parser
 
 

@@ -1,0 +1,107 @@
+"""Subcommands `train`, `eval`, `presets` and `demo`: thin wrappers around the engine."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from allspark.config import config_to_dict, list_presets, load_config
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from allspark.engine.trainer import NonFiniteLossError, train
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_with_torchrun(args.nproc)
+    cfg = load_config(args.config, args.overrides)
+    try:
+        train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        print(f"allspark train: {err}; stopped, checkpoints/latest keeps the last good state", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    """`allspark train --nproc N ...` -> `torchrun --nproc_per_node=N -m allspark train ...` (same arguments)."""
+    argv = sys.argv[1:]
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "allspark", *rest]
+    return subprocess.call(command)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from allspark.engine.evaluate import run_evaluation
+
+    cfg = load_config(args.config, args.overrides)
+    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device)
+    return 0
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    for name in list_presets():
+        if Path(name).name == "base":
+            continue
+        if args.verbose:
+            cfg = config_to_dict(load_config(name))
+            print(f"{name:40s} {cfg['method']:9s} {cfg['model']['encoder']} crop {cfg['model']['crop_size']} "
+                  f"lists {cfg['data']['labeled_list']}")
+        else:
+            print(name)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from allspark.engine.demo import run_demo
+
+    run_demo(out=Path(args.out), data=Path(args.data), iters=args.iters, threads=args.threads)
+    return 0
+
+
+def register(sub) -> None:
+    """Add `train`, `eval`, `presets` and `demo` to the `allspark` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("config", help="YAML file or preset name (see `allspark presets`)")
+    common.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
+    common.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+
+    p = sub.add_parser("train", parents=[common], help="train (or resume) a run",
+                       description="Train in cfg.run_dir; an existing run directory continues from its latest "
+                                   "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")
+    p.add_argument("--force-config", action="store_true",
+                   help="continue a run directory whose saved config.yaml differs from this config")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_train)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint: mIoU and per-class IoU")
+    p.add_argument("--checkpoint", required=True, help="weights file or run directory (its best checkpoint)")
+    p.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
+    p.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
+    p.set_defaults(run=_run_eval)
+
+    p = sub.add_parser("presets", help="list the shipped config presets")
+    p.add_argument("-v", "--verbose", action="store_true", help="show method, encoder, crop and split list")
+    p.set_defaults(run=_run_presets)
+
+    p = sub.add_parser("demo", help="synthetic data, SupBaseline vs AllSpark on CPU in a few minutes")
+    p.add_argument("--out", default="runs/demo", help="parent of the two run directories")
+    p.add_argument("--data", default="demo_data", help="synthetic dataset folder (generated if missing)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: the preset)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.set_defaults(run=_run_demo)

@@ -1,0 +1,82 @@
+"""Validation (spec 3): per-image probabilities from `predict_probs`, a confusion matrix over the
+whole set (each image counted once across ranks), mIoU and per-class IoU."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from allspark.config import Config, ConfigError
+from allspark.engine.inference import center_crop_box, predict_probs
+from allspark.engine.metrics import ConfusionMatrix, format_iou_table
+
+
+def eval_window(cfg: Config) -> int:
+    """Sliding-window / centre-crop size: `eval.crop_size`, else the training crop."""
+    return cfg.eval.crop_size or cfg.model.crop_size
+
+
+@torch.no_grad()
+def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
+             amp_dtype: torch.dtype | None = None, progress: bool = True) -> ConfusionMatrix:
+    """Confusion matrix of `model` (a module in eval mode) over `loader`, summed over ranks.
+    `mode` defaults to `eval.mode`; batches are {'image': (N,3,H,W), 'mask': (N,H,W)}."""
+    mode = mode or cfg.eval.mode
+    window = eval_window(cfg)
+    confusion = ConfusionMatrix(cfg.model.num_classes, device)
+    was_training = model.training
+    model.eval()
+    for batch in tqdm(loader, desc=f"eval ({mode})", disable=not progress, leave=False, dynamic_ncols=True):
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            probs = predict_probs(model, images, mode, window, cfg.eval.stride_ratio)  # (N, K, h, w)
+        if mode == "center":
+            top, left, bottom, right = center_crop_box(masks.shape[-2], masks.shape[-1], window)
+            masks = masks[..., top:bottom, left:right]
+        confusion.update(probs.argmax(1), masks)
+    model.train(was_training)
+    confusion.reduce()
+    return confusion
+
+
+def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
+                   device: str = "auto") -> dict:
+    """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
+    (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank)."""
+    from allspark.data import build_val_loader
+    from allspark.engine import distributed as dist_utils
+    from allspark.engine.checkpoint import read_weights, resolve_weights
+    from allspark.engine.trainer import class_names
+    from allspark.models import build_model
+
+    info = dist_utils.init_distributed(device)
+    try:
+        weights = resolve_weights(checkpoint)
+        state, saved_cfg = read_weights(weights)
+        if saved_cfg.model != cfg.model:
+            raise ConfigError(f"{weights} was trained with model config {saved_cfg.model}, but the config asks for "
+                              f"{cfg.model}; evaluate with the run's config.yaml")
+        model = build_model(cfg.model)
+        model.load_state_dict(state)
+        model.to(info.device).eval()
+        mode = mode or cfg.eval.mode
+        confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
+                             progress=info.is_main)
+        names = class_names(cfg)
+        result = {"mode": mode, "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
+                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights)}
+        if info.is_main:
+            print(format_iou_table(result["iou"], names, result["miou"]))
+            folder = Path(out) if out else (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "eval.json").write_text(json.dumps(
+                {k: [None if isinstance(v, float) and math.isnan(v) else v for v in val] if k == "iou" else val
+                 for k, val in result.items()}, indent=1))
+            print(f"wrote {folder / 'eval.json'}")
+        return result
+    finally:
+        dist_utils.cleanup()
