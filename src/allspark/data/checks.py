@@ -38,7 +38,7 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def read_image(path: str | Path) -> np.ndarray:
     """An RGB image as (H, W, 3) uint8."""
-    return np.asarray(_open(Path(path), "image").convert("RGB"))
+    return np.array(_open(Path(path), "image").convert("RGB"))
 
 
 def read_mask(path: str | Path, convert: Callable | None = None) -> np.ndarray:
@@ -48,7 +48,7 @@ def read_mask(path: str | Path, convert: Callable | None = None) -> np.ndarray:
         raise DataError(path, f"mask has mode {mask.mode} with {len(mask.getbands())} channels; expected a "
                         "single-channel class-index PNG (mode L or P: one class index per pixel, 255 = ignore), "
                         "not a colour rendering")
-    array = np.asarray(mask)
+    array = np.array(mask)
     if array.dtype != np.uint8:
         if array.max(initial=0) > 255 or array.min(initial=0) < 0:
             raise DataError(path, f"mask values reach {array.min()}..{array.max()}; expected 0..255")

@@ -1,0 +1,156 @@
+"""check-data and the on-the-fly checks: each bad input gives its own message naming the file, exit 1."""
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from allspark.cli import main
+from allspark.data.checks import DataError, check_data
+from allspark.data.datasets import ListDataset
+from allspark.data.transforms import TrainTransform
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _tree(root, count=3):
+    """A good folder-layout dataset: 3 classes, `count` samples in train.txt."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nthing\nstuff\n")
+    for i in range(count):
+        Image.fromarray(np.full((12, 16, 3), 40 * i, np.uint8)).save(root / f"images/{i}.jpg")
+        mask = np.zeros((12, 16), np.uint8)
+        mask[2:6, 3:9], mask[0, 0] = 2, 255
+        Image.fromarray(mask, mode="L").save(root / f"masks/{i}.png")
+    (root / "train.txt").write_text("".join(f"images/{i}.jpg masks/{i}.png\n" for i in range(count)))
+    return root
+
+
+def _missing_image(root):
+    (root / "images/1.jpg").unlink()
+    return "images/1.jpg", "missing file (listed as image)"
+
+
+def _truncated_image(root):
+    data = (root / "images/1.jpg").read_bytes()
+    (root / "images/1.jpg").write_bytes(data[: len(data) // 2])
+    return "images/1.jpg", "unreadable or truncated image"
+
+
+def _size_mismatch(root):
+    Image.fromarray(np.zeros((10, 16), np.uint8), mode="L").save(root / "masks/2.png")
+    return "masks/2.png", "mask size 16x10 differs from its image's 16x12"
+
+
+def _bad_values(root):
+    mask = np.zeros((12, 16), np.uint8)
+    mask[0, :2] = (3, 7)
+    Image.fromarray(mask, mode="L").save(root / "masks/0.png")
+    return "masks/0.png", "mask values 3, 7 outside [0, 3) and not 255 (2 pixels)"
+
+
+def _rgb_mask(root):
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "masks/1.png")
+    return "masks/1.png", "mask has mode RGB with 3 channels; expected a single-channel class-index PNG"
+
+
+def _missing_mask(root):
+    (root / "masks/0.png").unlink()
+    return "masks/0.png", "missing file (listed as mask)"
+
+
+def _bad_list_line(root):
+    (root / "train.txt").write_text("images/0.jpg masks/0.png\nimages/1.jpg\n")
+    return "train.txt", "line 2: expected 'image_path mask_path', found 1 fields"
+
+
+CASES = [_missing_image, _truncated_image, _size_mismatch, _bad_values, _rgb_mask, _missing_mask, _bad_list_line]
+
+
+def test_good_tree_passes(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(root)])
+    assert exit_info.value.code == 0
+    assert "3 samples in 1 lists (train)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("breaker", CASES, ids=lambda f: f.__name__)
+def test_each_problem_is_reported_with_its_file(tmp_path, capsys, breaker):
+    root = _tree(tmp_path / "data")
+    rel, message = breaker(root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(root)])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines  # one problem line + the summary
+    assert lines[0].startswith(f"{root / rel}: {message}"), lines[0]
+    assert lines[1].endswith("1 problem")
+
+
+def test_duplicates_between_labeled_and_unlabeled(tmp_path):
+    root = _tree(tmp_path / "data")
+    (root / "labeled.txt").write_text("images/0.jpg masks/0.png\nimages/1.jpg masks/1.png\n")
+    (root / "unlabeled.txt").write_text("images/1.jpg\nimages/2.jpg masks/2.png\n")
+    problems, summary = check_data(str(root), progress=False)
+    assert problems == [f"{root / 'images/1.jpg'}: listed in both labeled.txt and unlabeled.txt"]
+
+
+def test_config_source_and_num_classes(tmp_path):
+    root = _tree(tmp_path / "data")
+    (root / "labeled.txt").write_text("images/0.jpg masks/0.png\nimages/1.jpg masks/1.png\n")
+    (root / "unlabeled.txt").write_text("images/2.jpg\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"method": "sup", "model": {"num_classes": 3, "ablation": "none"},
+                                      "data": {"root": str(root), "labeled_list": "labeled.txt",
+                                               "unlabeled_list": "unlabeled.txt", "val_list": "train.txt"}}))
+    problems, summary = check_data(str(config), progress=False)
+    assert problems == [] and "(labeled, unlabeled, val)" in summary
+    problems, _ = check_data(str(config), num_classes=2, progress=False)
+    assert len(problems) == 3 and all("mask values 2 outside [0, 2)" in p for p in problems)
+
+
+def test_root_without_class_count_is_a_clear_error(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    (root / "classes.txt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(root)])
+    assert exit_info.value.code == 2
+    assert "--num-classes" in capsys.readouterr().err
+    assert check_data(str(root), num_classes=3, progress=False)[0] == []
+
+
+def test_dataset_raises_naming_the_file(tmp_path):
+    root = _tree(tmp_path / "data")
+    rel, message = _bad_values(root)
+    dataset = ListDataset(root, root / "train.txt", "labeled", 3, TrainTransform(16, colour=True, seed=0))
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        dataset[0]
+    assert err.value.path == str(root / rel)
+    assert dataset[1]["mask"].shape == (16, 16)
+
+
+def test_dataset_skips_bad_samples_when_asked(tmp_path, caplog):
+    root = _tree(tmp_path / "data")
+    _truncated_image(root)
+    dataset = ListDataset(root, root / "train.txt", "labeled", 3, TrainTransform(16, colour=False, seed=0),
+                          skip_bad=True)
+    with caplog.at_level(logging.WARNING):
+        sample = dataset[1]
+    assert sample["image"].shape == (3, 16, 16)
+    assert str(root / "images/1.jpg") in caplog.text
+    val = ListDataset(root, root / "train.txt", "val", 3, skip_bad=True)
+    assert (val[1]["mask"] == 255).all() and val[1]["name"] == "1"  # left out of the metric, not replaced
+    assert val[0]["mask"].shape == (12, 16)
+
+
+@pytest.mark.skipif(not (SHARED / "data/camvid-mini").is_dir(), reason="../shared/data/camvid-mini is absent")
+def test_camvid_mini_is_clean(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(SHARED / "data/camvid-mini"), "--layout", "camvid"])
+    assert exit_info.value.code == 0
+    assert "no problems" in capsys.readouterr().out
