@@ -1,6 +1,8 @@
 """The split generator: deterministic, disjoint, exact in size; the `allspark splits` command."""
 import pytest
 
+from PIL import Image
+
 from allspark.cli import main
 from allspark.data.splits import make_split, parse_fraction, split_lines
 
@@ -72,3 +74,18 @@ def test_cli(tmp_path, capsys):
         main(["splits", str(train), "--out", str(tmp_path / "s"), "--count", "3"])
     assert exit_info.value.code == 1
     assert "--force" in capsys.readouterr().out
+
+
+def test_cli_from_a_layout_tree(tmp_path):
+    for i in range(10):
+        for folder, mode in (("images", "RGB"), ("masks", "L")):
+            (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
+            Image.new(mode, (4, 4)).save(tmp_path / "data" / folder / f"{i}.png")
+    (tmp_path / "data/classes.txt").write_text("a\nb\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["splits", str(tmp_path / "data"), "--layout", "folder", "--out", str(tmp_path / "s"), "--count", "3"])
+    assert exit_info.value.code == 0
+    assert (tmp_path / "s/train.txt").read_text().splitlines()[0] == "images/0.png masks/0.png"
+    labeled = (tmp_path / "s/labeled.txt").read_text().splitlines()
+    unlabeled = (tmp_path / "s/unlabeled.txt").read_text().splitlines()
+    assert len(labeled) == 3 and len(unlabeled) == 7 and not set(labeled) & set(unlabeled)

@@ -184,6 +184,11 @@ _BUILTIN = {
 LAYOUTS = (*_BUILTIN, "folder", "synthetic")
 
 
+def mask_converter(name: str):
+    """The layout's mask conversion to train ids (Cityscapes `labelIds`), or None; needs no classes.txt."""
+    return _BUILTIN[name].convert_mask if name in _BUILTIN else None
+
+
 def get_layout(name: str, root: str | Path | None = None) -> Layout:
     """The layout `name`; `folder` and `synthetic` read their classes from `root/classes.txt`."""
     if name in _BUILTIN:

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from allspark.config import Config, ConfigError
 from allspark.data.datasets import ListDataset
-from allspark.data.layouts import get_layout
+from allspark.data.layouts import mask_converter
 from allspark.data.transforms import TrainTransform
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
@@ -74,9 +74,8 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None)
         raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
                           "labeled/unlabeled lists from a training list)")
     root = Path(cfg.data.root)
-    layout = get_layout(cfg.data.layout, root)
     return ListDataset(root, root / list_path, mode, cfg.model.num_classes, transform,
-                       convert_mask=layout.convert_mask, skip_bad=cfg.data.skip_bad_samples)
+                       convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
 
 
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
