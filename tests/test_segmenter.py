@@ -19,6 +19,7 @@ SIZES = {
     "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3]),
 }
 CROP = 64
+ABLATIONS = ["none", "cca", "cca_mem", "full"]
 
 
 def tiny_cfg(ablation="none", encoder="mit_b0", **kw) -> ModelConfig:
@@ -70,8 +71,9 @@ def test_decode_head_concatenates_c4_first():
 
 @pytest.mark.parametrize("encoder,embed", [("mit_b0", 256), ("mit_b5", 768)])
 def test_inference_shapes(encoder, embed):
-    model = build_model(tiny_cfg(encoder=encoder)).eval()
+    model = build_model(tiny_cfg("full", encoder=encoder)).eval()
     assert model.head.fuse.out_channels == embed
+    assert model.allspark.memory.queue.shape == (5, model.encoder.channels[-1], (CROP // 32) ** 2)
     with torch.no_grad():
         logits = model(torch.randn(1, 3, CROP, CROP))
     assert logits.shape == (1, 5, CROP, CROP)
@@ -82,13 +84,13 @@ def test_embed_dim_override():
     assert model.head.linear_c4.out_features == 48 and model.head.classifier.in_channels == 48
 
 
-@pytest.mark.parametrize("ablation", ["none"])
+@pytest.mark.parametrize("ablation", ABLATIONS)
 def test_forward_semi_shapes_and_gradients(ablation):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(ablation)).train()
     images_l, images_u = torch.randn(2, 3, CROP, CROP), torch.randn(2, 3, CROP, CROP)
     teacher = torch.randn(2, 5, CROP, CROP)
-    logits_l, logits_u = model(images_l, images_u=images_u, teacher_logits_u=teacher, use_memory=False)
+    logits_l, logits_u = model(images_l, images_u=images_u, teacher_logits_u=teacher, use_memory=ablation != "cca")
     assert logits_l.shape == logits_u.shape == (2, 5, CROP, CROP)
     (logits_l.square().mean() + logits_u.square().mean()).backward()
     parts = [model.encoder, model.head] + ([model.allspark] if model.allspark is not None else [])
@@ -98,7 +100,7 @@ def test_forward_semi_shapes_and_gradients(ablation):
         assert sum(g.abs().sum() for g in grads) > 0
 
 
-@pytest.mark.parametrize("ablation", ["none"])
+@pytest.mark.parametrize("ablation", ["none", "full"])  # cca and cca_mem share full's inference path
 def test_inference_is_per_image(ablation):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(ablation)).eval()
@@ -139,11 +141,72 @@ def test_pretrained_of_another_size_is_rejected(tmp_path):
         build_model(tiny_cfg(encoder="mit_b1", pretrained=str(tmp_path / "b0")))
 
 
-@pytest.mark.parametrize("ablation", ["none"])
+def test_forward_semi_matches_forward_semi_method():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("full")).eval()  # eval: no dropout, no memory writes
+    images_l, images_u = torch.randn(1, 3, CROP, CROP), torch.randn(2, 3, CROP, CROP)
+    with torch.no_grad():
+        via_call = model(images_l, images_u=images_u, teacher_logits_u=None, use_memory=True)
+        direct = model.forward_semi(images_l, images_u, None, True)
+        alone = model(images_l)
+    for a, b in zip(via_call, direct):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(via_call[0], alone)  # the memory, not the image's own channels, gave the keys
+
+
+@pytest.mark.parametrize("ablation", ["cca_mem", "full"])
+def test_memory_is_read_only_when_asked(ablation):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(ablation)).train()
+    images_l, images_u = torch.randn(2, 3, CROP, CROP), torch.randn(2, 3, CROP, CROP)
+    teacher = torch.randn(2, 5, CROP, CROP)
+    first_memory = model.allspark.memory.queue.clone()
+
+    def run(memory, use_memory):
+        model.allspark.memory.queue.copy_(memory)
+        torch.manual_seed(1)  # same dropout masks in every run
+        with torch.no_grad():
+            return model(images_l, images_u=images_u, teacher_logits_u=teacher, use_memory=use_memory)[0]
+
+    other_memory = torch.randn_like(first_memory)
+    torch.testing.assert_close(run(first_memory, False), run(other_memory, False), rtol=0, atol=0)
+    assert not torch.allclose(run(first_memory, True), run(other_memory, True))
+    assert not torch.equal(model.allspark.memory.queue, other_memory)  # training steps write the memory
+    model.eval()
+    model.allspark.memory.queue.copy_(first_memory)
+    with torch.no_grad():
+        model(images_l)
+        model(images_l, images_u=images_u, teacher_logits_u=teacher, use_memory=False)
+    assert torch.equal(model.allspark.memory.queue, first_memory)  # evaluation never writes it
+
+
+def test_check_crop():
+    model = build_model(tiny_cfg("full"))
+    model.check_crop(CROP)
+    model.check_crop(CROP - 31)  # 33 -> ceil(33/32) = 2 tokens per side, as for 64
+    with pytest.raises(ValueError, match=r"crop_size 96 gives a 3x3 token grid.*built for 2x2"):
+        model.check_crop(96)
+    build_model(tiny_cfg("none")).check_crop(96)
+    build_model(tiny_cfg("cca")).check_crop(96)
+    with pytest.raises(ValueError, match="token grid"):
+        model(torch.randn(1, 3, 96, 96), images_u=torch.randn(1, 3, 96, 96),
+              teacher_logits_u=torch.randn(1, 5, 96, 96), use_memory=False)
+
+
+@pytest.mark.parametrize("ablation", ["none", "full"])
 def test_weights_round_trip(tmp_path, ablation):
     torch.manual_seed(0)
     cfg = Config(method="semi" if ablation == "none" else "allspark", model=tiny_cfg(ablation))
-    model = build_model(cfg).eval()
+    model = build_model(cfg).train()
+    if ablation != "none":  # a training step moves the memory and its pointers off their initial values
+        model(torch.randn(2, 3, CROP, CROP), images_u=torch.randn(2, 3, CROP, CROP),
+              teacher_logits_u=torch.randn(2, 5, CROP, CROP), use_memory=False)
+        assert model.allspark.memory.ptr.sum() > 0
+    model.eval()
+    restored = build_model(cfg)
+    restored.load_state_dict(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
     save_weights(tmp_path / "w.safetensors", model.state_dict(), cfg)
     loaded, loaded_cfg = load_model(tmp_path / "w.safetensors")
     assert loaded_cfg == cfg

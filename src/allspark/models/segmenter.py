@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark.config import Config, ModelConfig, config_from_dict
+from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.encoders import MiTEncoder, load_pretrained_encoder
 
 
@@ -58,12 +59,9 @@ class AllSparkSegmenter(nn.Module):
         self.cfg = cfg
         self.encoder = MiTEncoder(cfg.encoder)
         self.allspark = None
-        self.token_grid = None
         if cfg.ablation != "none":
-            from allspark.models.allspark import AllSparkBottleneck
-
-            self.token_grid = AllSparkBottleneck.tokens_for_crop(cfg.crop_size)
-            self.allspark = AllSparkBottleneck(self.encoder.channels[-1], cfg.num_classes, self.token_grid,
+            grid = AllSparkBottleneck.tokens_for_crop(cfg.crop_size)  # (h, w) of c4: the memory's d = h*w
+            self.allspark = AllSparkBottleneck(self.encoder.channels[-1], cfg.num_classes, grid,
                                                heads=cfg.heads, ablation=cfg.ablation, grouping=cfg.grouping)
         self.head = DecodeHead(self.encoder.channels, cfg.embed_dim or default_embed_dim(cfg.encoder), cfg.num_classes)
 
@@ -86,23 +84,21 @@ class AllSparkSegmenter(nn.Module):
         n_l = images_l.shape[0]
         feats = self.encoder(torch.cat([images_l, images_u]))
         if self.allspark is not None:
-            self._check_grid(tuple(feats[3].shape[-2:]), f"crop {tuple(images_l.shape[-2:])}")
             y_l, y_u = self.allspark.forward_semi(feats[3][:n_l], feats[3][n_l:], teacher_logits_u, use_memory)
             feats[3] = torch.cat([y_l, y_u])  # (B_l + B_u, C, h, w)
         logits = self._decode(feats, images_l.shape[-2:])
         return logits[:n_l], logits[n_l:]
 
     def check_crop(self, crop_size: int) -> None:
-        """Raise ValueError if training crops of `crop_size` do not fit the Semantic Memory's token grid."""
-        if self.allspark is not None:
-            self._check_grid(self.allspark.tokens_for_crop(crop_size), f"crop_size {crop_size}")
-
-    def _check_grid(self, grid: tuple[int, int], what: str) -> None:
-        if tuple(grid) != tuple(self.token_grid):
-            h, w = self.token_grid
-            raise ValueError(f"{what} gives a {grid[0]}x{grid[1]} token grid at stride 32, but the Semantic Memory "
-                             f"was built for {h}x{w} tokens (model.crop_size {self.cfg.crop_size}); train at crop "
-                             f"{self.cfg.crop_size} or set model.crop_size to the training crop")
+        """Raise ValueError if training crops of `crop_size` do not fit the Semantic Memory's token grid
+        (spec 6); a no-op for the ablations that never use the memory (none, cca)."""
+        if self.allspark is None or self.allspark.ablation == "cca":
+            return
+        grid, built = self.allspark.tokens_for_crop(crop_size), self.allspark.token_grid
+        if grid != built:
+            raise ValueError(f"training crop_size {crop_size} gives a {grid[0]}x{grid[1]} token grid, but the "
+                             f"Semantic Memory was built for {built[0]}x{built[1]} (model.crop_size "
+                             f"{self.cfg.crop_size}); train at that crop or set model.crop_size={crop_size}")
 
     def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         logits = self.head(feats)  # (N, K, H/4, W/4)
