@@ -154,3 +154,18 @@ def test_camvid_mini_is_clean(capsys):
         main(["check-data", str(SHARED / "data/camvid-mini"), "--layout", "camvid"])
     assert exit_info.value.code == 0
     assert "no problems" in capsys.readouterr().out
+
+
+def test_layout_tree_without_lists_converts_label_ids(tmp_path, capsys):
+    for split in ("train", "val"):
+        image = tmp_path / f"leftImg8bit/{split}/ulm/ulm_000000_000019_leftImg8bit.png"
+        mask = tmp_path / f"gtFine/{split}/ulm/ulm_000000_000019_gtFine_labelIds.png"
+        for path in (image, mask):
+            path.parent.mkdir(parents=True)
+        Image.new("RGB", (8, 4)).save(image)
+        Image.fromarray(np.array([[26, 7, 0, 33]] * 4, np.uint8), mode="L").save(mask)  # car, road, -, bicycle
+    problems, summary = check_data(str(tmp_path), layout_name="cityscapes", progress=False)
+    assert problems == [] and "2 samples in 2 lists (train, val)" in summary
+    problems, _ = check_data(str(tmp_path), layout_name="pascal", progress=False)
+    assert problems[0].endswith("split file of layout 'pascal' not found (expected one image stem per line "
+                                "for split 'train')")

@@ -92,6 +92,7 @@ def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
         return problems
     try:
         mask = read_mask(mask_path, convert)
+        # without a readable image only the values can be checked: compare the mask's size with itself
         check_pair(image if image is not None else mask[..., None], mask, mask_path, num_classes)
     except DataError as err:
         problems.append(str(err))
@@ -120,6 +121,13 @@ def read_list(path: str | Path, need_masks: bool) -> list[tuple[str, str | None]
 LIST_NAMES = ("train", "val", "labeled", "unlabeled")
 
 
+def _layout_or_none(name: str | None, root: Path) -> Layout | None:
+    """The layout, or None where there is none to know: no name, or a folder tree without classes.txt."""
+    if name is None or (name in ("folder", "synthetic") and not (root / "classes.txt").is_file()):
+        return None
+    return get_layout(name, root)
+
+
 def _sources(source: str, num_classes: int | None, layout_name: str | None):
     """(root, {list name: list path}, K, layout) from a config/preset or a dataset root."""
     path = Path(source)
@@ -128,12 +136,12 @@ def _sources(source: str, num_classes: int | None, layout_name: str | None):
         root = Path(cfg.data.root)
         keys = {"labeled": cfg.data.labeled_list, "unlabeled": cfg.data.unlabeled_list, "val": cfg.data.val_list}
         lists = {name: root / value for name, value in keys.items() if value}
-        layout = get_layout(layout_name or cfg.data.layout, root)
+        layout = _layout_or_none(layout_name or cfg.data.layout, root)
         return root, lists, num_classes or cfg.model.num_classes, layout
     lists = {name: path / f"{name}.txt" for name in LIST_NAMES if (path / f"{name}.txt").is_file()}
     if layout_name is None and (path / "classes.txt").is_file():
         layout_name = "folder"
-    layout = get_layout(layout_name, path) if layout_name else None
+    layout = _layout_or_none(layout_name, path)
     num_classes = num_classes or (layout.num_classes if layout else None)
     if num_classes is None:
         raise ConfigError(f"{path}: cannot tell the number of classes; pass --num-classes K or --layout L, "
@@ -151,7 +159,11 @@ def _entries(root: Path, lists: dict[str, Path], layout: Layout | None, problems
             problems.append(str(err))
     if not lists and layout is not None:
         for split in layout.splits:
-            pairs = layout.pairs(root, split)
+            try:
+                pairs = layout.pairs(root, split)
+            except FileNotFoundError as err:  # a split file the layout names is absent
+                problems.append(str(err))
+                continue
             if pairs:
                 entries[split] = pairs
     return entries
