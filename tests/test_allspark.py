@@ -101,6 +101,8 @@ def test_inference_matches_reference_and_is_per_image(heads, fast):
     torch.testing.assert_close(y, ref_forward(model, x), rtol=1e-4, atol=1e-5)
     alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
     torch.testing.assert_close(y, alone, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y, rtol=1e-4, atol=1e-5)
     other_size = torch.randn(1, C, 5, 7)
     assert model(other_size).shape == other_size.shape
 

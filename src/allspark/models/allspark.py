@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from allspark.engine.distributed import is_initialized
+
 ABLATIONS = ("cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
 IN_EPS = 1e-5  # instance norm of the attention maps (spec 1.1)
@@ -44,13 +46,13 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
     or (1, 1, m, d) shared by all maps. IN normalises each whole (n x m) map; no 1/sqrt(d) scaling.
 
     fast: softmax ignores the one mean IN subtracts per map, so softmax(IN(S)) = softmax(S / std(S));
-    std comes from Gram matrices and the attention runs in SDPA, never storing the map.
-    fast=False materialises the map (the straightforward version, kept for benchmarks and checks).
+    std comes from Gram matrices and the attention runs in SDPA, never storing the map for backward.
+    fast=False, or no autograd (nothing to store; the Gram products would be extra work), materialises the map.
     """
     dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if not fast:
+        if not (fast and torch.is_grad_enabled()):
             scores = q @ k.mT  # (B, H, n, m)
             var, mean = torch.var_mean(scores, dim=(-2, -1), correction=0, keepdim=True)
             attn = ((scores - mean) * torch.rsqrt(var + IN_EPS)).softmax(-1)
@@ -163,7 +165,7 @@ def enqueue_sequential(queue: torch.Tensor, ptr: torch.Tensor, channels: torch.T
 def gather_from_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Concatenate each tensor over all ranks along dim 0 in rank order (spec 5: every rank writes the
     global batch); unchanged without an initialised process group. Needs equal shapes on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_initialized() or dist.get_world_size() == 1:
         return tensors
     gathered = []
     for tensor in tensors:
