@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 # Public names resolve on first use, so `import allspark` stays light (no torch, no transformers).
-_LAZY = {"build_model": "allspark.models", "load_official": "allspark.models"}
+_LAZY = {"build_model": "allspark.models", "load_official": "allspark.models", "Predictor": "allspark.predict"}
 
 
 def __getattr__(name: str):

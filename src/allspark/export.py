@@ -1,0 +1,97 @@
+"""`allspark export`: the per-image inference graph as ONNX with dynamic height and width.
+
+Inference is per image (spec 1.3, 5): the AllSpark module attends to the image's own channels,
+so the graph needs no memory and no other batch member. Exporter: torch.export-based
+(`torch.onnx.export(..., dynamo=True)`, the default in torch 2.13); the TorchScript exporter
+(`dynamo=False`) stops on `aten::mT`, which the attention uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from allspark.config import config_to_dict
+from allspark.engine.checkpoint import atomic_write
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int | None = None,
+                class_names: Sequence[str] | None = None) -> Path:
+    """Write `model` (on the CPU, eval mode) as ONNX: input "images" normalised float (1, 3, H, W),
+    output "logits" (1, K, H, W), H and W dynamic. The config (and class names) go in the metadata."""
+    model = model.cpu().eval()
+    side = example_size or cfg.model.crop_size
+    example = torch.zeros(1, 3, side, side)
+    height, width = torch.export.Dim("height"), torch.export.Dim("width")
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes={"images": {2: height, 3: width}}, verbose=False)
+    program.model.metadata_props["allspark_config"] = json.dumps(config_to_dict(cfg))
+    if class_names is not None:
+        program.model.metadata_props["class_names"] = json.dumps(list(class_names))
+    out = Path(out)
+    atomic_write(out, lambda tmp: program.save(tmp))
+    return out
+
+
+@torch.no_grad()
+def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]], seed: int = 0) -> float:
+    """Largest |onnxruntime - PyTorch| logit difference over random normalised images of `sizes`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for h, w in sizes:
+        images = torch.randn(1, 3, h, w, generator=generator)
+        expected = model.cpu().eval()(images).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        if got.shape != expected.shape:
+            raise ValueError(f"{path}: ONNX logits have shape {got.shape} for a {h}x{w} input; expected {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def _main(args: argparse.Namespace) -> int:
+    from allspark.engine.checkpoint import load_model
+    from allspark.predict import dataset_palette
+
+    out = Path(args.out)
+    if args.format != "onnx":
+        print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
+        return 2
+    if out.exists() and not args.force:
+        print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    model, cfg = load_model(args.checkpoint, which=args.which)
+    export_onnx(model, cfg, out, args.example_size, class_names=dataset_palette(cfg)[1])
+    print(f"wrote {out}")
+    if args.check:
+        side = args.example_size or cfg.model.crop_size
+        sizes = [(side, side), (side + 32, max(side - 16, 32))]
+        diff = max_onnx_difference(model, out, sizes)
+        print(f"onnxruntime vs PyTorch, inputs {sizes}: max |logit difference| {diff:.2e}")
+        if diff > args.tolerance:
+            print(f"allspark export: difference {diff:.2e} exceeds --tolerance {args.tolerance}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
+    parser.add_argument("out", metavar="OUT", help="output file, e.g. model.onnx")
+    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
+    parser.add_argument("--which", default="best", choices=("best", "latest"))
+    parser.add_argument("--format", default="onnx", help="only onnx")
+    parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare onnxruntime with PyTorch at two sizes after exporting")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted logit difference")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT")
+    parser.set_defaults(run=_main)

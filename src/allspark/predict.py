@@ -1,0 +1,243 @@
+"""Run a trained model on new images: the `Predictor` API and the `allspark predict` command."""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from allspark.data.checks import read_image
+from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
+from allspark.engine.inference import predict_probs
+from allspark.viz.colors import colorize, overlay
+
+
+def dataset_palette(cfg) -> tuple[np.ndarray, list[str]]:
+    """The (K, 3) palette and class names of the config's dataset layout; a generated palette and
+    numbered names when the layout cannot be read (e.g. its root is absent on this machine)."""
+    k = cfg.model.num_classes
+    try:
+        layout = get_layout(cfg.data.layout, cfg.data.root)
+        palette = np.asarray(layout.palette, dtype=np.uint8)
+        names = list(layout.class_names)
+    except (OSError, ValueError, KeyError):
+        return voc_palette(k), [str(i) for i in range(k)]
+    if len(palette) < k or len(names) < k:
+        return voc_palette(k), [str(i) for i in range(k)]
+    return palette[:k], names[:k]
+
+
+class Predictor:
+    """Segment images with a trained model, without the CLI.
+
+    `predict(image)` accepts a PIL image, a uint8 numpy array (H, W, 3) (or (H, W), taken as grey),
+    or a float tensor (3, H, W) already normalised like the training data (ImageNet mean/std);
+    it returns the class-index mask (H, W) as numpy (uint8 for up to 256 classes, else int64).
+    `mode` is "whole" or "sliding" (default: the config's eval mode, "whole" for "center",
+    whose prediction would not cover the image); `window` defaults to the eval crop size."""
+
+    def __init__(self, checkpoint, device: str | torch.device = "cpu", mode: str | None = None,
+                 window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
+                 scales: Sequence[float] = (1.0,), which: str = "best"):
+        from allspark.engine.checkpoint import load_model
+
+        model, cfg = load_model(checkpoint, which=which, device=device)
+        self._setup(model, cfg, device, mode, window, stride_ratio, flip, scales)
+
+    def _setup(self, model, cfg, device, mode, window, stride_ratio, flip, scales):
+        mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
+        if mode not in ("whole", "sliding"):
+            raise ValueError(f"Predictor mode must be 'whole' or 'sliding'; got {mode!r} "
+                             "(centre crop predicts only part of the image)")
+        self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.options = dict(mode=mode, window=window or cfg.eval.crop_size or cfg.model.crop_size,
+                            stride_ratio=stride_ratio or cfg.eval.stride_ratio, flip=flip, scales=tuple(scales))
+        self.palette, self.class_names = dataset_palette(cfg)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.num_classes
+
+    def to_tensor(self, image) -> torch.Tensor:
+        """A normalised float tensor (3, H, W) from a PIL image, uint8 array or normalised tensor."""
+        from allspark.data.transforms import normalize_image  # albumentations: imported only when used
+
+        if isinstance(image, torch.Tensor):
+            if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+                raise ValueError(f"tensor images must be normalised float (3, H, W); got {image.dtype} "
+                                 f"{tuple(image.shape)}")
+            return image.float()
+        if isinstance(image, Image.Image):
+            image = np.array(image.convert("RGB"))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"expected a PIL image, numpy array or tensor; got {type(image).__name__}")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"numpy images must be uint8 (H, W, 3); got {image.dtype} {image.shape}")
+        return torch.as_tensor(normalize_image(image), dtype=torch.float32)
+
+    def predict_probs_batch(self, images: Sequence) -> torch.Tensor:
+        """Probabilities (N, K, H, W) for images of one size; inference is per image, so the
+        batch never changes any image's result."""
+        batch = torch.stack([self.to_tensor(image) for image in images]).to(self.device)  # (N, 3, H, W)
+        return predict_probs(self.model, batch, **self.options).cpu()
+
+    def predict_probs(self, image) -> np.ndarray:
+        """Softmax probabilities (K, H, W), float32."""
+        return self.predict_probs_batch([image])[0].numpy()
+
+    def masks_from_probs(self, probs: torch.Tensor) -> np.ndarray:
+        dtype = np.uint8 if self.num_classes <= 256 else np.int64
+        return probs.argmax(1).numpy().astype(dtype)  # (N, H, W)
+
+    def predict(self, image) -> np.ndarray:
+        """Class-index mask (H, W)."""
+        return self.masks_from_probs(self.predict_probs_batch([image]))[0]
+
+
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their image files, not recursive) and glob patterns -> (files, problems)."""
+    files, problems = [], []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                problems.append(f"{text}: folder has no image files ({', '.join(IMAGE_EXTS)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            if not found:
+                problems.append(f"{text}: pattern matches no files")
+            files.extend(found)
+        else:
+            problems.append(f"{text}: no such file or folder")
+    return files, problems
+
+
+def output_paths(out: Path, source: Path) -> dict[str, Path]:
+    return {kind: out / f"{source.stem}{suffix}.png" for kind, suffix in (("mask", ""), ("color", "_color"),
+                                                                           ("overlay", "_overlay"))}
+
+
+@dataclass
+class _Item:
+    path: Path
+    image: np.ndarray
+
+
+def _batches(items: Iterator[_Item], batch_size: int) -> Iterator[list[_Item]]:
+    """Consecutive images of equal size, at most batch_size at a time."""
+    batch: list[_Item] = []
+    for item in items:
+        if batch and (len(batch) == batch_size or item.image.shape != batch[0].image.shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def write_outputs(predictor: Predictor, item: _Item, mask: np.ndarray, out: Path, alpha: float) -> None:
+    paths = output_paths(out, item.path)
+    # uint8 masks give mode "L" PNGs; more than 256 classes give 32-bit mode "I"
+    Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.int32)).save(paths["mask"])
+    color = colorize(mask, predictor.palette)
+    Image.fromarray(color).save(paths["color"])
+    Image.fromarray(overlay(item.image, color, alpha)).save(paths["overlay"])
+
+
+def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_size: int = 1,
+                alpha: float = 0.5) -> tuple[int, list[str]]:
+    """Segment `files` into `out`; returns (images written, problems: one line per skipped file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    progress = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
+
+    def readable() -> Iterator[_Item]:
+        for path in files:
+            try:
+                yield _Item(path, read_image(path))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                problems.append(f"{path}: skipped, {getattr(err, 'problem', err)}")
+                progress.update(1)
+
+    written = 0
+    for batch in _batches(readable(), batch_size):
+        masks = predictor.masks_from_probs(predictor.predict_probs_batch([item.image for item in batch]))
+        for item, mask in zip(batch, masks):
+            write_outputs(predictor, item, mask, out, alpha)
+            written += 1
+        progress.update(len(batch))
+    progress.close()
+    return written, problems
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be comma-separated numbers, e.g. 0.75,1,1.25; got {text!r}")
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive; got {text!r}")
+    return scales
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        print(f"allspark predict: --batch-size must be at least 1; got {args.batch_size}", file=sys.stderr)
+        return 2
+    files, problems = expand_inputs(args.inputs)
+    out = Path(args.out)
+    targets: dict[Path, Path] = {}
+    for path in files:
+        for target in output_paths(out, path).values():
+            if target in targets:
+                print(f"allspark predict: {path} and {targets[target]} both write {target}; "
+                      "predict them into different --out folders", file=sys.stderr)
+                return 2
+            targets[target] = path
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.force:
+        print(f"allspark predict: {len(existing)} output file(s) already exist, e.g. {existing[0]}; "
+              "pass --force to overwrite them", file=sys.stderr)
+        return 2
+    predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
+                          stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which)
+    written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
+    problems.extend(skipped)
+    for line in problems:
+        print(f"allspark predict: warning: {line}", file=sys.stderr)
+    print(f"wrote {written} prediction(s) ({3 * written} files) to {out}"
+          + (f"; {len(problems)} input(s) skipped" if problems else ""))
+    return 1 if problems else 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("predict", help="segment images with a trained model",
+                            description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
+                                        "<stem>_overlay.png (image | blend) for every input image.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
+    parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
+    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop)")
+    parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")
+    parser.add_argument("--flip", action="store_true", help="average in the horizontally flipped prediction")
+    parser.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1,1.25")
+    parser.add_argument("--batch-size", type=int, default=1, help="images of equal size predicted together")
+    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.set_defaults(run=_main)

@@ -1,0 +1,161 @@
+"""`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allspark.viz.figure import parse_size
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channel indices must be comma-separated integers; got {text!r}") from None
+
+
+def _load(args):
+    from allspark.engine.checkpoint import load_model
+
+    return load_model(args.checkpoint, which=args.which, device=args.device)
+
+
+def _images(inputs: list[str], limit: int | None = None):
+    """(file, RGB uint8, normalised tensor) for each readable input; unreadable ones are reported."""
+    from allspark.data.checks import read_image
+    from allspark.data.transforms import normalize_image
+    from allspark.predict import expand_inputs
+
+    files, problems = expand_inputs(inputs)
+    for line in problems:
+        print(f"allspark viz: warning: {line}", file=sys.stderr)
+    for path in files[:limit]:
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as err:
+            print(f"allspark viz: warning: {path}: skipped, {getattr(err, 'problem', err)}", file=sys.stderr)
+            continue
+        yield path, image, normalize_image(image)
+
+
+def _features(args) -> int:
+    from allspark.viz.features import feature_channels, pick_channels, plot_features
+
+    model, _ = _load(args)
+    found = list(_images([args.image], limit=1))
+    if not found:
+        print(f"allspark viz features: no readable image in {args.image}", file=sys.stderr)
+        return 1
+    path, image, tensor = found[0]
+    before, after = feature_channels(model, tensor.to(args.device))
+    channels = args.channels or pick_channels(before.shape[0], args.num_channels)
+    plot_features(image, before, after, channels, args.out, args.size, title=f"{path.name}: c4 before / after AllSpark")
+    return _done(args.out)
+
+
+def _grouping(args) -> int:
+    from tqdm import tqdm
+
+    from allspark.predict import dataset_palette
+    from allspark.viz.grouping import grouping_counts, plot_grouping
+
+    model, cfg = _load(args)
+    tensors = [tensor.to(args.device) for _, _, tensor in _images(args.inputs, args.max_images)]
+    if not tensors:
+        print("allspark viz grouping: no readable images among the inputs", file=sys.stderr)
+        return 1
+    counts = grouping_counts(model, tqdm(tensors, desc="grouping", unit="img", file=sys.stderr),
+                             cfg.model.num_classes, probs=cfg.model.grouping == "probs")
+    plot_grouping(counts, len(tensors), dataset_palette(cfg)[1], args.out, args.size)
+    return _done(args.out)
+
+
+def _memory(args) -> int:
+    from allspark.predict import dataset_palette
+    from allspark.viz.features import pick_channels
+    from allspark.viz.memory import memory_maps, plot_memory
+
+    model, cfg = _load(args)
+    maps = memory_maps(model)
+    channels = args.channels or pick_channels(maps.shape[1], args.num_channels)
+    plot_memory(maps, channels, dataset_palette(cfg)[1], args.out, args.size)
+    return _done(args.out)
+
+
+def _curves(args) -> int:
+    from allspark.viz.curves import plot_curves, read_metrics
+
+    plot_curves(read_metrics(args.run_dir), args.out, args.size, title=str(args.run_dir))
+    return _done(args.out)
+
+
+def _confusion(args) -> int:
+    from allspark.viz.confusion import plot_confusion, read_eval
+
+    plot_confusion(read_eval(args.eval), args.out, args.size)
+    return _done(args.out)
+
+
+def _done(out) -> int:
+    print(f"wrote {out}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser, size: str, checkpoint: bool) -> None:
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--size", type=_size, default=parse_size(size), help=f"WIDTHxHEIGHT in pixels (default {size})")
+    if checkpoint:
+        parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
+        parser.add_argument("--which", default="best", choices=("best", "latest"))
+        parser.add_argument("--device", default="cpu")
+
+
+def _channel_options(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--channels", type=_indices, help="channel indices, e.g. 3,17,42")
+    parser.add_argument("--num-channels", type=int, default=default, help="evenly spread channels if --channels is unset")
+
+
+def _guard(run):
+    """Errors about input files become one clear line and exit status 1."""
+    def wrapped(args) -> int:
+        try:
+            return run(args)
+        except (OSError, ValueError) as err:
+            print(f"allspark viz {args.plot}: {err}", file=sys.stderr)
+            return 1
+    return wrapped
+
+
+def register(sub) -> None:
+    viz = sub.add_parser("viz", help="figures: features, grouping, memory, curves, confusion")
+    plots = viz.add_subparsers(dest="plot", required=True)
+    p = plots.add_parser("features", help="c4 channels before and after the AllSpark module (paper Fig. 5)")
+    p.add_argument("image", help="an image file")
+    _channel_options(p, 6)
+    _common(p, "1600x500", checkpoint=True)
+    p.set_defaults(run=_guard(_features))
+    p = plots.add_parser("grouping", help="channels assigned to each class by grouping (paper Fig. 6)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="unlabeled images: files, folders or globs")
+    p.add_argument("--max-images", type=int, help="use at most this many images")
+    _common(p, "1000x500", checkpoint=True)
+    p.set_defaults(run=_guard(_grouping))
+    p = plots.add_parser("memory", help="Semantic Memory channels per class slot (paper Fig. 7)")
+    _channel_options(p, 8)
+    _common(p, "1200x1200", checkpoint=True)
+    p.set_defaults(run=_guard(_memory))
+    p = plots.add_parser("curves", help="losses, learning rate and mIoU from a run's metrics.jsonl")
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="run directory or metrics.jsonl")
+    _common(p, "1500x450", checkpoint=False)
+    p.set_defaults(run=_guard(_curves))
+    p = plots.add_parser("confusion", help="confusion matrix and per-class IoU from `allspark eval`")
+    p.add_argument("eval", type=Path, help="eval.json or the folder holding it")
+    _common(p, "1400x650", checkpoint=False)
+    p.set_defaults(run=_guard(_confusion))
