@@ -119,6 +119,13 @@ class Trainer:
                 "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
 
     def load_state(self, model_state: dict, state: dict) -> None:
+        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, this rank's RNG."""
+        own = self.model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in model_state.items()
+                 if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model (e.g. the Semantic Memory "
+                              f"was built for another key 'model.crop_size'): {'; '.join(wrong[:3])}")
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -162,11 +169,13 @@ def class_names(cfg: Config) -> list[str]:
 def train(cfg: Config, force_config: bool = False, device: str = "auto", progress: bool = True) -> dict:
     """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one.
     Works single-process and under torchrun. Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    owns_group = not dist_utils.is_initialized()  # a caller's process group is left to the caller
     info = dist_utils.init_distributed(device)
     try:
         return _train(cfg, info, force_config, progress)
     finally:
-        dist_utils.cleanup()
+        if owns_group:
+            dist_utils.cleanup()
 
 
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
@@ -183,8 +192,9 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
         raise ConfigError(error)
     run_dir = Path(cfg.run_dir)
     log = setup_logger(run_dir if info.is_main else None)
-    dist_utils.seed_everything(cfg.train.seed, info.rank)
+    dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
     trainer = Trainer(cfg, info)
+    dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout and crops per rank
 
     semi = cfg.method != "sup"
     unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if semi else None
