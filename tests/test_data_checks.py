@@ -162,8 +162,8 @@ def test_layout_tree_without_lists_converts_label_ids(tmp_path, capsys):
         mask = tmp_path / f"gtFine/{split}/ulm/ulm_000000_000019_gtFine_labelIds.png"
         for path in (image, mask):
             path.parent.mkdir(parents=True)
-        Image.new("RGB", (8, 4)).save(image)
-        Image.fromarray(np.array([[26, 7, 0, 33]] * 4, np.uint8), mode="L").save(mask)  # car, road, -, bicycle
+        Image.new("RGB", (4, 3)).save(image)
+        Image.fromarray(np.array([[26, 7, 0, 33]] * 3, np.uint8), mode="L").save(mask)  # car, road, -, bicycle
     problems, summary = check_data(str(tmp_path), layout_name="cityscapes", progress=False)
     assert problems == [] and "2 samples in 2 lists (train, val)" in summary
     problems, _ = check_data(str(tmp_path), layout_name="pascal", progress=False)
