@@ -96,3 +96,13 @@ def test_run_dir_refuses_other_config(tmp_path):
         prepare_run_dir(other)
     prepare_run_dir(other, force_config=True)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
+
+
+def test_yaml_off_and_yes_stay_strings(tmp_path):
+    """YAML 1.1 reads `off` as False; the config keeps YAML 1.2 booleans so `train.amp: off` is valid."""
+    path = tmp_path / "c.yaml"
+    path.write_text("method: sup\nmodel: {ablation: none}\ntrain: {amp: off, compile: true}\n")
+    cfg = load_config(path, ["train.amp=off"])
+    assert cfg.train.amp == "off" and cfg.train.compile is True
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config(path, ["train.compile=yes"])

@@ -5,6 +5,7 @@ Every error names the key (and the file) at fault, so a typo in a 60-line YAML i
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,24 @@ METHODS = ("sup", "semi", "allspark")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false, so `amp: off` stays the string "off"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
+
+
+def load_yaml(text: str):
+    """Parse YAML text with `_Loader`."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -196,7 +215,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
     return key, value
@@ -204,7 +223,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Return a copy of the nested mapping `data` with each `key=value` set."""
-    data = yaml.safe_load(yaml.safe_dump(data or {}))
+    data = load_yaml(yaml.safe_dump(data or {}))
     for text in overrides:
         key, value = parse_override(text)
         node = data
@@ -235,7 +254,7 @@ def list_presets() -> list[str]:
 def load_yaml_with_base(path: Path) -> dict:
     """Read a YAML file; a top-level `base: other.yaml` (relative to the file) is merged underneath."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
