@@ -3,7 +3,9 @@
 source is either placed or reported; nothing is dropped silently."""
 from __future__ import annotations
 
+import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from allspark.models.segmenter import AllSparkSegmenter, model_config
+from allspark.config import apply_overrides, config_from_dict, load_config
 
 # Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
 # {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
@@ -139,7 +141,10 @@ def read_checkpoint(source: str | Path | dict, where: str | None = None) -> tupl
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ConversionError(f"{path}: not a PyTorch checkpoint loadable with weights_only=True ({err})") from None
     return unwrap_checkpoint(obj, str(path)), str(path)
 
 
@@ -170,11 +175,51 @@ def load_exact(module: nn.Module, converted: Converted, where: str) -> None:
     module.load_state_dict(converted.tensors, strict=True)
 
 
-def load_official(source: str | Path | dict, cfg) -> AllSparkSegmenter:
+def load_official(source: str | Path | dict, cfg):
     """A segmenter holding the weights (memory included) of a release checkpoint: a `.pth` path or a
     state dict, with or without `module.` and a `{"model": ...}` wrapper. `cfg` (Config, ModelConfig
     or mapping) must name its encoder, class count and crop size; `model.pretrained` is not used."""
+    from allspark.models.segmenter import AllSparkSegmenter, model_config
+
     state, where = read_checkpoint(source)
     model = AllSparkSegmenter(model_config(cfg))
     load_exact(model, release_to_ours(state), where)
     return model
+
+
+def register(sub) -> None:
+    """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
+    parser = sub.add_parser(
+        "convert-official", help="convert a checkpoint of the authors' release into our weights format",
+        description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
+                    "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
+                    "of the checkpoint, e.g. --config pascal/allspark or model.encoder=mit_b5 model.num_classes=21.")
+    parser.add_argument("src", help="release checkpoint (.pth)")
+    parser.add_argument("dst", help="output weights file (.safetensors)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--config", help="YAML file or preset name (default: built-in defaults)")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    parser.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    from allspark.engine.checkpoint import save_weights
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        print(f"allspark convert-official: {dst} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
+    try:
+        model = load_official(args.src, cfg)
+    except (ConversionError, FileNotFoundError) as err:
+        print(f"allspark convert-official: {err}", file=sys.stderr)
+        return 1
+    save_weights(dst, model.state_dict(), cfg)
+    m = cfg.model
+    print(f"wrote {dst}: {len(model.state_dict())} tensors ({m.encoder}, {m.num_classes} classes, crop {m.crop_size}, "
+          f"ablation {m.ablation})")
+    return 0
