@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     viz_commands.register(sub)
     from allspark import export
     export.register(sub)
+    from allspark.models import convert
+    convert.register(sub)
     return parser
 
 
