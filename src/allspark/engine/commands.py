@@ -48,6 +48,9 @@ def _relaunch_with_torchrun(nproc: int) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from allspark.engine.evaluate import run_evaluation
 
+    if not args.checkpoint:
+        print("allspark eval: --checkpoint PATH is required (a weights file or a run directory)", file=sys.stderr)
+        return 2
     cfg = load_config(args.config, args.overrides)
     run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device)
     return 0
@@ -73,27 +76,42 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_command(sub, name: str, options: argparse.ArgumentParser, run, **kwargs) -> None:
+    """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
+    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed)."""
+    p = sub.add_parser(name, parents=[options], **kwargs)
+    p.add_argument("config", help="YAML file or preset name (see `allspark presets`)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides, e.g. train.lr=0.01")
+
+    def parse_tail(args: argparse.Namespace) -> int:
+        args, extra = options.parse_known_args(args.rest, namespace=args)
+        bad = [item for item in extra if "=" not in item or item.startswith("-")]
+        if bad:
+            p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
+        args.overrides = extra
+        return run(args)
+
+    p.set_defaults(run=parse_tail)
+
+
 def register(sub) -> None:
     """Add `train`, `eval`, `presets` and `demo` to the `allspark` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("config", help="YAML file or preset name (see `allspark presets`)")
-    common.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
-    common.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+    train_opts = argparse.ArgumentParser(add_help=False)
+    train_opts.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+    train_opts.add_argument("--force-config", action="store_true",
+                            help="continue a run directory whose saved config.yaml differs from this config")
+    train_opts.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
+    train_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_command(sub, "train", train_opts, _run_train, help="train (or resume) a run",
+                        description="Train in cfg.run_dir; an existing run directory continues from its latest "
+                                    "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")
 
-    p = sub.add_parser("train", parents=[common], help="train (or resume) a run",
-                       description="Train in cfg.run_dir; an existing run directory continues from its latest "
-                                   "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")
-    p.add_argument("--force-config", action="store_true",
-                   help="continue a run directory whose saved config.yaml differs from this config")
-    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(run=_run_train)
-
-    p = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint: mIoU and per-class IoU")
-    p.add_argument("--checkpoint", required=True, help="weights file or run directory (its best checkpoint)")
-    p.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
-    p.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
-    p.set_defaults(run=_run_eval)
+    eval_opts = argparse.ArgumentParser(add_help=False)
+    eval_opts.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+    eval_opts.add_argument("--checkpoint", help="weights file or run directory (its best checkpoint); required")
+    eval_opts.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
+    eval_opts.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
+    _add_config_command(sub, "eval", eval_opts, _run_eval, help="evaluate a checkpoint: mIoU and per-class IoU")
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.add_argument("-v", "--verbose", action="store_true", help="show method, encoder, crop and split list")

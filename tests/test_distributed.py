@@ -1,0 +1,93 @@
+"""Two CPU processes under torchrun (gloo): the memory agrees across ranks after a step, and a short
+run writes one set of outputs. Run as a script, this file is the worker torchrun launches."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+MEMORY = "allspark.memory.queue"
+
+
+def worker(root: str, run_dir: str, out: str) -> None:
+    """One rank: a step with the memory on, gather the memory from every rank, then a short `train`."""
+    from allspark.config import load_config
+    from allspark.data import build_labeled_loader, build_unlabeled_loader
+    from allspark.engine import distributed as dist_utils
+    from allspark.engine.trainer import Trainer, train
+
+    torch.set_num_threads(1)
+    info = dist_utils.init_distributed("cpu")
+    cfg = load_config("demo", [f"data.root={root}", f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2",
+                               "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1",
+                               "train.checkpoint_every=1"])
+    dist_utils.seed_everything(cfg.train.seed)
+    trainer = Trainer(cfg, info)
+    dist_utils.seed_everything(cfg.train.seed, info.rank)
+    before = trainer.model.state_dict()[MEMORY].clone()
+    batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
+    batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
+    trainer.step(batch_l, batch_u, 0, 10, use_memory=True)
+    memory = trainer.model.state_dict()[MEMORY]
+    memories = dist_utils.all_gather_object(memory)
+    images = dist_utils.all_gather_object(batch_u["image"])
+    result = train(cfg, progress=False)
+    if info.is_main:
+        Path(out).write_text(json.dumps({
+            "world_size": info.world_size, "equal": all(torch.equal(m, memories[0]) for m in memories),
+            "written": not torch.equal(memories[0], before), "batches_differ": not torch.equal(images[0], images[1]),
+            "iteration": result["iteration"]}))
+    dist_utils.cleanup()
+
+
+@pytest.mark.slow
+def test_two_processes_gloo(tmp_path):
+    from allspark.data.splits import make_split
+    from allspark.data.synthetic import generate_synthetic
+    from allspark.engine.checkpoint import load_checkpoint
+    from allspark.engine.runs import read_metrics
+
+    root = generate_synthetic(tmp_path / "data", num_train=20, num_val=3, size=64, seed=0, num_classes=4)
+    make_split(root / "train.txt", root / "splits", count=4, seed=0)
+    run, out = tmp_path / "run", tmp_path / "result.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               __file__, str(root), str(run), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and result["batches_differ"]
+    assert result["written"] and result["equal"]  # spec 5: every rank enqueues the global batch
+    # 16 unlabeled images / (2 per process x 2 processes) = 4 iterations per epoch, 2 epochs
+    assert result["iteration"] == 8
+    _, state = load_checkpoint(run)
+    assert state["iteration"] == 8 and len(state["rng"]) == 2
+    records = read_metrics(run)
+    train_iters = [r["iter"] for r in records if r["split"] == "train"]
+    assert train_iters == list(range(1, 9))  # rank 0 alone writes: no duplicate lines
+    assert [r["epoch"] for r in records if r["split"] == "val"] == [1, 2]
+    assert len(list((run / "tb").iterdir())) == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.safetensors", "latest.safetensors", "latest.state.pt"]
+
+
+def test_nproc_relaunches_under_torchrun(monkeypatch):
+    from allspark.cli import main
+    from allspark.engine import commands
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["allspark", "train", "demo", "--nproc", "2", "train.lr=0.1"])
+    monkeypatch.setattr(commands.subprocess, "call", lambda command: calls.append(command) or 0)
+    with pytest.raises(SystemExit) as code:
+        main(sys.argv[1:])
+    assert code.value.code == 0
+    assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "allspark",
+                            "train", "demo", "train.lr=0.1"]
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:4])
