@@ -241,3 +241,11 @@ def test_convert_official_cli(tmp_path, trained_model, capsys):
     err = capsys.readouterr().err
     assert "decoder.decoder.linear_pred.weight" in err and "(5, 256, 1, 1)" in err and "(7, 256, 1, 1)" in err
     assert run(args + ["model.encoder=mit_b9", "--force"]) == 2
+
+
+def test_published_checkpoint_layout_gets_an_explanation(trained_model):
+    state = release_state(trained_model)
+    state["decoder.allspark.embeddings.patch_embeddings.weight"] = torch.zeros(1)
+    state["decoder.allspark.encoder.layer.0.attn_norm1.weight"] = torch.zeros(1)
+    with pytest.raises(ConversionError, match="earlier layout.*issue #3"):
+        load_official(state, tiny_cfg())

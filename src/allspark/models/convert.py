@@ -52,6 +52,8 @@ _RELEASE_DECODER_RULES = [
 ]
 
 _LIST_LIMIT = 20
+# Key fragments of the published checkpoints' earlier layout (spec 6).
+_EARLIER_LAYOUT = re.compile(r"decoder\.allspark\.embeddings\.|(^|\.)encoder\.layer\.\d+\.attn_norm")
 
 
 class ConversionError(ValueError):
@@ -182,8 +184,14 @@ def load_official(source: str | Path | dict, cfg):
     from allspark.models.segmenter import AllSparkSegmenter, model_config
 
     state, where = read_checkpoint(source)
+    converted = release_to_ours(state)
+    earlier = [k for k in converted.unconsumed if _EARLIER_LAYOUT.search(k)]
+    if earlier:
+        raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the checkpoints the "
+                              "authors published, which their released code does not load either (spec 6, authors' "
+                              "issue #3); load_official reads the layout of the released model/semseg/allspark.py")
     model = AllSparkSegmenter(model_config(cfg))
-    load_exact(model, release_to_ours(state), where)
+    load_exact(model, converted, where)
     return model
 
 
