@@ -42,6 +42,10 @@ def plot_confusion(result: dict, out: str | Path, size: tuple[int, int] = (1200,
     ax_matrix, ax_bars = fig.subplots(1, 2)
     image = ax_matrix.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
     fig.colorbar(image, ax=ax_matrix, fraction=0.046)
+    if k <= 20:  # numbers stay legible only for few classes
+        for (row, col), value in np.ndenumerate(normalised):
+            ax_matrix.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                           color="white" if value > 0.5 else "black")
     ticks = np.arange(k)
     ax_matrix.set_xticks(ticks, names, rotation=90, fontsize="small")
     ax_matrix.set_yticks(ticks, names, fontsize="small")
