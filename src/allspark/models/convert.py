@@ -201,7 +201,8 @@ def register(sub) -> None:
         "convert-official", help="convert a checkpoint of the authors' release into our weights format",
         description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
                     "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
-                    "of the checkpoint, e.g. --config pascal/allspark or model.encoder=mit_b5 model.num_classes=21.")
+                    "of the checkpoint, e.g. --config pascal/augmented/1_8/allspark, or model.encoder=mit_b5 "
+                    "model.num_classes=21 model.crop_size=513.")
     parser.add_argument("src", help="release checkpoint (.pth)")
     parser.add_argument("dst", help="output weights file (.safetensors)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
