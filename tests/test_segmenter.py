@@ -133,6 +133,21 @@ def test_pretrained_from_huggingface_directory(tmp_path):
         torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
 
 
+def test_pretrained_directory_with_a_missing_weight_is_rejected(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import SegformerForImageClassification
+
+    SegformerForImageClassification(mit_config("mit_b0")).save_pretrained(tmp_path / "cls")
+    build_model(tiny_cfg(pretrained=str(tmp_path / "cls")))  # the classifier is dropped
+    weights = tmp_path / "cls" / "model.safetensors"
+    state = load_file(weights)
+    (dropped,) = [k for k in state if k.endswith("layer_norm.3.bias") or k.endswith("stages.3.layer_norm.bias")]
+    del state[dropped]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"stages\.3\.layer_norm\.bias"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "cls")))
+
+
 def test_pretrained_of_another_size_is_rejected(tmp_path):
     from transformers import SegformerModel
 

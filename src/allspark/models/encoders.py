@@ -67,10 +67,16 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
         load_exact(encoder, mit_to_hf(state, drop_head=True), where)
         return
     try:
-        hf = SegformerModel.from_pretrained(source)
+        hf, info = SegformerModel.from_pretrained(source, output_loading_info=True)
     except OSError as err:
         raise ValueError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
                          f"directory or hub id failed: {err}") from None
+    # transformers fills missing weights with random ones; a classification or segmentation head is dropped.
+    extra = sorted(k for k in info["unexpected_keys"] if not k.startswith(("classifier.", "decode_head.")))
+    missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+    if extra or missing:
+        raise ValueError(f"model.pretrained {source!r}: encoder weights missing or misshapen: {missing}; "
+                         f"unknown weights: {extra}")
     found = (tuple(hf.config.hidden_sizes), tuple(hf.config.depths))
     if found != MIT_SIZES[encoder.name]:
         raise ValueError(f"model.pretrained {source!r} holds an encoder with widths {found[0]} and depths {found[1]}; "
