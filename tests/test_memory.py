@@ -26,25 +26,26 @@ def test_sequential_reference_on_a_worked_example():
         assert ptr.tolist() == [1, 1], write.__name__
 
 
-def _random_classes(case, gen):
+def _classes(case, batch, gen):
     if case == "random":
-        return torch.randint(0, K, (B, C), generator=gen)
-    if case == "overflow":  # one class gets 2C channels in one step, one image gets a few elsewhere
-        classes = torch.full((B, C), 1)
+        return torch.randint(0, K, (batch, C), generator=gen)
+    if case == "overflow":  # class 1 gets more than C channels in one step (3 laps for 3 images), class 3 two
+        classes = torch.full((batch, C), 1)
         classes[0, :2] = 3
         return classes
-    return torch.randint(0, 2, (B, C), generator=gen) * 2  # classes 1 and 3 receive nothing
+    return torch.randint(0, 2, (batch, C), generator=gen) * 2  # classes 1 and 3 receive nothing
 
 
-@pytest.mark.parametrize("case", ["random", "overflow", "empty_classes"])
-def test_vectorised_enqueue_equals_sequential_fifo(case):
+@pytest.mark.parametrize("case, batch", [("random", 2), ("random", 5), ("overflow", 2), ("overflow", 3),
+                                         ("empty_classes", 2)])
+def test_vectorised_enqueue_equals_sequential_fifo(case, batch):
     gen = torch.Generator().manual_seed(0)
     queue = torch.randn(K, C, 5, generator=gen)
     ptr = torch.randint(0, C, (K,), generator=gen)
     ref_queue, ref_ptr = queue.clone(), ptr.clone()
     for _ in range(4):  # successive steps wrap around every ring
-        channels = torch.randn(B, C, 5, generator=gen)
-        classes = _random_classes(case, gen)
+        channels = torch.randn(batch, C, 5, generator=gen)
+        classes = _classes(case, batch, gen)
         enqueue(queue, ptr, channels, classes)
         enqueue_sequential(ref_queue, ref_ptr, channels, classes)
         assert torch.equal(queue, ref_queue)

@@ -136,17 +136,17 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, channels: torch.Tensor, clas
     vectorised on the device, no host sync; equal to enqueue_sequential (spec 1.2)."""
     num_q, slots, d = queue.shape
     channels, classes = channels.reshape(-1, d), classes.reshape(-1)  # (N, d), (N,) in (image, channel) order
-    onehot = (classes[:, None] == torch.arange(num_q, device=classes.device)).long()  # (N, K)
-    seen = onehot.cumsum(0)  # (N, K)
-    rank = seen.gather(1, classes[:, None]).squeeze(1) - 1  # position of each channel within its class
-    count = seen[-1]  # (K,)
-    slot = (ptr[classes] + rank) % slots
-    # only each class's last `slots` channels survive; the others write 0 to a slot a survivor then fills
-    survives = rank >= count[classes] - slots
-    flat = queue.view(num_q * slots, d)
-    index = classes * slots + slot
-    flat[index] = 0
-    flat.index_put_((index,), torch.where(survives[:, None], channels.to(flat.dtype), 0), accumulate=True)
+    seen = (classes[:, None] == torch.arange(num_q, device=classes.device)).long().cumsum(0)  # (N, K)
+    rank = seen.gather(1, classes[:, None]).squeeze(1) - 1  # (N,) order of each channel within its class
+    count = seen[-1]  # (K,) channels per class
+    # a class given more than `slots` channels overwrites its own: each writer of a slot writes the value of
+    # that slot's last writer (same rank modulo slots, the highest below count), so duplicate indices agree
+    last = rank + slots * ((count[classes] - 1 - rank) // slots)
+    by_class = torch.argsort(classes, stable=True)  # channel of (class k, rank r) is by_class[start[k] + r]
+    start = count.cumsum(0) - count
+    source = by_class[start[classes] + last]
+    index = classes * slots + (ptr[classes] + rank) % slots
+    queue.view(-1, d)[index] = channels[source].to(queue.dtype)
     ptr.copy_((ptr + count) % slots)
 
 
