@@ -1,0 +1,63 @@
+"""`allspark export --format onnx`: dynamic H/W, onnxruntime logits equal PyTorch's."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from allspark.cli import main
+from allspark.engine.checkpoint import load_model
+from inference_helpers import tiny_checkpoint
+
+pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)
+
+
+def run_cli(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    checkpoint = tiny_checkpoint(folder)
+    out = folder / "tiny.onnx"
+    # exit status 0 also means the built-in check (onnxruntime vs PyTorch at two sizes) passed
+    assert run_cli(["export", "--checkpoint", str(checkpoint), "--format", "onnx", str(out)]) == 0
+    return checkpoint, out
+
+
+@torch.no_grad()
+def test_onnxruntime_equals_pytorch_at_two_sizes(exported):
+    import onnxruntime
+
+    checkpoint, out = exported
+    model, _ = load_model(checkpoint)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for h, w in [(64, 64), (96, 80)]:
+        images = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        (logits,) = session.run(["logits"], {"images": images.numpy()})
+        expected = model(images).numpy()
+        assert logits.shape == expected.shape == (1, 3, h, w)
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+
+
+def test_graph_has_dynamic_size_and_metadata(exported):
+    _, out = exported
+    graph = onnx.load(str(out))
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[:2]] == [1, 3]
+    assert all(d.dim_param and not d.dim_value for d in dims[2:])
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(metadata["class_names"]) == ["c0", "c1", "c2"]
+    assert json.loads(metadata["allspark_config"])["model"]["num_classes"] == 3
+
+
+def test_refuses_to_overwrite_without_force(exported, capsys):
+    checkpoint, out = exported
+    before = out.read_bytes()
+    assert run_cli(["export", "--checkpoint", str(checkpoint), str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == before
