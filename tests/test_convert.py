@@ -195,7 +195,8 @@ def test_release_unconsumed_and_missing_keys_are_listed(trained_model):
         load_official(state, tiny_cfg())
     message = str(err.value)
     for name in ("decoder.allspark.attn.temperature", "head.fuse_bn.num_batches_tracked",
-                 "encoder.stages.2.blocks.1.attention.k_proj.weight", "encoder.stages.2.blocks.1.attention.v_proj.weight"):
+                 "encoder.stages.2.blocks.1.attention.k_proj.weight",
+                 "encoder.stages.2.blocks.1.attention.v_proj.weight"):
         assert name in message
 
 

@@ -187,9 +187,10 @@ def load_official(source: str | Path | dict, cfg):
     converted = release_to_ours(state)
     earlier = [k for k in converted.unconsumed if _EARLIER_LAYOUT.search(k)]
     if earlier:
-        raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the checkpoints the "
-                              "authors published, which their released code does not load either (spec 6, authors' "
-                              "issue #3); load_official reads the layout of the released model/semseg/allspark.py")
+        raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the "
+                              "checkpoints the authors published, which their released code does not load either "
+                              "(spec 6, authors' issue #3); load_official reads the layout of the released "
+                              "model/semseg/allspark.py")
     model = AllSparkSegmenter(model_config(cfg))
     load_exact(model, converted, where)
     return model
