@@ -177,3 +177,13 @@ def test_every_rank_writes_the_global_batch(tmp_path):
     for state in states:
         torch.testing.assert_close(state["queue"], queue)
         assert torch.equal(state["ptr"], ptr)
+
+
+def test_enqueue_traces_as_one_graph_without_host_syncs():
+    """fullgraph=True fails on .item()/.tolist()/data-dependent shapes: the update stays on the device."""
+    queue, ptr = torch.randn(K, C, 5), torch.zeros(K, dtype=torch.long)
+    ref_queue, ref_ptr = queue.clone(), ptr.clone()
+    channels, classes = torch.randn(B, C, 5), torch.randint(0, K, (B, C))
+    torch.compile(enqueue, backend="eager", fullgraph=True)(queue, ptr, channels, classes)
+    enqueue_sequential(ref_queue, ref_ptr, channels, classes)
+    assert torch.equal(queue, ref_queue) and torch.equal(ptr, ref_ptr)
