@@ -1,0 +1,104 @@
+"""Training-step throughput and peak memory for sup / semi / allspark (memory off and on).
+
+One `Trainer.step` (teacher pass, student pass, losses, SGD) on fixed random batches of B + B crops,
+so data loading is left out. CPU peak memory is the process's max RSS measured in a fresh child
+process per setting; CUDA peak memory is torch.cuda.max_memory_allocated.
+
+    .venv/bin/python benchmarks/bench_train.py                      # MiT-B0, crop 161, 2 + 2, CPU
+    .venv/bin/python benchmarks/bench_train.py --device cuda --encoder mit_b5 --crop 513 --amp bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SETTINGS = {  # name: (method, ablation, use_memory)
+    "sup": ("sup", "none", False),
+    "semi": ("semi", "none", False),
+    "allspark (memory off)": ("allspark", "full", False),
+    "allspark (memory on)": ("allspark", "full", True),
+}
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """Seconds per step and peak memory of one setting, in this process."""
+    from allspark.config import load_config
+    from allspark.engine.distributed import DistInfo
+    from allspark.engine.trainer import Trainer
+
+    method, ablation, use_memory = SETTINGS[name]
+    device = torch.device(args.device)
+    cfg = load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder={args.encoder}",
+                               f"model.crop_size={args.crop}", f"model.num_classes={args.classes}",
+                               f"train.batch_size={args.batch}", f"train.amp={args.amp}",
+                               f"train.compile={args.compile}", "run_dir=runs/bench"])
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, DistInfo(device=device))
+    b, s, k = args.batch, args.crop, args.classes
+    batch_l = {"image": torch.randn(b, 3, s, s), "mask": torch.randint(0, k, (b, s, s))}
+    batch_u = {"image": torch.randn(b, 3, s, s), "valid": torch.ones(b, s, s, dtype=torch.bool)}
+    if method == "sup":
+        batch_u = None
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(args.warmup):
+        trainer.step(batch_l, batch_u, i, 10**6, use_memory)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for i in range(args.iters):
+        trainer.step(batch_l, batch_u, args.warmup + i, 10**6, use_memory)
+    sync()
+    seconds = (time.perf_counter() - started) / args.iters
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    return {"name": name, "it_s": 1 / seconds, "s_per_it": seconds, "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--encoder", default="mit_b0")
+    parser.add_argument("--crop", type=int, default=161)
+    parser.add_argument("--batch", type=int, default=2, help="per branch: B labeled + B unlabeled")
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child mode: one setting, JSON out
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only:
+        print(json.dumps(measure(args.only, args)))
+        return
+    print(f"device {args.device}, {args.encoder}, crop {args.crop}, batch {args.batch}+{args.batch}, "
+          f"amp {args.amp}, compile {args.compile}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    rows = []
+    for name in SETTINGS:
+        child = [sys.executable, __file__, *sys.argv[1:], "--only", name]
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
+        print(f"{name:24s} {rows[-1]['it_s']:7.2f} it/s  {rows[-1]['s_per_it'] * 1000:8.1f} ms/it  "
+              f"peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
+    by_name = {r["name"]: r for r in rows}
+    ratio = by_name["allspark (memory on)"]["s_per_it"] / by_name["semi"]["s_per_it"]
+    print(f"allspark (memory on) / semi step time: {ratio:.2f}x (target <= 1.25x)")
+
+
+if __name__ == "__main__":
+    main()
