@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark.engine.distributed import is_initialized
+from allspark.models.chunked_attention import chunked_dropout_attention
 
 ABLATIONS = ("cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
@@ -40,6 +41,10 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=1.0)[..., :d]
 
 
+# Run eagerly inside torch.compile graphs: inductor's lowering of this fp32 SDPA and its backward picked
+# the memory-efficient kernel with arguments it then rejected ("cutlassF: no kernel found", torch 2.11,
+# H100); eager SDPA is already a fused kernel, so the graph break costs little.
+@torch.compiler.disable
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
                       fast: bool = True) -> torch.Tensor:
     """softmax(IN(q k^T)) v for every map, in fp32 (spec 1.1, 6): q (B, H, n, d); k, v (B, H, m, d)
@@ -59,7 +64,11 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
             return F.dropout(attn, dropout_p, training=dropout_p > 0) @ v
         q = q * _map_inv_std(q, k)
         b, h, n, d = q.shape
-        if k.shape[0] * k.shape[1] == 1 and b * h > 1:
+        shared = k.shape[0] * k.shape[1] == 1
+        if shared and dropout_p > 0 and q.device.type == "cpu":
+            # CPU SDPA has no fused kernel with dropout (its math path costs ~3x, see chunked_attention)
+            return chunked_dropout_attention(q.reshape(b * h * n, d), k[0, 0], v[0, 0], dropout_p).view(b, h, n, d)
+        if shared and b * h > 1:
             # shared keys: all maps' query rows in one list (softmax is per row), keys projected once
             return _fused_attention(q.reshape(1, 1, b * h * n, d), k, v, dropout_p).view(b, h, n, d)
         return _fused_attention(q, k, v, dropout_p)
