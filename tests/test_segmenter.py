@@ -230,3 +230,15 @@ def test_weights_round_trip(tmp_path, ablation):
     images = torch.randn(1, 3, CROP, CROP)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images))
+
+
+def test_pretrained_from_our_checkpoint_takes_its_encoder_only(tmp_path):
+    """A SupBaseline run's weights file initialises the encoder of an AllSpark model (fine-tuning)."""
+    torch.manual_seed(2)
+    sup = build_model(tiny_cfg("none"))
+    save_weights(tmp_path / "sup.safetensors", sup.state_dict(), Config(method="sup", model=tiny_cfg("none")))
+    torch.manual_seed(3)
+    model = build_model(tiny_cfg("full", pretrained=str(tmp_path / "sup.safetensors")))
+    for key, value in sup.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
+    assert not torch.equal(model.head.classifier.weight, sup.head.classifier.weight)

@@ -58,10 +58,18 @@ class MiTEncoder(nn.Module):
 
 
 def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
-    """Load ImageNet weights into `encoder` from an original `mit_bX.pth` file, a Hugging Face
-    directory or a hub id; every key must match (errors list the ones that do not)."""
+    """Load weights into `encoder` from an original `mit_bX.pth` file, a Hugging Face directory or hub id,
+    or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to fine-tune from);
+    every key must match (errors list the ones that do not)."""
     from allspark.models.convert import Converted, load_exact, mit_to_hf, read_checkpoint
 
+    if Path(source).suffix == ".safetensors":
+        from allspark.engine.checkpoint import read_weights
+
+        state, _ = read_weights(source)
+        tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        load_exact(encoder, Converted(tensors=tensors, origin={k: f"encoder.{k}" for k in tensors}), source)
+        return
     if Path(source).is_file():
         state, where = read_checkpoint(source)
         load_exact(encoder, mit_to_hf(state, drop_head=True), where)
