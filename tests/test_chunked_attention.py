@@ -65,7 +65,7 @@ def test_keep_probability_and_empirical_keep_rate():
     assert keep_threshold(0.5) == (0, 0.5)
     torch.manual_seed(0)
     mask = draw_keep_mask(1000, 2000, threshold)
-    assert mask.dtype == torch.uint8 and set(mask.unique().tolist()) == {0, 1}
+    assert mask.dtype == torch.bool and set(mask.unique().tolist()) == {False, True}
     sigma = (keep * (1 - keep) / mask.numel()) ** 0.5
     assert abs(mask.double().mean().item() - keep) < 5 * sigma
     assert abs(mask[:, ::4].double().mean().item() - keep) < 10 * sigma  # each 16-bit field of a draw

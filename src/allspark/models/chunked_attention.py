@@ -1,12 +1,12 @@
-"""Unscaled softmax(q k^T) v with dropout on the map, computed in row chunks (CPU training path, spec 1.1).
+"""Unscaled softmax(q k^T) v with dropout on the map, computed in cache-sized chunks (CPU training path, spec 1.1).
 
 CPU SDPA has no fused kernel with dropout: it falls back to the math path, which writes the whole map, a float
-Bernoulli mask and the dropped map to DRAM and keeps them for backward (2.2x the step time with the memory on,
-issue #6). Here each chunk of query rows (a ~1 MiB slice of the map, cache-sized) goes through scores, softmax,
-dropout and A @ V before the next; backward recomputes the chunk's softmax (flash-style). Only the dropout mask
-is kept, one byte per entry: drawing it again in backward would cost more than reading it (the CPU generator
-is serial). The mask takes 16 random bits per entry, 4 entries per int64 draw of the global generator (so
-torch.manual_seed makes runs reproducible): ~4x cheaper than bernoulli_ on floats.
+Bernoulli mask and the dropped map to DRAM and keeps them for backward (with the memory on, one AllSpark step
+cost 2.2x a SemiBaseline step, issue #6). Here each chunk of the map (~1 MiB) goes through scores, softmax,
+dropout and A @ V before the next; backward recomputes the map from the saved logsumexp (flash-style). Only
+the dropout mask is kept, one byte per entry: drawing it again in backward would cost more than reading it
+(the CPU generator is serial). The mask takes 16 random bits per entry, 4 entries per int64 draw of the
+global generator (torch.manual_seed makes runs reproducible): ~4x cheaper than bernoulli_ on floats.
 """
 
 from __future__ import annotations
@@ -25,57 +25,64 @@ def keep_threshold(dropout_p: float) -> tuple[int, float]:
     return kept - FIELD // 2, kept / FIELD
 
 
-def draw_keep_mask(rows: int, cols: int, threshold: int) -> torch.Tensor:
-    """(rows, cols) uint8 mask, 1 = kept, from 16-bit fields of uniform int64 draws (4 entries per draw)."""
+def draw_keep_mask(rows: int, cols: int, threshold: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(rows, cols) bool mask, True = kept, from 16-bit fields of uniform int64 draws (4 entries per draw)."""
     entries = rows * cols
     bits = torch.empty(-(-entries // 4), dtype=torch.int64).random_(-2**63, None)
-    return torch.lt(bits.view(torch.int16)[:entries].view(rows, cols), threshold).view(torch.uint8)
+    return torch.lt(bits.view(torch.int16)[:entries].view(rows, cols), threshold, out=out)
 
 
 class _ChunkedDropoutAttention(torch.autograd.Function):
-    """q (n, d), k, v (m, d) -> (n, d); saves q, k, v, the output and the (n, m) uint8 keep mask (None if p = 0)."""
+    """q (n, d), k, v (m, d) -> (n, d). Forward by query rows (softmax needs whole rows), backward by key columns
+    from the saved row logsumexp: the running sum is then dq (n, d), small, instead of dk and dv (m, d) each.
+    Saves q, k, v, the output, the logsumexp and the (n, m) bool keep mask (None without dropout)."""
 
     @staticmethod
     def forward(ctx, q, k, v, dropout_p):
         n, m = q.shape[0], k.shape[0]
         threshold, keep = keep_threshold(dropout_p)
         rows = max(1, CHUNK_ENTRIES // m)
-        out = q.new_empty(n, v.shape[1])
-        mask = torch.empty(n, m, dtype=torch.uint8) if keep < 1 else None  # p < 2^-17 rounds to no dropout
+        out, lse = q.new_empty(n, v.shape[1]), q.new_empty(n, 1)
+        mask = torch.empty(n, m, dtype=torch.bool) if keep < 1 else None  # p < 2^-17 rounds to no dropout
         k_t = k.mT
         for start in range(0, n, rows):
             part = slice(start, start + rows)
-            attn = torch.softmax(q[part] @ k_t, -1)  # (r, m)
+            scores = q[part] @ k_t  # (r, m)
+            attn = torch.softmax(scores, -1)
+            # logsumexp = max(s) - log(max(a)), no second pass of exponentials
+            torch.sub(scores.amax(-1, keepdim=True), attn.amax(-1, keepdim=True).log_(), out=lse[part])
             if mask is not None:
-                mask[part] = draw_keep_mask(attn.shape[0], m, threshold)
-                attn.mul_(mask[part])
+                draw_keep_mask(attn.shape[0], m, threshold, out=mask[part])
+                attn.mul_(mask[part].view(torch.uint8))  # uint8: a cheap cast inside mul, unlike bool
             torch.mm(attn, v, out=out[part])
         if mask is not None:
             out.mul_(1.0 / keep)
-        ctx.save_for_backward(q, k, v, out, mask)
-        ctx.keep, ctx.rows = keep, rows
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        ctx.keep = keep
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, out, mask = ctx.saved_tensors
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        n, m = q.shape[0], k.shape[0]
         grad_scaled = grad_out.contiguous() / ctx.keep  # (n, d): the 1/keep of the dropout, applied once
         delta = (grad_out * out).sum(-1, keepdim=True)  # (n, 1) = rowsum(A * dA), dropout included
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        k_t, v_t = k.mT, v.mT
-        for start in range(0, q.shape[0], ctx.rows):
-            part = slice(start, start + ctx.rows)
-            attn = torch.softmax(q[part] @ k_t, -1)  # (r, m), as in forward
-            grad_kept = grad_scaled[part] @ v_t  # (r, m): gradient of the dropped map
+        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.empty_like(k), torch.empty_like(v)
+        cols = max(1, CHUNK_ENTRIES // n)
+        for start in range(0, m, cols):
+            part = slice(start, start + cols)
+            attn = torch.mm(q, k[part].mT).sub_(lse).exp_()  # (n, c), as in forward
+            grad_kept = grad_scaled @ v[part].mT  # (n, c): gradient of the dropped map
             if mask is not None:
-                grad_v.addmm_((attn * mask[part]).mT, grad_scaled[part])
-                grad_kept.mul_(mask[part])
+                kept = mask[:, part].view(torch.uint8)
+                torch.mm((attn * kept).mT, grad_scaled, out=grad_v[part])
+                grad_kept.mul_(kept)
             else:
-                grad_v.addmm_(attn.mT, grad_scaled[part])
-            grad_s = grad_kept.sub_(delta[part]).mul_(attn)  # softmax backward
-            torch.mm(grad_s, k, out=grad_q[part])
-            grad_k.addmm_(grad_s.mT, q[part])
+                torch.mm(attn.mT, grad_scaled, out=grad_v[part])
+            grad_s = grad_kept.sub_(delta).mul_(attn)  # softmax backward
+            grad_q.addmm_(grad_s, k[part])
+            torch.mm(grad_s.mT, q, out=grad_k[part])
         return grad_q, grad_k, grad_v, None
 
 
