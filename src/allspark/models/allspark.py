@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark.engine.distributed import is_initialized
-from allspark.models.chunked_attention import chunked_dropout_attention
+from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
 ABLATIONS = ("cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
@@ -65,8 +65,8 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
         q = q * _map_inv_std(q, k)
         b, h, n, d = q.shape
         shared = k.shape[0] * k.shape[1] == 1
-        if shared and dropout_p > 0 and q.device.type == "cpu":
-            # CPU SDPA has no fused kernel with dropout (its math path costs ~3x, see chunked_attention)
+        if shared and dropout_p > 0 and q.device.type == "cpu" and d <= MAX_DIM:
+            # CPU SDPA has no fused kernel with dropout; its math path costs up to 2x (see chunked_attention)
             return chunked_dropout_attention(q.reshape(b * h * n, d), k[0, 0], v[0, 0], dropout_p).view(b, h, n, d)
         if shared and b * h > 1:
             # shared keys: all maps' query rows in one list (softmax is per row), keys projected once
