@@ -28,18 +28,20 @@ def test_seeded():
     assert not np.array_equal(first[0], other[0])
 
 
-def test_masks_are_exact_and_classes_distinct():
+def test_every_class_appears_and_colours_vary_within_a_class():
     rng = np.random.default_rng(0)
     seen, colours = set(), {}
     for _ in range(40):
         image, mask = render_scene(rng, 64, 64, MAX_CLASSES)
         seen |= set(np.unique(mask).tolist())
-        for cls in np.unique(mask):
+        for cls in np.unique(mask)[1:]:
             colours.setdefault(int(cls), []).append(image[mask == cls].astype(float).mean(0))
     assert seen == set(range(MAX_CLASSES))
-    means = np.array([np.mean(colours[c], 0) for c in range(MAX_CLASSES)])
-    distances = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(MAX_CLASSES) * 1e3
-    assert distances.min() > 30  # classes differ in colour, so a tiny model can tell them apart
+    spread = np.mean([np.std(c, 0).mean() for c in colours.values()])  # instance colours within a class
+    means = np.array([np.mean(c, 0) for c in colours.values()])
+    distances = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(len(means)) * 1e3
+    # each class has its own hue family, but a few instances do not cover its brightness and saturation
+    assert spread > 25 and 15 < distances.min() < 2 * spread
     image, mask = render_scene(np.random.default_rng(1), 64, 64, 3)
     assert mask.max() <= 2
 

@@ -131,3 +131,20 @@ def test_metrics_writer_and_truncate(tmp_path):
     assert list((tmp_path / "tb").iterdir())
     truncate_metrics(tmp_path, 5)
     assert [r["iter"] for r in read_metrics(tmp_path)] == [5]
+
+
+@pytest.mark.parametrize("iters", [None, 700])
+def test_demo_gives_both_methods_the_same_budget(tmp_path, iters):
+    from allspark.config import Config
+    from allspark.engine import demo
+
+    base = load_config("demo")
+    budgets = {}
+    for method in ("sup", "allspark"):
+        cfg: Config = load_config("demo", demo.demo_overrides(method, tmp_path, tmp_path / "data", iters))
+        assert cfg.method == method and cfg.run_dir == str(tmp_path / method)
+        labeled = demo.NUM_LABELED if method == "sup" else demo.NUM_TRAIN - demo.NUM_LABELED
+        per_epoch = labeled // base.train.batch_size
+        assert cfg.train.epochs * per_epoch >= cfg.train.max_iters  # the epochs never cut the budget short
+        budgets[method] = cfg.train.max_iters
+    assert budgets["sup"] == budgets["allspark"] == (iters or budgets["sup"])

@@ -12,17 +12,19 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-# name, base colour (RGB), texture: one row per object class; background is class 0.
+# name, hue (0..1), texture: one row per object class; background is class 0.
 SHAPES = (
-    ("disk", (220, 60, 50), "plain"),
-    ("square", (60, 170, 70), "stripes"),
-    ("triangle", (50, 90, 220), "checker"),
-    ("ring", (230, 200, 40), "plain"),
-    ("cross", (200, 70, 200), "dots"),
-    ("diamond", (40, 200, 210), "stripes"),
-    ("bar", (250, 140, 30), "checker"),
+    ("disk", 0.0, "plain"),
+    ("square", 0.33, "stripes"),
+    ("triangle", 0.62, "checker"),
+    ("ring", 0.15, "plain"),
+    ("cross", 0.8, "dots"),
+    ("diamond", 0.48, "stripes"),
+    ("bar", 0.08, "checker"),
 )
+HUE_JITTER = 0.06  # an object's hue is its class hue give or take this
 MAX_CLASSES = len(SHAPES) + 1
+TEXTURES = ("plain", "stripes", "checker", "dots")
 
 
 def _shape(name: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
@@ -56,14 +58,41 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarr
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Low-saturation base tint, two random low-frequency waves, and pixel noise; (H, W, 3) float."""
+    """Random base colour, two random low-frequency waves, distractor blobs and pixel noise; (H, W, 3) float.
+
+    The blobs (ellipses of random colour and texture) belong to the background, so texture and colour
+    alone do not tell an object from clutter."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    tint = rng.uniform(70, 170) + rng.uniform(-20, 20, size=3)
+    image = np.broadcast_to(rng.uniform(40, 200, size=3), (height, width, 3)).astype(np.float32)
     shade = np.zeros((height, width), np.float32)
     for _ in range(2):
         angle, period = rng.uniform(0, np.pi), rng.uniform(0.2, 0.8) * max(height, width)
         shade += 18 * np.sin((x * np.cos(angle) + y * np.sin(angle)) * (2 * np.pi / period) + rng.uniform(0, 6.3))
-    return tint + shade[..., None] + rng.normal(0, 10, size=(height, width, 3))
+    image = image + shade[..., None]
+    side = min(height, width)
+    for _ in range(rng.integers(0, 2, endpoint=True)):
+        a, b = rng.uniform(0.05, 0.25) * side, rng.uniform(0.02, 0.08) * side  # elongated: never disk-like
+        cy, cx, angle = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0, np.pi)
+        u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+        v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+        inside = (u / a) ** 2 + (v / b) ** 2 < 1
+        kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        pattern = _texture(kind, u, v, period=rng.uniform(3, 8))
+        image[inside] = (_random_colour(rng) * (0.6 + 0.4 * pattern[..., None]))[inside]
+    return image + rng.normal(0, 10, size=(height, width, 3))
+
+
+def _random_colour(rng: np.random.Generator, hue: float | None = None) -> np.ndarray:
+    """A colour of random saturation and brightness, (3,) float; its hue is `hue` give or take
+    HUE_JITTER, or anything when `hue` is None."""
+    hue = rng.uniform(0, 1) if hue is None else hue + rng.uniform(-HUE_JITTER, HUE_JITTER)
+    return _hsv(hue, rng.uniform(0.35, 1.0), rng.uniform(90, 250))
+
+
+def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
+    """RGB (3,) float of a smooth hue wheel: hue in [0, 1), saturation in [0, 1], value in [0, 255]."""
+    wave = 0.5 + 0.5 * np.cos(2 * np.pi * (hue - np.array([0.0, 1 / 3, 2 / 3])))  # R, G, B in [0, 1]
+    return value * (1 - saturation + saturation * wave)
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,10 +100,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
     image = _background(rng, height, width)
     mask = np.zeros((height, width), np.uint8)
     side = min(height, width)
-    for _ in range(rng.integers(1, 4, endpoint=True)):
+    for _ in range(rng.integers(3, 6, endpoint=True)):
         cls = int(rng.integers(1, num_classes))
-        name, colour, kind = SHAPES[cls - 1]
-        r = rng.uniform(0.12, 0.3) * side
+        name, hue, kind = SHAPES[cls - 1]
+        r = rng.uniform(0.12, 0.32) * side
         cy, cx = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
         reach = 1.2 * r  # every shape fits in a disk of this radius, at any rotation
         y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, height)
@@ -87,7 +116,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
         v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
         inside = _shape(name, u, v, r)
         pattern = _texture(kind, u, v, period=max(r / 3, 3.0))
-        base = np.clip(np.array(colour) * rng.uniform(0.8, 1.2) + rng.uniform(-25, 25, size=3), 0, 255)
+        base = _random_colour(rng, hue)
         pixels = base * (0.6 + 0.4 * pattern[..., None]) + rng.normal(0, 6, size=(*pattern.shape, 3))
         image[y0:y1, x0:x1][inside] = pixels[inside]
         mask[y0:y1, x0:x1][inside] = cls
@@ -104,7 +133,7 @@ def generate_synthetic(root: str | Path, num_train: int = 200, num_val: int = 50
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    palette = [("background", (0, 0, 0))] + [(name, colour) for name, colour, _ in SHAPES[: num_classes - 1]]
+    palette = [("background", (0, 0, 0))] + [(name, _hsv(hue, 0.8, 230).astype(int)) for name, hue, _ in SHAPES[: num_classes - 1]]
     (root / "classes.txt").write_text("".join(f"{name} {r} {g} {b}\n" for name, (r, g, b) in palette))
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("val", num_val)):

@@ -26,17 +26,19 @@ def prepare_demo_data(data: Path, num_classes: int) -> None:
 
 
 def demo_overrides(method: str, out: Path, data: Path, iters: int | None) -> list[str]:
-    """Overrides of the demo preset for `method`: both methods get the same iteration budget, so the
-    SupBaseline's epochs (passes over the few labeled images) are scaled up to match."""
+    """Overrides of the demo preset for `method`: both methods get the same iteration budget and about
+    the same number of evaluations, so the epochs (passes over the unlabeled list, or over the few labeled
+    images for SupBaseline) are scaled to match."""
     base = load_config("demo")
-    total = iters or base.train.epochs * (NUM_TRAIN - NUM_LABELED) // base.train.batch_size
-    overrides = [f"run_dir={out / method}", f"data.root={data}", f"train.max_iters={total}"]
+    unlabeled_epoch = (NUM_TRAIN - NUM_LABELED) // base.train.batch_size
+    total = iters or base.train.epochs * unlabeled_epoch
+    per_epoch = NUM_LABELED // base.train.batch_size if method == "sup" else unlabeled_epoch
+    epochs = math.ceil(total / per_epoch)
+    evals = base.train.epochs // base.train.eval_every
+    overrides = [f"run_dir={out / method}", f"data.root={data}", f"train.max_iters={total}",
+                 f"train.epochs={epochs}", f"train.eval_every={max(1, epochs // evals)}"]
     if method == "sup":
-        per_epoch = NUM_LABELED // base.train.batch_size
-        epochs = math.ceil(total / per_epoch)
-        evals = base.train.epochs // base.train.eval_every
-        overrides += ["method=sup", "model.ablation=none", f"train.epochs={epochs}",
-                      f"train.eval_every={max(1, epochs // evals)}"]
+        overrides += ["method=sup", "model.ablation=none"]
     return overrides
 
 
