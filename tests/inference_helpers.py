@@ -3,9 +3,11 @@ shared by the predict, viz and export tests."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from allspark.cli import main
 from allspark.config import config_from_dict
 from allspark.engine.checkpoint import save_weights
 from allspark.models import build_model
@@ -37,3 +39,10 @@ def write_images(folder: Path, sizes) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def run_cli(argv) -> int:
+    """Run `allspark ARGV...` in-process and return its exit status."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code

@@ -6,17 +6,10 @@ import onnx
 import pytest
 import torch
 
-from allspark.cli import main
 from allspark.engine.checkpoint import load_model
-from inference_helpers import tiny_checkpoint
+from inference_helpers import run_cli, tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")

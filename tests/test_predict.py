@@ -4,21 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.cli import main
 from allspark.data.transforms import normalize_image
 from allspark.predict import Predictor
-from inference_helpers import PALETTE, tiny_checkpoint, write_images
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
+from inference_helpers import PALETTE, run_cli, write_images
 
 
 def test_folder_with_corrupt_file_writes_the_others_and_names_it(checkpoint, tmp_path, capsys):

@@ -6,24 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.cli import main
 from allspark.engine.checkpoint import load_model
 from allspark.viz.curves import read_metrics
 from allspark.viz.figure import parse_size
 from allspark.viz.grouping import grouping_counts
 from allspark.viz.memory import memory_maps
-from inference_helpers import tiny_checkpoint, write_images
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-def run_cli(argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
+from inference_helpers import run_cli, tiny_checkpoint, write_images
 
 
 def assert_png(path, size):
