@@ -9,7 +9,7 @@ import torch
 
 from allspark.config import load_config
 
-NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 240, 40, 128, 12  # dataset of the demo preset
+NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
 
 
 def prepare_demo_data(data: Path, num_classes: int) -> None:
