@@ -77,14 +77,10 @@ class _ChunkedDropoutAttention(torch.autograd.Function):
         for start in range(0, m, cols):
             part = slice(start, start + cols)
             attn = torch.mm(q, k[part].mT).sub_(lse).exp_()  # (n, c), as in forward
-            grad_kept = grad_scaled @ v[part].mT  # (n, c): gradient of the dropped map
-            if mask is not None:
-                kept = mask[:, part].view(torch.uint8)
-                torch.mm((attn * kept).mT, grad_scaled, out=grad_v[part])
-                grad_kept.mul_(kept)
-            else:
-                torch.mm(attn.mT, grad_scaled, out=grad_v[part])
-            grad_s = grad_kept.sub_(delta).mul_(attn)  # softmax backward
+            dropped = attn * mask[:, part].view(torch.uint8) if mask is not None else attn  # (n, c)
+            torch.mm(dropped.mT, grad_scaled, out=grad_v[part])
+            # softmax backward A * (M * dA' - delta) = (A * M) * dA' - A * delta: the mask (0/1) read once
+            grad_s = (grad_scaled @ v[part].mT).mul_(dropped).addcmul_(attn, delta, value=-1)
             grad_q.addmm_(grad_s, k[part])
             torch.mm(grad_s.mT, q, out=grad_k[part])
         return grad_q, grad_k, grad_v, None
