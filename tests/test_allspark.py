@@ -68,27 +68,18 @@ def make(heads=2, fast=True, ablation="full", dropout=0.1, dtype=torch.float32, 
     return model, x_l, x_u, logits
 
 
+@pytest.mark.parametrize("use_memory", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("heads", [1, 2])
-def test_semi_before_memory_matches_reference(heads, fast):
+def test_semi_matches_reference(heads, fast, use_memory):
+    """Keys from the unlabeled batch (before S-Mem) or from the memory slots (after)."""
     model, x_l, x_u, _ = make(heads, fast)
     model.eval()
-    y_l, y_u = model.forward_semi(x_l, x_u, None, use_memory=False)
-    r_l, r_u = ref_forward_semi(model, x_l, x_u)
+    y_l, y_u = model.forward_semi(x_l, x_u, None, use_memory=use_memory)
+    r_l, r_u = ref_forward_semi(model, x_l, x_u, model.memory.queue if use_memory else None)
     torch.testing.assert_close(y_u, r_u, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y_l, r_l, rtol=1e-4, atol=1e-5)
     assert y_l.shape == x_l.shape and y_u.shape == x_u.shape
-
-
-@pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("heads", [1, 2])
-def test_semi_with_memory_matches_reference(heads, fast):
-    model, x_l, x_u, _ = make(heads, fast)
-    model.eval()
-    y_l, y_u = model.forward_semi(x_l, x_u, None, use_memory=True)
-    r_l, r_u = ref_forward_semi(model, x_l, x_u, model.memory.queue)
-    torch.testing.assert_close(y_l, r_l, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(y_u, r_u, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fast", [True, False])
