@@ -45,8 +45,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        metadata = weights_metadata(path)
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
@@ -62,7 +61,7 @@ def resolve_weights(path_or_run: str | Path, which: str = "best") -> Path:
     path = Path(path_or_run)
     if path.is_dir():
         for name in (which, "latest"):
-            candidate = path / "checkpoints" / f"{name}.safetensors"
+            candidate, _ = checkpoint_paths(path, name)
             if candidate.is_file():
                 return candidate
         raise FileNotFoundError(f"run directory {path} has no checkpoints/{which}.safetensors or latest.safetensors")
