@@ -92,7 +92,6 @@ class EvalConfig:
     mode: str = "whole"  # whole | sliding | center
     crop_size: int | None = None  # window / centre-crop size; None: model.crop_size
     stride_ratio: float = 2 / 3  # sliding-window stride as a fraction of the window
-    batch_size: int = 1
 
 
 @dataclass
@@ -133,11 +132,6 @@ def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: key '{key}' expects a list, got {value!r}")
-        return [_check_type(v, item, key, where) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
@@ -190,7 +184,7 @@ def validate(cfg: Config, where: str = "<config>") -> None:
         if value not in choices:
             raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {value!r}")
     positive = ["model.num_classes", "model.crop_size", "model.heads", "train.epochs", "train.batch_size",
-                "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.batch_size"]
+                "train.checkpoint_every", "train.eval_every", "train.log_every"]
     for key in positive:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{where}: key '{key}' must be positive; got {_get(cfg, key)!r}")
