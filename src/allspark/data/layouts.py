@@ -42,6 +42,8 @@ CITYSCAPES_PALETTE = np.array([
 ], dtype=np.uint8)
 # Cityscapes labelIds (0..33) of the 19 evaluated classes, in train-id order; every other id -> 255.
 CITYSCAPES_EVAL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+_CITYSCAPES_TRAIN_ID_LUT = np.full(256, 255, dtype=np.uint8)
+_CITYSCAPES_TRAIN_ID_LUT[list(CITYSCAPES_EVAL_IDS)] = np.arange(len(CITYSCAPES_EVAL_IDS), dtype=np.uint8)
 
 COCO_CLASSES = (
     "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -66,9 +68,7 @@ CAMVID_PALETTE = np.array([
 
 def cityscapes_label_ids_to_train_ids(mask: np.ndarray) -> np.ndarray:
     """Map a Cityscapes `labelIds` mask to the 19 train ids (255 for every unevaluated id)."""
-    lut = np.full(256, 255, dtype=np.uint8)
-    lut[list(CITYSCAPES_EVAL_IDS)] = np.arange(len(CITYSCAPES_EVAL_IDS), dtype=np.uint8)
-    return lut[mask]
+    return _CITYSCAPES_TRAIN_ID_LUT[mask]
 
 
 @dataclass(frozen=True, eq=False)
