@@ -30,11 +30,10 @@ def split_lines(lines: list[str], count: int | None = None, fraction: str | floa
     Lines naming the same image are merged first, so no image lands in both lists; both outputs keep
     the input order.
     """
-    seen, unique = set(), []
+    first: dict[str, str] = {}  # image -> its first line, in input order
     for line in lines:
-        if line.split()[0] not in seen:
-            seen.add(line.split()[0])
-            unique.append(line)
+        first.setdefault(line.split()[0], line)
+    unique = list(first.values())
     total = len(unique)
     if (count is None) == (fraction is None):
         raise ValueError("give exactly one of count and fraction")
