@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from allspark.config import Config, ConfigError, config_from_dict, config_to_dict
+from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -34,7 +34,7 @@ def prepare_run_dir(cfg: Config, force_config: bool = False) -> Path:
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        old = config_from_dict(yaml.safe_load(saved.read_text()), where=str(saved))
+        old = config_from_dict(load_yaml(saved.read_text()), where=str(saved))
         diff = config_diff(old, cfg)
         if diff and not force_config:
             raise ConfigError(f"run directory {run_dir} was started with a different config; differing keys:\n  "
