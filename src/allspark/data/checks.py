@@ -178,11 +178,9 @@ def check_data(source: str, num_classes: int | None = None, layout_name: str | N
     if not entries and not problems:
         problems.append(f"{root}: no list files ({', '.join(n + '.txt' for n in LIST_NAMES)}) and no "
                         f"images found with layout '{layout.name if layout else 'folder'}'")
-    samples = {}
-    for name, items in entries.items():
-        for image, mask in items:
-            key = (root / image, None if name == "unlabeled" or mask is None else root / mask)
-            samples.setdefault(key, name)
+    samples = dict.fromkeys(  # an ordered set: a sample in several lists is read once
+        (root / image, None if name == "unlabeled" or mask is None else root / mask)
+        for name, items in entries.items() for image, mask in items)
     convert = layout.convert_mask if layout is not None else None
     for image_path, mask_path in tqdm(samples, desc="check-data", unit="sample", disable=not progress):
         problems.extend(sample_problems(image_path, mask_path, num_classes, convert))
