@@ -45,6 +45,13 @@ def _shape(name: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     return (np.abs(u) < r) & (np.abs(v) < 0.35 * r)  # bar
 
 
+def _frame(x: np.ndarray, y: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates in an object's frame: centred on (cx, cy), rotated by `angle`."""
+    u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+    v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+    return u, v
+
+
 def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
     """Brightness pattern in [0, 1] over the object's frame."""
     if kind == "stripes":
@@ -73,8 +80,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     for _ in range(rng.integers(0, 2, endpoint=True)):
         a, b = rng.uniform(0.05, 0.25) * side, rng.uniform(0.02, 0.08) * side  # elongated: never disk-like
         cy, cx, angle = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0, np.pi)
-        u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
-        v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+        u, v = _frame(x, y, cx, cy, angle)
         inside = (u / a) ** 2 + (v / b) ** 2 < 1
         kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
         pattern = _texture(kind, u, v, period=rng.uniform(3, 8))
@@ -112,8 +118,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
             continue
         y, x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         angle = rng.uniform(0, 2 * np.pi)
-        u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
-        v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+        u, v = _frame(x, y, cx, cy, angle)
         inside = _shape(name, u, v, r)
         pattern = _texture(kind, u, v, period=max(r / 3, 3.0))
         base = _random_colour(rng, hue)
