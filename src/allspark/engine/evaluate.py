@@ -3,7 +3,6 @@ whole set (each image counted once across ranks), mIoU and per-class IoU."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from tqdm import tqdm
 from allspark.config import Config, ConfigError
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
+from allspark.engine.runs import json_safe
 
 
 def eval_window(cfg: Config) -> int:
@@ -73,9 +73,7 @@ def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None,
             print(format_iou_table(result["iou"], names, result["miou"]))
             folder = Path(out) if out else (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "eval.json").write_text(json.dumps(
-                {k: [None if isinstance(v, float) and math.isnan(v) else v for v in val] if k == "iou" else val
-                 for k, val in result.items()}, indent=1))
+            (folder / "eval.json").write_text(json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
             print(f"wrote {folder / 'eval.json'}")
         return result
     finally:

@@ -62,11 +62,12 @@ def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger
     return logger
 
 
-def _json_safe(value):
+def json_safe(value):
+    """`value` (a scalar or list) with non-finite floats as None, which JSON can hold."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -83,7 +84,7 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         """record: {'split': 'train'|'val', 'iter', 'epoch', ...scalars, optional 'iou': list}."""
         with self.path.open("a") as handle:
-            handle.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+            handle.write(json.dumps({k: json_safe(v) for k, v in record.items()}) + "\n")
         split, step = record["split"], record["iter"]
         for key, value in record.items():
             if key in ("split", "iter", "epoch") or not isinstance(value, (int, float)):
