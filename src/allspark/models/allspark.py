@@ -63,15 +63,16 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
             attn = ((scores - mean) * torch.rsqrt(var + IN_EPS)).softmax(-1)
             return F.dropout(attn, dropout_p, training=dropout_p > 0) @ v
         q = q * _map_inv_std(q, k)
-        b, h, n, d = q.shape
-        shared = k.shape[0] * k.shape[1] == 1
-        if shared and dropout_p > 0 and q.device.type == "cpu" and d <= MAX_DIM:
+        if k.shape[0] * k.shape[1] > 1:
+            return _fused_attention(q, k, v, dropout_p)
+        # shared keys: all maps' query rows in one list (softmax is per row), keys projected once
+        rows = q.reshape(-1, q.shape[-1])  # (B*H*n, d)
+        if dropout_p > 0 and q.device.type == "cpu" and q.shape[-1] <= MAX_DIM:
             # CPU SDPA has no fused kernel with dropout; its math path costs up to 2x (see chunked_attention)
-            return chunked_dropout_attention(q.reshape(b * h * n, d), k[0, 0], v[0, 0], dropout_p).view(b, h, n, d)
-        if shared and b * h > 1:
-            # shared keys: all maps' query rows in one list (softmax is per row), keys projected once
-            return _fused_attention(q.reshape(1, 1, b * h * n, d), k, v, dropout_p).view(b, h, n, d)
-        return _fused_attention(q, k, v, dropout_p)
+            out = chunked_dropout_attention(rows, k[0, 0], v[0, 0], dropout_p)
+        else:
+            out = _fused_attention(rows[None, None], k, v, dropout_p)[0, 0]
+        return out.view(q.shape)
 
 
 class ChannelAttention(nn.Module):
