@@ -78,8 +78,9 @@ def command(name: str, args: argparse.Namespace, lists: tuple[Path, Path], out: 
 
 
 def last_val(run_dir: Path) -> dict:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    vals = [line for line in lines if line.get("split") == "val"]
+    from allspark.engine.runs import read_metrics
+
+    vals = [record for record in read_metrics(run_dir) if record.get("split") == "val"]
     if not vals:
         raise RuntimeError(f"{run_dir}/metrics.jsonl has no validation line: the run did not finish")
     return vals[-1]
@@ -118,6 +119,8 @@ def table(rows: list[dict], class_names: list[str]) -> str:
 
 
 def main() -> None:
+    from allspark.data import get_layout
+
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +131,7 @@ def main() -> None:
     names = [name for name, slug in SLUGS.items() if slug in wanted]
     lists = make_split(Path(args.data), out, args.seed)
     seconds = run_all(names, args, lists, out)
-    class_names = (Path(args.data) / "classes.txt").read_text().split("\n")
-    class_names = [c.strip() for c in class_names if c.strip()]
+    class_names = list(get_layout("camvid", args.data).class_names)  # the layout of the camvid presets
     rows = []
     for name in names:
         val = last_val(out / SLUGS[name])
