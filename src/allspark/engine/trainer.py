@@ -245,8 +245,9 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
                 record = trainer.step(batch_l, batch_u, iteration, total, use_memory)
                 iteration += 1
                 epoch_iter += 1
+                # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=epoch, refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=epoch)
                 if writer and (iteration % cfg.train.log_every == 0 or iteration == 1):
                     writer.write({"split": "train", "iter": iteration, "epoch": epoch, **record,
                                   "use_memory": int(use_memory)})
