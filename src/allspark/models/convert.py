@@ -93,14 +93,14 @@ def _apply_rules(key: str, tensor: torch.Tensor, rules, out: Converted, prefix: 
     return False
 
 
-def mit_to_hf(state: dict[str, torch.Tensor], drop_head: bool = False, prefix: str = "") -> Converted:
-    """Original MiT names (`block1.0.attn.kv.weight`, ...) -> `MiTEncoder` names under `prefix`.
+def mit_to_hf(state: dict[str, torch.Tensor], drop_head: bool = False) -> Converted:
+    """Original MiT names (`block1.0.attn.kv.weight`, ...) -> `MiTEncoder` names.
     `drop_head` discards the ImageNet classifier `head.*` of the `mit_bX.pth` files."""
     out = Converted()
     for key, tensor in state.items():
         if drop_head and key.startswith("head."):
             continue
-        if not _apply_rules(key, tensor, _MIT_RULES, out, prefix):
+        if not _apply_rules(key, tensor, _MIT_RULES, out):
             out.unconsumed.append(key)
     return out
 
@@ -136,10 +136,10 @@ def unwrap_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_checkpoint(source: str | Path | dict, where: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """A state dict from a `.pth` path (loaded with weights_only=True) or an in-memory mapping."""
+def read_checkpoint(source: str | Path | dict) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, where for messages) from a `.pth` path (loaded with weights_only=True) or an in-memory mapping."""
     if isinstance(source, dict):
-        return unwrap_checkpoint(source, where or "<state dict>"), where or "<state dict>"
+        return unwrap_checkpoint(source, "<state dict>"), "<state dict>"
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
