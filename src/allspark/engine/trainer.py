@@ -200,9 +200,7 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
     unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if semi else None
     labeled = build_labeled_loader(cfg, info.rank, info.world_size, len(unlabeled.dataset) if semi else None)
     val = build_val_loader(cfg, info.rank, info.world_size)
-    iters_per_epoch = len(unlabeled) if semi else len(labeled)
-    if semi:
-        iters_per_epoch = min(iters_per_epoch, len(labeled))
+    iters_per_epoch = min(len(labeled), len(unlabeled)) if semi else len(labeled)
     if iters_per_epoch == 0:
         raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} per "
                           f"process x {info.world_size} processes exceeds the training list)")
