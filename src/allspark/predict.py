@@ -49,9 +49,6 @@ class Predictor:
         from allspark.engine.checkpoint import load_model
 
         model, cfg = load_model(checkpoint, which=which, device=device)
-        self._setup(model, cfg, device, mode, window, stride_ratio, flip, scales)
-
-    def _setup(self, model, cfg, device, mode, window, stride_ratio, flip, scales):
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
         if mode not in ("whole", "sliding"):
             raise ValueError(f"Predictor mode must be 'whole' or 'sliding'; got {mode!r} "
