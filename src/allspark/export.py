@@ -46,11 +46,12 @@ def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequenc
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = model.cpu().eval()
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for h, w in sizes:
         images = torch.randn(1, 3, h, w, generator=generator)
-        expected = model.cpu().eval()(images).numpy()
+        expected = model(images).numpy()
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         if got.shape != expected.shape:
             raise ValueError(f"{path}: ONNX logits have shape {got.shape} for a {h}x{w} input; expected {expected.shape}")
