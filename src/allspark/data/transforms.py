@@ -1,8 +1,6 @@
 """Training augmentation of the release (spec 2) with albumentations, and ImageNet normalisation."""
 from __future__ import annotations
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
 
@@ -33,6 +31,11 @@ class TrainTransform:
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
+        # imported here, not at the top: normalize_image and every CLI command load this module,
+        # and only training needs albumentations (about half a second to import)
+        import albumentations as A
+        import cv2
+
         steps = [
             A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
                           mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
