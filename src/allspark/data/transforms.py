@@ -32,7 +32,7 @@ class TrainTransform:
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
         # imported here, not at the top: normalize_image and every CLI command load this module,
-        # and only training needs albumentations (about half a second to import)
+        # and only training needs albumentations (about a second to import)
         import albumentations as A
         import cv2
 
