@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from allspark.data.checks import IGNORE_INDEX  # the masks' ignore value, defined once by the data layer
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from allspark.engine.distributed import all_reduce_sum
-from allspark.engine.losses import IGNORE_INDEX
+from allspark.data.checks import IGNORE_INDEX
 
 
 class ConfusionMatrix:
