@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from allspark.data.checks import read_image
 from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
+from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs
 from allspark.viz.colors import colorize, overlay
 
@@ -64,7 +65,6 @@ class Predictor:
 
     def to_tensor(self, image) -> torch.Tensor:
         """A normalised float tensor (3, H, W) from a PIL image, uint8 array or normalised tensor."""
-        from allspark.data.transforms import normalize_image  # albumentations: imported only when used
 
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
