@@ -65,7 +65,6 @@ class Predictor:
 
     def to_tensor(self, image) -> torch.Tensor:
         """A normalised float tensor (3, H, W) from a PIL image, uint8 array or normalised tensor."""
-
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
                 raise ValueError(f"tensor images must be normalised float (3, H, W); got {image.dtype} "
