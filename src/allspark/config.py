@@ -18,6 +18,7 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 
 ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 ABLATIONS = ("none", "cca", "cca_mem", "full")
+GROUPINGS = ("probs", "logits")
 METHODS = ("sup", "semi", "allspark")
 
 
@@ -108,7 +109,7 @@ _CHOICES = {
     "method": METHODS,
     "model.encoder": ENCODERS,
     "model.ablation": ABLATIONS,
-    "model.grouping": ("probs", "logits"),
+    "model.grouping": GROUPINGS,
     "data.layout": ("pascal", "cityscapes", "coco", "camvid", "folder", "synthetic"),
     "train.labeled_loss": ("ce", "ohem"),
     "train.amp": ("off", "bf16", "fp16"),

@@ -7,11 +7,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from allspark import config
 from allspark.engine.distributed import is_initialized
 from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
-ABLATIONS = ("cca", "cca_mem", "full")
-GROUPINGS = ("probs", "logits")
+ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the rows that have the module
+GROUPINGS = config.GROUPINGS
 IN_EPS = 1e-5  # instance norm of the attention maps (spec 1.1)
 LN_EPS = 1e-6
 ENCODER_STRIDE = 32
