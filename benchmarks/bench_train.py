@@ -26,25 +26,29 @@ SETTINGS = {  # name: (method, ablation, use_memory)
 }
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
-    """Seconds per step and peak memory of one setting, in this process."""
+def build(name: str, args: argparse.Namespace):
+    """(trainer, labeled batch, unlabeled batch or None, use_memory) of one setting on fixed random batches."""
     from allspark.config import load_config
     from allspark.engine.distributed import DistInfo
     from allspark.engine.trainer import Trainer
 
     method, ablation, use_memory = SETTINGS[name]
-    device = torch.device(args.device)
     cfg = load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder={args.encoder}",
                                f"model.crop_size={args.crop}", f"model.num_classes={args.classes}",
                                f"train.batch_size={args.batch}", f"train.amp={args.amp}",
                                f"train.compile={args.compile}", "run_dir=runs/bench"])
     torch.manual_seed(0)
-    trainer = Trainer(cfg, DistInfo(device=device))
+    trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)))
     b, s, k = args.batch, args.crop, args.classes
     batch_l = {"image": torch.randn(b, 3, s, s), "mask": torch.randint(0, k, (b, s, s))}
     batch_u = {"image": torch.randn(b, 3, s, s), "valid": torch.ones(b, s, s, dtype=torch.bool)}
-    if method == "sup":
-        batch_u = None
+    return trainer, batch_l, None if method == "sup" else batch_u, use_memory
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """Seconds per step and peak memory of one setting, in this process."""
+    device = torch.device(args.device)
+    trainer, batch_l, batch_u, use_memory = build(name, args)
 
     def sync():
         if device.type == "cuda":
@@ -67,8 +71,9 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     return {"name": name, "it_s": 1 / seconds, "s_per_it": seconds, "peak_mib": peak}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The step settings shared by the training benchmarks."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoder", default="mit_b0")
     parser.add_argument("--crop", type=int, default=161)
@@ -80,6 +85,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child mode: one setting, JSON out
+    return parser
+
+
+def main() -> None:
+    parser = make_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
