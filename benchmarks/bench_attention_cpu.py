@@ -1,7 +1,7 @@
 """Time the labeled cross-attention over the memory on the CPU (forward + backward, dropout 0.1): chunked
 attention vs SDPA's math path (what CPU SDPA runs with dropout), and two lower bounds that are not the method:
 SDPA's fused flash kernel without dropout, and the six matrix products alone (scores, A @ V; dA, dV, dQ, dK)
-that any exact fp32 attention must compute. Variants run interleaved in one process; prints median and
+that any exact fp32 attention must compute, with and without allocating the map. Variants run interleaved in one process; prints median and
 fastest of the repeats.
 
     .venv/bin/python benchmarks/bench_attention_cpu.py [--threads 1] [--repeats 9] [--dim 36]
@@ -17,6 +17,7 @@ import torch
 
 from allspark.models.allspark import _fused_attention
 from allspark.models.chunked_attention import chunked_dropout_attention
+from attention_bounds import flash_without_dropout, products_only  # benchmarks/ is on sys.path (script dir)
 
 
 def main() -> None:
@@ -35,28 +36,31 @@ def main() -> None:
     k, v = (torch.randn(m, d).requires_grad_() for _ in range(2))
     grad = torch.randn(n, d)
 
-    def through_autograd(attend):
+    def through_autograd(attention, dropout_p):
         def run():
-            attend().backward(grad)
+            attention(q, k, v, dropout_p).backward(grad)
             q.grad = k.grad = v.grad = None
         return run
 
-    def sdpa(p):
-        return through_autograd(lambda: _fused_attention(q[None, None], k[None, None], v[None, None], p)[0, 0])
+    def sdpa_math_path(q, k, v, dropout_p):
+        return _fused_attention(q[None, None], k[None, None], v[None, None], dropout_p)[0, 0]
 
     scores = torch.empty(n, m)
 
     @torch.no_grad()
-    def products_only():
-        torch.mm(q, k.mT, out=scores)  # forward: scores, then the map times V
+    def products_in_place():
+        """The same six products as products_only, without allocating the (n x m) map and its gradient."""
+        torch.mm(q, k.mT, out=scores)
         scores @ v
-        torch.mm(grad, v.mT, out=scores)  # backward: dA = dO V^T, dQ = dS K, dK = dS^T Q, dV = A^T dO
+        torch.mm(grad, v.mT, out=scores)
         scores @ k, scores.mT @ q, scores.mT @ grad
 
-    variants = {"chunked, dropout 0.1": through_autograd(lambda: chunked_dropout_attention(q, k, v, 0.1)),
-                "SDPA math path, dropout 0.1": sdpa(0.1),
-                "SDPA flash, no dropout (bound)": sdpa(0.0),
-                "six fp32 matrix products alone (bound)": products_only}
+    variants = {"chunked, dropout 0.1": through_autograd(chunked_dropout_attention, 0.1),
+                "SDPA math path, dropout 0.1": through_autograd(sdpa_math_path, 0.1),
+                "SDPA flash, no dropout (bound)": through_autograd(flash_without_dropout, 0.1),
+                "six fp32 matrix products, through autograd (stand-in of bench_memory_floor)":
+                    through_autograd(products_only, 0.1),
+                "six fp32 matrix products into preallocated buffers (arithmetic alone)": products_in_place}
     times = {name: [] for name in variants}
     for i in range(args.repeats + 1):
         for name, run in variants.items():

@@ -14,40 +14,12 @@ import statistics
 import time
 
 import torch
-from torch.autograd.function import once_differentiable
 
 import allspark.models.allspark as allspark_module
-from allspark.models.allspark import _fused_attention
-from bench_train import build, make_parser  # benchmarks/ is the script's directory, hence on sys.path
+from attention_bounds import flash_without_dropout, products_only  # benchmarks/ is on sys.path (script dir)
+from bench_train import build, make_parser
 
 CHUNKED = allspark_module.chunked_dropout_attention
-
-
-def flash_without_dropout(q, k, v, dropout_p):
-    """Bound 1: the same attention through SDPA's fused CPU kernel, dropout left out."""
-    return _fused_attention(q[None, None], k[None, None], v[None, None], 0.0)[0, 0]
-
-
-class _ProductsOnly(torch.autograd.Function):
-    """Bound 2: the six (n x m x d) products of an exact attention that keeps the map for backward; the map is
-    the raw scores (no softmax, no dropout), so outputs and gradients are meaningless, only the cost counts."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        scores = q @ k.mT
-        ctx.save_for_backward(q, k, v, scores)
-        return scores @ v
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, scores = ctx.saved_tensors
-        grad_scores = grad_out @ v.mT
-        return grad_scores @ k, grad_scores.mT @ q, scores.mT @ grad_out
-
-
-def products_only(q, k, v, dropout_p):
-    return _ProductsOnly.apply(q, k, v)
 
 
 ROWS = {  # row: (setting of bench_train, memory attention)
@@ -60,7 +32,10 @@ ROWS = {  # row: (setting of bench_train, memory attention)
 
 
 def main() -> None:
-    args = make_parser(__doc__.splitlines()[0]).parse_args()
+    parser = make_parser(__doc__.splitlines()[0])
+    args = parser.parse_args()
+    if args.device != "cpu":
+        parser.error("the stand-ins replace the CPU path of the memory attention: run with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     built = {name: build(name, args) for name in {setting for setting, _ in ROWS.values()}}
