@@ -93,6 +93,8 @@ class EvalConfig:
     mode: str = "whole"  # whole | sliding | center
     crop_size: int | None = None  # window / centre-crop size; None: model.crop_size
     stride_ratio: float = 2 / 3  # sliding-window stride as a fraction of the window
+    window_placement: str = "aligned"  # aligned (full windows, last one at the border) | release (last one clipped)
+    miou_over: str = "present"  # present (classes in GT or prediction) | all (all K, absent = 0: the release)
 
 
 @dataclass
@@ -114,6 +116,8 @@ _CHOICES = {
     "train.labeled_loss": ("ce", "ohem"),
     "train.amp": ("off", "bf16", "fp16"),
     "eval.mode": ("whole", "sliding", "center"),
+    "eval.window_placement": ("aligned", "release"),
+    "eval.miou_over": ("present", "all"),
 }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
-from allspark.config import Config, ConfigError
+from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import json_safe
@@ -23,17 +24,19 @@ def eval_window(cfg: Config) -> int:
 def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
              amp_dtype: torch.dtype | None = None, progress: bool = True) -> ConfusionMatrix:
     """Confusion matrix of `model` (a module in eval mode) over `loader`, summed over ranks.
-    `mode` defaults to `eval.mode`; batches are {'image': (N,3,H,W), 'mask': (N,H,W)}."""
+    `mode` defaults to `eval.mode`; `eval.window_placement` and `eval.miou_over` select ours or the release's
+    behaviour. Batches are {'image': (N,3,H,W), 'mask': (N,H,W)}."""
     mode = mode or cfg.eval.mode
     window = eval_window(cfg)
-    confusion = ConfusionMatrix(cfg.model.num_classes, device)
+    confusion = ConfusionMatrix(cfg.model.num_classes, device, cfg.eval.miou_over)
     was_training = model.training
     model.eval()
     for batch in tqdm(loader, desc=f"eval ({mode})", disable=not progress, leave=False, dynamic_ncols=True):
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            probs = predict_probs(model, images, mode, window, cfg.eval.stride_ratio)  # (N, K, h, w)
+            probs = predict_probs(model, images, mode, window, cfg.eval.stride_ratio,
+                                  placement=cfg.eval.window_placement)  # (N, K, h, w)
         if mode == "center":
             top, left, bottom, right = center_crop_box(masks.shape[-2], masks.shape[-1], window)
             masks = masks[..., top:bottom, left:right]
@@ -43,10 +46,11 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
     return confusion
 
 
-def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto") -> dict:
+def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
+                   device: str = "auto", overrides: Sequence[str] = ()) -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
-    (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank)."""
+    (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
+    With `cfg` None the config embedded in the weights is used, with `overrides` applied."""
     from allspark.data import build_val_loader
     from allspark.engine import distributed as dist_utils
     from allspark.engine.checkpoint import read_weights, resolve_weights
@@ -57,6 +61,9 @@ def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None,
     try:
         weights = resolve_weights(checkpoint)
         state, saved_cfg = read_weights(weights)
+        if cfg is None:
+            cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
+                                   where=f"{weights} (embedded config)")
         if saved_cfg.model != cfg.model:
             raise ConfigError(f"{weights} was trained with model config {saved_cfg.model}, but the config asks for "
                               f"{cfg.model}; evaluate with the run's config.yaml")
@@ -67,7 +74,8 @@ def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None,
         confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
                              progress=info.is_main)
         names = class_names(cfg)
-        result = {"mode": mode, "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
+        result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
+                  "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
                   "confusion": confusion.matrix.tolist(), "checkpoint": str(weights)}
         if info.is_main:
             print(format_iou_table(result["iou"], names, result["miou"]))

@@ -7,11 +7,18 @@ from allspark.engine.distributed import all_reduce_sum
 from allspark.data.checks import IGNORE_INDEX
 
 
-class ConfusionMatrix:
-    """K x K counts, rows = ground truth, columns = prediction; pixels labelled 255 are skipped."""
+MIOU_OVER = ("present", "all")
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+
+class ConfusionMatrix:
+    """K x K counts, rows = ground truth, columns = prediction; pixels labelled 255 are skipped.
+    `miou_over` "present" averages IoU over the classes that occur, "all" over all K (absent = 0, the release)."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", miou_over: str = "present"):
+        if miou_over not in MIOU_OVER:
+            raise ValueError(f"miou_over must be one of {', '.join(MIOU_OVER)}; got {miou_over!r}")
         self.num_classes = num_classes
+        self.miou_over = miou_over
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -38,8 +45,10 @@ class ConfusionMatrix:
         return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
 
     def miou(self) -> float:
-        """Mean IoU over the classes that occur (in ground truth or prediction)."""
-        return float(self.iou().nanmean())
+        """Mean IoU over the classes that occur (in ground truth or prediction), or over all K with
+        absent classes counting 0 when `miou_over` is "all"."""
+        iou = self.iou()
+        return float(iou.nan_to_num(0.0).mean() if self.miou_over == "all" else iou.nanmean())
 
 
 def format_iou_table(iou: list[float], class_names: list[str], miou: float) -> str:
