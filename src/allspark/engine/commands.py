@@ -12,12 +12,37 @@ from allspark.config import config_to_dict, list_presets, load_config
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """`--threads N` (read by `set_threads`)."""
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from allspark.engine.trainer import NonFiniteLossError, train
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc)
     cfg = load_config(args.config, args.overrides)
+    set_threads(args)
     try:
         train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
     except NonFiniteLossError as err:
@@ -51,8 +76,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         print("allspark eval: --checkpoint PATH is required (a weights file or a run directory)", file=sys.stderr)
         return 2
-    cfg = load_config(args.config, args.overrides)
-    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device)
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    set_threads(args)
+    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, args.overrides)
     return 0
 
 
@@ -76,14 +102,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_command(sub, name: str, options: argparse.ArgumentParser, run, **kwargs) -> None:
+def _add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,
+                        **kwargs) -> None:
     """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
-    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed)."""
+    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed).
+    With `config_optional`, CONFIG may be left out (args.config None) and the first argument is an override."""
     p = sub.add_parser(name, parents=[options], **kwargs)
-    p.add_argument("config", help="YAML file or preset name (see `allspark presets`)")
+    p.add_argument("config", nargs="?" if config_optional else None,
+                   help="YAML file or preset name (see `allspark presets`)" + ("; optional" if config_optional else ""))
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
     def parse_tail(args: argparse.Namespace) -> int:
+        if config_optional and args.config and "=" in args.config and not Path(args.config).is_file():
+            args.config, args.rest = None, [args.config, *args.rest]
         args, extra = options.parse_known_args(args.rest, namespace=args)
         bad = [item for item in extra if "=" not in item or item.startswith("-")]
         if bad:
@@ -102,16 +133,20 @@ def register(sub) -> None:
                             help="continue a run directory whose saved config.yaml differs from this config")
     train_opts.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
     train_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_option(train_opts)
     _add_config_command(sub, "train", train_opts, _run_train, help="train (or resume) a run",
                         description="Train in cfg.run_dir; an existing run directory continues from its latest "
                                     "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")
 
     eval_opts = argparse.ArgumentParser(add_help=False)
     eval_opts.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
-    eval_opts.add_argument("--checkpoint", help="weights file or run directory (its best checkpoint); required")
+    eval_opts.add_argument("--checkpoint", help="weights file or run directory (its best checkpoint); required. "
+                                                "Without CONFIG the config saved in the weights is used")
     eval_opts.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
+    add_threads_option(eval_opts)
     eval_opts.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
-    _add_config_command(sub, "eval", eval_opts, _run_eval, help="evaluate a checkpoint: mIoU and per-class IoU")
+    _add_config_command(sub, "eval", eval_opts, _run_eval, config_optional=True,
+                        help="evaluate a checkpoint: mIoU and per-class IoU")
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.add_argument("-v", "--verbose", action="store_true", help="show method, encoder, crop and split list")
@@ -121,5 +156,5 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="parent of the two run directories")
     p.add_argument("--data", default="demo_data", help="synthetic dataset folder (generated if missing)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: the preset)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    add_threads_option(p)
     p.set_defaults(run=_run_demo)
