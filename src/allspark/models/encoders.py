@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
+from allspark.config import ConfigError
+
 # (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (spec 1).
 MIT_SIZES = {
     "mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
@@ -74,6 +76,8 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
         state, where = read_checkpoint(source)
         load_exact(encoder, mit_to_hf(state, drop_head=True), where)
         return
+    if not Path(source).is_dir():
+        _check_hub(source)
     try:
         hf, info = SegformerModel.from_pretrained(source, output_loading_info=True)
     except OSError as err:
@@ -91,3 +95,29 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
                          f"model.encoder {encoder.name} expects {MIT_SIZES[encoder.name]}")
     state = hf.state_dict()
     load_exact(encoder, Converted(tensors=state, origin={k: k for k in state}), source)
+
+
+HUB_TIMEOUT_S = 10.0
+
+
+def _check_hub(source: str) -> None:
+    """Fail fast on a hub id that is neither in the local Hugging Face cache nor reachable (offline, no DNS):
+    `from_pretrained` would retry for half a minute and then raise a long traceback."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
+
+    hint = "set model.pretrained=null (random init) or to a local folder / mit_bX.pth file"
+    try:
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return
+        HfApi().model_info(source, timeout=HUB_TIMEOUT_S)
+    except HFValidationError:
+        raise ConfigError(f"model.pretrained {source!r} is not a file, folder or Hugging Face hub id; {hint}") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"model.pretrained {source!r}: no such file, folder or Hugging Face hub model; {hint}") from None
+    except HfHubHTTPError:
+        return  # the hub answered (e.g. a gated model): from_pretrained reports it
+    except Exception as err:  # any other failure means no answer: offline mode, DNS, refused, timed out
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"model.pretrained {source!r}: not in the local Hugging Face cache and the hub cannot be "
+                          f"reached ({reason}); {hint}") from None
