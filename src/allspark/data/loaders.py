@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Sampler, get_worker_info
 from allspark.config import Config, ConfigError
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
+from allspark.data.splits import splits_command
 from allspark.data.transforms import TrainTransform
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
@@ -74,6 +75,11 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None)
         raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
                           "labeled/unlabeled lists from a training list)")
     root = Path(cfg.data.root)
+    if key != "val_list" and not (root / list_path).is_file():
+        out = (root / list_path).parent
+        raise ConfigError(f"key 'data.{key}': list file {root / list_path} not found; make the split lists with "
+                          f"`{splits_command(cfg.data.root, cfg.data.layout, out)}` (or with another --out DIR, "
+                          "then data.labeled_list=DIR/labeled.txt data.unlabeled_list=DIR/unlabeled.txt)")
     return ListDataset(root, root / list_path, mode, cfg.model.num_classes, transform,
                        convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
 

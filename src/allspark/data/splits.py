@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -74,6 +75,19 @@ def write_layout_list(root: str | Path, layout: str, split: str, out: str | Path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{image} {mask}\n" for image, mask in pairs))
     return out
+
+
+def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
+    """The `allspark splits` command that writes OUT/labeled.txt and OUT/unlabeled.txt for a dataset: from the
+    layout's training split (folder and synthetic layouts: ROOT/train.txt); the labeled share follows the
+    presets' folder names (1_8 -> --fraction 1/8, 732 -> --count 732)."""
+    name = Path(out).name
+    size = (f"--fraction {name.replace('_', '/')}" if re.fullmatch(r"1_[1-9][0-9]*", name)
+            else f"--count {name}" if name.isdigit() else "--fraction F")
+    if layout in ("folder", "synthetic"):
+        return f"allspark splits {Path(root) / 'train.txt'} --out {out} {size}"
+    split = get_layout(layout).splits[0]
+    return f"allspark splits {root} --layout {layout}{'' if split == 'train' else f' --split {split}'} --out {out} {size}"
 
 
 def _run(args: argparse.Namespace) -> int:
