@@ -78,7 +78,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 2
     cfg = load_config(args.config, args.overrides) if args.config else None
     set_threads(args)
-    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, args.overrides)
+    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides)
     return 0
 
 
