@@ -53,8 +53,12 @@ class TrainTransform:
         self.compose = A.Compose(steps, seed=seed)
 
     def reseed(self, seed: int) -> None:
-        """Give each DataLoader worker its own random stream (forked copies would otherwise repeat it)."""
+        """Restart the random stream from `seed`; the training loaders do so per sample, so a sample's augmentation
+        depends on its seed alone. Each step gets its own child seed (albumentations would give all the same one)."""
         self.compose.set_random_seed(seed)
+        children = np.random.SeedSequence(seed).generate_state(len(self.compose.transforms))
+        for step, child in zip(self.compose.transforms, children.tolist()):
+            step.set_random_seed(child)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> image (S, S, 3) uint8, mask (S, S) uint8 with 255 on padding.
