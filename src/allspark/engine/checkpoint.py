@@ -19,13 +19,15 @@ FORMAT = "allspark-seg/1"
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
     so a run killed mid-write never leaves a truncated checkpoint behind. The file gets the
-    mode of any new file (0666 less the umask), not mkstemp's owner-only 0600."""
+    mode of any new file (0666 less the umask), whatever mode `write` creates its file with."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the OS applies the umask
+    mode = tmp.stat().st_mode
     try:
         write(str(tmp))
+        os.chmod(tmp, mode)  # safetensors writes a fresh file of mode 0600 over ours
         os.replace(tmp, path)
     finally:
         if tmp.exists():
