@@ -1,6 +1,7 @@
 """The run directory: one training at a time (a lock that dies with its process), config.yaml written only
 for a run that starts, `--force-config` that takes effect or is refused, files readable by others."""
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -64,19 +65,35 @@ def test_second_training_in_a_busy_run_dir_is_refused(data_root, tmp_path, monke
     train(cfg, progress=False)  # the lock went with the first run
 
 
-def test_lock_dies_with_a_killed_process(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from allspark.engine.runs import lock_run_dir; "
-                               "held = lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+HOLDER = """
+import os, sys, time
+from allspark.engine.runs import lock_run_dir
+held = lock_run_dir(sys.argv[1])
+child = os.fork()  # as a DataLoader worker: it outlives a killed parent by a few seconds
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_dies_with_a_killed_process_not_with_its_workers(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = None
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        child = int(holder.stdout.readline())
         with pytest.raises(ConfigError, match=f"in use by pid {holder.pid} on "):
             lock_run_dir(tmp_path)
     finally:
         holder.kill()
         holder.wait()
-    lock_run_dir(tmp_path).close()
+    try:
+        lock_run_dir(tmp_path).close()  # at once, while the forked child still runs
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("bad", ["data.labeled_list=splits/missing.txt", "model.pretrained=PRETRAINED"])

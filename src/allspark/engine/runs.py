@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -17,6 +18,17 @@ from allspark.config import Config, ConfigError, config_from_dict, config_to_dic
 from allspark.engine.checkpoint import atomic_write
 
 LOCK_FILE = ".lock"  # holds the pid, host and start time of the training that has the run directory
+_HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the inherited lock files: an flock lasts while any
+    process holds its file open, and orphaned workers of a killed run would otherwise keep it for seconds."""
+    for handle in list(_HELD_LOCKS):
+        handle.close()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -73,6 +85,7 @@ def lock_run_dir(run_dir: str | Path) -> IO[str]:
     handle.truncate(0)
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
+    _HELD_LOCKS.add(handle)
     return handle
 
 
