@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from allspark.config import ConfigError, list_presets, load_config
-from allspark.engine.runs import config_diff, prepare_run_dir
+from allspark.engine.runs import check_run_dir, config_diff, write_run_config
 
 PUBLISHED = {  # spec 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
     "pascal": (513, 2, 80, 0.001, 10.0, "ce", "whole", 21),
@@ -89,12 +89,13 @@ def test_yaml_base_merges(tmp_path):
 
 def test_run_dir_refuses_other_config(tmp_path):
     cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}"])
-    prepare_run_dir(cfg)
+    write_run_config(cfg)
     other = load_config("demo", [f"run_dir={tmp_path / 'run'}", "train.lr=0.5"])
     assert config_diff(cfg, other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]
     with pytest.raises(ConfigError, match="train.lr"):
-        prepare_run_dir(other)
-    prepare_run_dir(other, force_config=True)
+        check_run_dir(other)
+    check_run_dir(other, force_config=True)
+    write_run_config(other)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
 
 

@@ -97,3 +97,18 @@ def test_workers_draw_different_augmentations(synthetic):
     loader = build_labeled_loader(cfg, length=2)
     first, second = [batch["image"] for batch in loader]  # one from each worker, same source image
     assert not torch.equal(first, second)
+
+
+def test_augmentation_does_not_depend_on_loader_workers(synthetic):
+    """Each sample's augmentation comes from its own seed: the same batches with 0 or 2 workers, every epoch."""
+    def batches(workers):
+        loader = build_labeled_loader(_cfg(synthetic, workers=workers), length=8)
+        out = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            out += [torch.cat([batch["image"].flatten(), batch["mask"].flatten().float()]) for batch in loader]
+        return out
+
+    plain, workers = batches(0), batches(2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, workers)) and len(plain) == 8
+    assert not torch.equal(plain[0], plain[4])  # epoch 1 reshuffles and draws new crops

@@ -78,3 +78,16 @@ def test_normalize_image():
     expected = [(v / 255 - m) / s for v, m, s in zip((255, 128, 0), IMAGENET_MEAN, IMAGENET_STD)]
     torch.testing.assert_close(tensor[:, 2, 3], torch.tensor(expected))
     torch.testing.assert_close(tensor[:, 0, 0], -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD))
+
+
+def test_reseed_restarts_the_stream_with_one_seed_per_step():
+    image, mask, _ = _pattern()
+    transform = TrainTransform(64, colour=True)
+    outputs = []
+    for _ in range(2):
+        transform.reseed(3)
+        outputs.append(transform(image, mask))
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))  # a sample depends on its seed alone
+    transform.reseed(3)
+    first_draws = [step.py_random.random() for step in transform.compose.transforms]
+    assert len(set(first_draws)) == len(first_draws)  # flip, jitter, grey and blur do not fire in lockstep

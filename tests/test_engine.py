@@ -14,38 +14,19 @@ import torch
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
-from allspark.data.splits import make_split
-from allspark.data.synthetic import generate_synthetic
 from allspark.engine.checkpoint import load_checkpoint, read_weights
 from allspark.engine.evaluate import evaluate
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
+from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
 
-ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
 MEMORY = "allspark.memory.queue"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, num_train=12, num_val=2, size=64, seed=0, num_classes=4)
-    make_split(root / "train.txt", root / "splits", count=4, seed=0)
-    return root
-
-
-def make_cfg(root, run_dir, method="allspark", *extra):
-    return load_config("demo", [f"method={method}", f"model.ablation={ABLATION[method]}", f"data.root={root}",
-                                f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
-                                "train.warmup_epochs=1", "train.log_every=1", "train.checkpoint_every=3", *extra])
+    return make_train_data(tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.mark.parametrize("method", ["sup", "semi", "allspark"])
@@ -102,6 +83,45 @@ def test_resume_restores_iteration_optimizer_and_memory(data_root, tmp_path, mon
     train_iters = [r["iter"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
     assert train_iters == list(range(1, 9))  # records past the checkpoint were dropped, none repeated
     assert [r["epoch"] for r in read_metrics(tmp_path / "run") if r["split"] == "val"] == [1, 2]
+
+
+def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Tensor]]:
+    """Train `cfg`, recording each iteration's batch tensors; raise KeyboardInterrupt at iteration `stop_at`."""
+    batches = {}
+
+    def recording(self, batch_l, batch_u, iteration, total, use_memory):
+        if iteration == stop_at:
+            raise KeyboardInterrupt
+        batches[iteration] = [batch_l["image"], batch_l["mask"], batch_u["image"], batch_u["valid"]]
+        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
+
+    monkeypatch.setattr(Trainer, "step", recording)
+    try:
+        train(cfg, progress=False)
+    except KeyboardInterrupt:
+        pass
+    return batches
+
+
+def test_resume_is_exact_with_loader_workers(data_root, tmp_path, monkeypatch):
+    """Stopped at iteration 7 and resumed from the checkpoint at 6 (mid-epoch): the same batches and the
+    same losses, step for step, as an uninterrupted run; augmentation runs in 2 loader workers."""
+    whole_cfg, parts_cfg = (make_cfg(data_root, tmp_path / name, "allspark", "data.workers=2")
+                            for name in ("whole", "parts"))
+    whole = _train_recording(whole_cfg, monkeypatch)
+    first = _train_recording(parts_cfg, monkeypatch, stop_at=7)
+    assert sorted(first) == list(range(7)) and load_checkpoint(tmp_path / "parts")[1]["iteration"] == 6
+    resumed = _train_recording(parts_cfg, monkeypatch)
+    assert sorted(resumed) == [6, 7]
+    for iteration, tensors in resumed.items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, whole[iteration])), f"batch {iteration} differs"
+
+    def losses(run):
+        return [(r["iter"], r["loss"], r["loss_l"], r["loss_u"], r["lr"]) for r in read_metrics(run)
+                if r["split"] == "train"]
+
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+    assert len(losses(tmp_path / "whole")) == 8
 
 
 def test_sigkill_mid_epoch_then_resume(data_root, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler
 
 from allspark.config import Config, ConfigError
 from allspark.data.datasets import ListDataset
@@ -46,6 +46,26 @@ class TrainSampler(Sampler[int]):
         return iter(order[self.rank::self.world_size].tolist())
 
 
+class AugmentedSampler(TrainSampler):
+    """A TrainSampler yielding (index, augmentation seed), the seed a function of (seed, epoch, position in the
+    epoch): a sample's crop, flip and colours then depend neither on the worker that loads it nor on where a
+    run resumed, which makes resume exact."""
+
+    def __iter__(self):
+        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(self) * self.world_size)
+        return zip(super().__iter__(), seeds[self.rank::self.world_size].tolist())
+
+
+class SeededListDataset(ListDataset):
+    """A training ListDataset read by the (index, seed) keys of AugmentedSampler: the transform restarts
+    from the key's seed for every sample."""
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        self.transform.reseed(seed)
+        return super().__getitem__(index)
+
+
 class ShardSampler(Sampler[int]):
     """Validation: rank r visits r, r+W, r+2W, ...; each item exactly once over the group, no padding."""
 
@@ -63,13 +83,8 @@ def _stream_seed(cfg: Config, stream: int, rank: int) -> int:
     return int(np.random.SeedSequence([cfg.train.seed, stream, rank]).generate_state(1)[0])
 
 
-def _reseed_worker(worker_id: int) -> None:
-    info = get_worker_info()
-    if info.dataset.transform is not None:
-        info.dataset.transform.reseed(info.seed % 2**32)
-
-
-def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None) -> ListDataset:
+def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
+             kind: type[ListDataset] = ListDataset) -> ListDataset:
     list_path = getattr(cfg.data, key)
     if not list_path:
         raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
@@ -80,22 +95,22 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None)
         raise ConfigError(f"key 'data.{key}': list file {root / list_path} not found; make the split lists with "
                           f"`{splits_command(cfg.data.root, cfg.data.layout, out)}` (or with another --out DIR, "
                           "then data.labeled_list=DIR/labeled.txt data.unlabeled_list=DIR/unlabeled.txt)")
-    return ListDataset(root, root / list_path, mode, cfg.model.num_classes, transform,
-                       convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
+    return kind(root, root / list_path, mode, cfg.model.num_classes, transform,
+                convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
 
 
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
     workers = cfg.data.workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      worker_init_fn=_reseed_worker, generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     seed = _stream_seed(cfg, stream, rank)
     transform = TrainTransform(cfg.model.crop_size, colour=mode == "labeled", seed=seed)
-    dataset = _dataset(cfg, key, mode, transform)
-    sampler = TrainSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
+    dataset = _dataset(cfg, key, mode, transform, SeededListDataset)
+    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
     if len(sampler) < cfg.train.batch_size:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
                           f"({dataset.list_path}, {world_size} processes) is fewer than train.batch_size "

@@ -23,6 +23,15 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
+def _seed_steps(compose, seed: int) -> None:
+    """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
+    every step the same seed, so e.g. flip and blur would always fire together)."""
+    compose.set_random_seed(seed)
+    children = np.random.SeedSequence(seed).generate_state(len(compose.transforms))
+    for step, child in zip(compose.transforms, children.tolist()):
+        step.set_random_seed(child)
+
+
 class TrainTransform:
     """Random long-side rescale 0.5..2.0, pad (image 0, mask 255) + random crop, flip; colour ops if `colour`.
 
@@ -53,8 +62,9 @@ class TrainTransform:
         self.compose = A.Compose(steps, seed=seed)
 
     def reseed(self, seed: int) -> None:
-        """Give each DataLoader worker its own random stream (forked copies would otherwise repeat it)."""
-        self.compose.set_random_seed(seed)
+        """Restart the random stream from `seed`; the training loaders do so per sample, so a sample's
+        augmentation depends on its seed alone."""
+        _seed_steps(self.compose, seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> image (S, S, 3) uint8, mask (S, S) uint8 with 255 on padding.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -18,17 +18,20 @@ FORMAT = "allspark-seg/1"
 
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
-    so a run killed mid-write never leaves a truncated checkpoint behind."""
+    so a run killed mid-write never leaves a truncated checkpoint behind. The file gets the
+    mode of any new file (0666 less the umask), whatever mode `write` creates its file with."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the OS applies the umask
+    mode = tmp.stat().st_mode
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # safetensors writes a fresh file of mode 0600 over ours
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,

@@ -1,14 +1,34 @@
-"""A run directory: resolved config, metrics.jsonl, TensorBoard scalars, train.log (written by rank 0)."""
+"""A run directory: its lock, resolved config, metrics.jsonl, TensorBoard scalars, train.log (written by rank 0)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
+import socket
+import time
+import weakref
 from pathlib import Path
+from typing import IO
 
 import yaml
 
 from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml
+from allspark.engine.checkpoint import atomic_write
+
+LOCK_FILE = ".lock"  # holds the pid, host and start time of the training that has the run directory
+_HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the inherited lock files: an flock lasts while any
+    process holds its file open, and orphaned workers of a killed run would otherwise keep it for seconds."""
+    for handle in list(_HELD_LOCKS):
+        handle.close()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -28,20 +48,45 @@ def config_diff(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def prepare_run_dir(cfg: Config, force_config: bool = False) -> Path:
-    """Create the run directory and write config.yaml; if it already holds a different config,
-    refuse (naming the differing keys) unless `force_config`."""
-    run_dir = Path(cfg.run_dir)
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        old = config_from_dict(load_yaml(saved.read_text()), where=str(saved))
-        diff = config_diff(old, cfg)
-        if diff and not force_config:
-            raise ConfigError(f"run directory {run_dir} was started with a different config; differing keys:\n  "
-                              + "\n  ".join(diff) + "\nuse another run_dir, or pass --force-config to continue anyway")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return run_dir
+def check_run_dir(cfg: Config, force_config: bool = False) -> None:
+    """Refuse a run directory whose config.yaml differs from `cfg` (naming the differing keys) unless
+    `force_config`; writes nothing, so a start that fails later leaves the directory as it was."""
+    saved = Path(cfg.run_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    old = config_from_dict(load_yaml(saved.read_text()), where=str(saved))
+    diff = config_diff(old, cfg)
+    if diff and not force_config:
+        raise ConfigError(f"run directory {cfg.run_dir} was started with a different config; differing keys:\n  "
+                          + "\n  ".join(diff) + "\nuse another run_dir, or pass --force-config to continue anyway")
+
+
+def write_run_config(cfg: Config) -> None:
+    """Write run_dir/config.yaml (atomically), once the run has been built and its checkpoint accepted."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write(Path(cfg.run_dir) / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+
+
+def lock_run_dir(run_dir: str | Path) -> IO[str]:
+    """Hold an exclusive lock on `run_dir` until the returned file is closed or this process ends, however
+    it ends (an flock on run_dir/.lock, so a killed run leaves no stale lock); if another process holds it,
+    raise ConfigError naming that process (pid, host, start time)."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run directory {run_dir} is in use by {holder}; wait for that run to end, "
+                          "or use another run_dir") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _HELD_LOCKS.add(handle)
+    return handle
 
 
 def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,12 +17,13 @@ from tqdm import tqdm
 
 from allspark.config import Config, ConfigError
 from allspark.engine import distributed as dist_utils
-from allspark.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, read_weights, save_checkpoint, save_weights
 from allspark.engine.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss, unlabeled_loss
 from allspark.engine.optim import build_optimizer, set_poly_lr
-from allspark.engine.runs import MetricsWriter, prepare_run_dir, setup_logger, truncate_metrics
+from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
+                                 truncate_metrics, write_run_config)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -119,15 +121,15 @@ class Trainer:
                 "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
 
     def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, this rank's RNG."""
-        own = self.model.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in model_state.items()
-                 if k in own and v.shape != own[k].shape]
-        if wrong:
-            raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model (e.g. the Semantic Memory "
-                              f"was built for another key 'model.crop_size'): {'; '.join(wrong[:3])}")
+        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, this rank's RNG.
+        The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
+        checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
+        self._check_fits(model_state)
         self.model.load_state_dict(model_state)
+        wanted = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, wanted):
+            group.update(hyper)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
@@ -135,6 +137,20 @@ class Trainer:
             dist_utils.set_rng_state(rngs[self.info.rank])
         else:
             dist_utils.seed_everything(self.cfg.train.seed + 7919 * state["iteration"], self.info.rank)
+
+    def _check_fits(self, model_state: dict) -> None:
+        """Raise ConfigError, naming the model keys that changed, when the checkpoint's tensors do not fit."""
+        own = self.model.state_dict()
+        problems = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in model_state.items()
+                    if k in own and v.shape != own[k].shape]
+        problems += [f"{k} missing" for k in sorted(set(own) - set(model_state))]
+        problems += [f"{k} unexpected" for k in sorted(set(model_state) - set(own))]
+        if not problems:
+            return
+        _, saved = read_weights(checkpoint_paths(self.cfg.run_dir)[0])
+        changed = [line for line in config_diff(saved, self.cfg) if line.startswith("model.")]
+        raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model ({'; '.join(changed)}): "
+                          f"{'; '.join(problems[:3])}; use another run_dir for a different model")
 
 
 def skip_batches(loader, count: int):
@@ -178,99 +194,168 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
             dist_utils.cleanup()
 
 
-def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
-    from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
-
-    error = None
+def _on_main(info: DistInfo, job):
+    """Run `job` on rank 0 only and return its result there; when it fails, every rank raises (rank 0 the
+    error itself, the others a ConfigError with its message), so no rank waits for a step that never comes."""
+    result, failure = None, None
     if info.is_main:
         try:
-            prepare_run_dir(cfg, force_config)
-        except ConfigError as err:
-            error = str(err)
-    error = dist_utils.broadcast_object(error)
-    if error:
-        raise ConfigError(error)
-    run_dir = Path(cfg.run_dir)
-    log = setup_logger(run_dir if info.is_main else None)
-    dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
-    trainer = Trainer(cfg, info)
-    dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout and crops per rank
+            result = job()
+        except Exception as err:  # re-raised below, once the other ranks have its message
+            failure = err
+    message = dist_utils.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise ConfigError(f"rank 0: {message}")
+    return result
 
-    semi = cfg.method != "sup"
-    unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if semi else None
-    labeled = build_labeled_loader(cfg, info.rank, info.world_size, len(unlabeled.dataset) if semi else None)
-    val = build_val_loader(cfg, info.rank, info.world_size)
-    iters_per_epoch = min(len(labeled), len(unlabeled)) if semi else len(labeled)
-    if iters_per_epoch == 0:
-        raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} per "
-                          f"process x {info.world_size} processes exceeds the training list)")
-    total = min(cfg.train.max_iters or math.inf, cfg.train.epochs * iters_per_epoch)  # T of the poly schedule
 
-    epoch, epoch_iter, iteration, best, miou = 0, 0, 0, -1.0, float("nan")
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is not None:
-        trainer.load_state(*checkpoint)
-        state = checkpoint[1]
-        epoch, epoch_iter, iteration = state["epoch"], state["epoch_iter"], state["iteration"]
-        best, miou = state["best_miou"], state["miou"]
-        log.info("resuming %s at iteration %d (epoch %d, batch %d)", run_dir, iteration, epoch, epoch_iter)
-        if info.is_main:
-            truncate_metrics(run_dir, iteration)
-    writer = MetricsWriter(run_dir, class_names(cfg)) if info.is_main else None
-    log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, total, iters_per_epoch,
-             info.world_size, info.device)
-
-    def save(at_epoch: int, at_epoch_iter: int) -> None:
-        state = trainer.state(at_epoch, at_epoch_iter, iteration, best, miou)
-        if info.is_main:
-            save_checkpoint(run_dir, trainer.model.state_dict(), cfg, state)
-
-    bar = tqdm(total=total, initial=iteration, desc=cfg.method, disable=not (progress and info.is_main),
-               dynamic_ncols=True)
-    started = time.time()
+def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
+    """Lock the run directory, build the run and resume it; config.yaml is written only once all of that has
+    succeeded, so a failed or refused start leaves the directory as it was."""
+    lock = _on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
-        while iteration < total and epoch < cfg.train.epochs:
-            for loader in (labeled, unlabeled):
-                if loader is not None:
-                    _set_epoch(loader, epoch)
-            use_memory = trainer.use_memory(epoch)
-            batches_l = skip_batches(labeled, epoch_iter)
-            batches_u = skip_batches(unlabeled, epoch_iter) if semi else None
-            pairs = zip(batches_l, batches_u) if semi else ((b, None) for b in batches_l)
-            for batch_l, batch_u in pairs:
-                if epoch_iter >= iters_per_epoch or iteration >= total:
-                    break
-                record = trainer.step(batch_l, batch_u, iteration, total, use_memory)
-                iteration += 1
-                epoch_iter += 1
-                # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=epoch, refresh=False)
-                bar.update(1)
-                if writer and (iteration % cfg.train.log_every == 0 or iteration == 1):
-                    writer.write({"split": "train", "iter": iteration, "epoch": epoch, **record,
-                                  "use_memory": int(use_memory)})
-                if iteration % cfg.train.checkpoint_every == 0 and iteration < total:
-                    save(epoch, epoch_iter)
-            epoch, epoch_iter = epoch + 1, 0
-            if epoch % cfg.train.eval_every == 0 or iteration >= total or epoch >= cfg.train.epochs:
-                confusion = evaluate(trainer.model, val, cfg, info.device, amp_dtype=trainer.amp_dtype,
-                                     progress=progress and info.is_main)
-                miou, iou = confusion.miou(), confusion.iou().tolist()
-                log.info("epoch %d, iteration %d: mIoU %.2f", epoch, iteration, miou * 100)
-                if writer:
-                    writer.write({"split": "val", "iter": iteration, "epoch": epoch, "miou": miou, "iou": iou})
-                if miou > best:
-                    best = miou
-                    if info.is_main:
-                        save_weights(run_dir / "checkpoints" / "best.safetensors", trainer.model.state_dict(), cfg,
-                                     extra={"iteration": str(iteration), "miou": f"{miou:.6f}"})
-            save(epoch, epoch_iter)
-    except NonFiniteLossError as err:
-        log.error("%s; stopping. %s keeps the last good checkpoint", err, run_dir / "checkpoints" / "latest.safetensors")
-        raise
+        _on_main(info, lambda: check_run_dir(cfg, force_config))
+        run = _Run(cfg, info, progress)
+        run.resume()
+        _on_main(info, lambda: write_run_config(cfg))
+        return run.fit()
     finally:
-        bar.close()
-        if writer:
-            writer.close()
-    log.info("done: %d iterations in %.1f s, best mIoU %.2f", iteration, time.time() - started, best * 100)
-    return {"iteration": iteration, "epoch": epoch, "best_miou": best, "miou": miou}
+        if lock is not None:
+            lock.close()
+
+
+@dataclass
+class Position:
+    """Where a run stands; saved in `latest.state.pt` and restored on resume."""
+
+    epoch: int = 0
+    epoch_iter: int = 0  # batches of `epoch` already trained
+    iteration: int = 0
+    best: float = -1.0  # best validation mIoU so far
+    miou: float = float("nan")  # latest validation mIoU
+
+
+def _loaders(cfg: Config, info: DistInfo):
+    """This rank's (labeled, unlabeled or None for `sup`, validation) loaders."""
+    from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
+
+    unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if cfg.method != "sup" else None
+    length = len(unlabeled.dataset) if unlabeled is not None else None
+    labeled = build_labeled_loader(cfg, info.rank, info.world_size, length)
+    return labeled, unlabeled, build_val_loader(cfg, info.rank, info.world_size)
+
+
+class _Run:
+    """One training in its run directory: trainer, loaders and position; epochs, evaluation, checkpoints, logs."""
+
+    def __init__(self, cfg: Config, info: DistInfo, progress: bool):
+        self.cfg, self.info, self.progress = cfg, info, progress
+        self.run_dir = Path(cfg.run_dir)
+        self.log = setup_logger(self.run_dir if info.is_main else None)
+        dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
+        self.trainer = Trainer(cfg, info)
+        dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
+        self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
+        self.iters_per_epoch = min(len(self.labeled), len(self.unlabeled)) if self.unlabeled else len(self.labeled)
+        if self.iters_per_epoch == 0:
+            raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
+                              f"per process x {info.world_size} processes exceeds the training list)")
+        self.total = min(cfg.train.max_iters or math.inf, cfg.train.epochs * self.iters_per_epoch)  # poly's T
+        self.at = Position()
+        self.writer = None
+
+    def resume(self) -> None:
+        """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
+        checkpoint = load_checkpoint(self.run_dir)
+        if checkpoint is not None:
+            self.trainer.load_state(*checkpoint)
+            s = checkpoint[1]
+            self.at = Position(s["epoch"], s["epoch_iter"], s["iteration"], s["best_miou"], s["miou"])
+            self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.at.iteration,
+                          self.at.epoch, self.at.epoch_iter)
+        if self.info.is_main:
+            truncate_metrics(self.run_dir, self.at.iteration)
+
+    def fit(self) -> dict:
+        """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+        cfg, at, info = self.cfg, self.at, self.info
+        self.writer = MetricsWriter(self.run_dir, class_names(cfg)) if info.is_main else None
+        self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
+                      self.iters_per_epoch, info.world_size, info.device)
+        bar = tqdm(total=self.total, initial=at.iteration, desc=cfg.method, dynamic_ncols=True,
+                   disable=not (self.progress and info.is_main))
+        started = time.time()
+        try:
+            while at.iteration < self.total and at.epoch < cfg.train.epochs:
+                self.train_epoch(bar)
+                at.epoch, at.epoch_iter = at.epoch + 1, 0
+                self.end_epoch()
+        except NonFiniteLossError as err:
+            self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
+                           self.run_dir / "checkpoints" / "latest.safetensors")
+            raise
+        finally:
+            bar.close()
+            if self.writer:
+                self.writer.close()
+        self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", at.iteration, time.time() - started,
+                      at.best * 100)
+        return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best, "miou": at.miou}
+
+    def batches(self):
+        """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
+        loaders = [loader for loader in (self.labeled, self.unlabeled) if loader is not None]
+        for loader in loaders:
+            _set_epoch(loader, self.at.epoch)
+        rest = [skip_batches(loader, self.at.epoch_iter) for loader in loaders]
+        return zip(*rest) if self.unlabeled is not None else ((batch, None) for batch in rest[0])
+
+    def train_epoch(self, bar) -> None:
+        """The current epoch's remaining steps, with their metrics lines and periodic checkpoints."""
+        cfg, at = self.cfg, self.at
+        use_memory = self.trainer.use_memory(at.epoch)
+        for batch_l, batch_u in self.batches():
+            if at.epoch_iter >= self.iters_per_epoch or at.iteration >= self.total:
+                break
+            record = self.trainer.step(batch_l, batch_u, at.iteration, self.total, use_memory)
+            at.iteration += 1
+            at.epoch_iter += 1
+            # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=at.epoch, refresh=False)
+            bar.update(1)
+            if self.writer and (at.iteration % cfg.train.log_every == 0 or at.iteration == 1):
+                self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
+                                   "use_memory": int(use_memory)})
+            if at.iteration % cfg.train.checkpoint_every == 0 and at.iteration < self.total:
+                self.save()
+
+    def end_epoch(self) -> None:
+        """Evaluate when due (keeping `best`), then checkpoint the epoch's end."""
+        cfg, at = self.cfg, self.at
+        if at.epoch % cfg.train.eval_every == 0 or at.iteration >= self.total or at.epoch >= cfg.train.epochs:
+            self.evaluate()
+        self.save()
+
+    def evaluate(self) -> None:
+        """Validation mIoU (logged and written); `best.safetensors` when it improves."""
+        at, info = self.at, self.info
+        confusion = evaluate(self.trainer.model, self.val, self.cfg, info.device, amp_dtype=self.trainer.amp_dtype,
+                             progress=self.progress and info.is_main)
+        at.miou, iou = confusion.miou(), confusion.iou().tolist()
+        self.log.info("epoch %d, iteration %d: mIoU %.2f", at.epoch, at.iteration, at.miou * 100)
+        if self.writer:
+            self.writer.write({"split": "val", "iter": at.iteration, "epoch": at.epoch, "miou": at.miou, "iou": iou})
+        if at.miou > at.best:
+            at.best = at.miou
+            if info.is_main:
+                save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.trainer.model.state_dict(),
+                             self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}"})
+
+    def save(self) -> None:
+        """Write `latest` at the current position (gathering every rank's RNG state first)."""
+        at = self.at
+        state = self.trainer.state(at.epoch, at.epoch_iter, at.iteration, at.best, at.miou)
+        if self.info.is_main:
+            save_checkpoint(self.run_dir, self.trainer.model.state_dict(), self.cfg, state)
