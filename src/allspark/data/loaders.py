@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from allspark.config import Config, ConfigError
+from allspark.data.checks import class_count_problem
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
 from allspark.data.transforms import TrainTransform
@@ -74,6 +75,9 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None)
         raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
                           "labeled/unlabeled lists from a training list)")
     root = Path(cfg.data.root)
+    mismatch = class_count_problem(cfg.data.layout, root, cfg.model.num_classes)
+    if mismatch:
+        raise ConfigError(mismatch, "model.num_classes")
     return ListDataset(root, root / list_path, mode, cfg.model.num_classes, transform,
                        convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
 

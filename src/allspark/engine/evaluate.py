@@ -11,7 +11,7 @@ from tqdm import tqdm
 from allspark.config import Config, ConfigError
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
-from allspark.engine.runs import json_safe
+from allspark.engine.runs import config_diff, json_safe
 
 
 def eval_window(cfg: Config) -> int:
@@ -57,9 +57,10 @@ def run_evaluation(cfg: Config, checkpoint: str | Path, mode: str | None = None,
     try:
         weights = resolve_weights(checkpoint)
         state, saved_cfg = read_weights(weights)
-        if saved_cfg.model != cfg.model:
-            raise ConfigError(f"{weights} was trained with model config {saved_cfg.model}, but the config asks for "
-                              f"{cfg.model}; evaluate with the run's config.yaml")
+        differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
+        if differing:
+            raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
+                              f"{'; '.join(differing)}; evaluate with the run's config.yaml")
         model = build_model(cfg.model)
         model.load_state_dict(state)
         model.to(info.device).eval()
