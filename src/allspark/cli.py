@@ -7,6 +7,7 @@ the traceback instead. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -18,6 +19,8 @@ from allspark.engine.checkpoint import CheckpointError
 DEBUG_ENV = "ALLSPARK_DEBUG"
 # exit status per expected error type; a non-finite training loss exits with 3 (engine.commands)
 EXIT_CODES = ((ConfigError, 2), (DataError, 1), (CheckpointError, 1), (OSError, 1))
+# clearer words than strerror's where a folder was expected
+FOLDER_PROBLEMS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a file stands where a folder is needed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +50,7 @@ def describe(err: BaseException) -> str:
     """One line for an expected error: its message, or `path: reason` for a failed file operation."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         target = f" -> {err.filename2}" if err.filename2 is not None else ""
-        return f"{err.filename}{target}: {err.strerror.lower()}"
+        return f"{err.filename}{target}: {FOLDER_PROBLEMS.get(err.errno, err.strerror.lower())}"
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = "".join(line + ("" if index == len(lines) - 1 else " " if line.endswith(":") else "; ")
                    for index, line in enumerate(lines))

@@ -52,7 +52,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
         metadata = weights_metadata(path)
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); expected allspark weights "
+                              "(.safetensors) or a run directory") from None
     if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
         raise CheckpointError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
                          "convert release checkpoints with `allspark convert-official`")
