@@ -166,7 +166,8 @@ def run_case(case: Case, timeout: float) -> tuple[int | str, int, str]:
 def concurrent_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
     """A second `train` in the run directory of one still training."""
     run_dir = tmp / "runs" / "busy"
-    argv = tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=200")
+    argv = tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=400", "train.eval_every=400",
+                      "train.log_every=100")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen([sys.executable, "-m", "allspark", *argv], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=env)

@@ -149,13 +149,15 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 def _build(cls: type, data: dict, prefix: str):
     if not isinstance(data, dict):
-        section = prefix.rstrip(".") or "<top>"
-        raise ConfigError(f"section '{section}' must be a mapping, got {data!r}", prefix.rstrip(".") or None)
+        section = prefix.rstrip(".")
+        keys = (section,) if section else ()
+        raise ConfigError(f"section '{section or '<top>'}' must be a mapping, got {data!r}", *keys)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})", prefix + unknown[0])
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown key '{key}' (known: {', '.join(sorted(names))})", key)
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -201,7 +203,8 @@ _RANGES = (
      lambda v: v > 0, "positive"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
     (("train.weight_decay",), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
-    (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed"), lambda v: v >= 0, "zero or positive"),
+    (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed"), lambda v: v >= 0,
+     "zero or positive"),
     (("train.momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
     (("train.ohem_thresh",), lambda v: 0 <= v <= 1, "in [0, 1]"),
     (("eval.stride_ratio",), lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -56,7 +56,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
                               "(.safetensors) or a run directory") from None
     if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
         raise CheckpointError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
-                         "convert release checkpoints with `allspark convert-official`")
+                              "convert release checkpoints with `allspark convert-official`")
     cfg = config_from_dict(json.loads(metadata["allspark_config"]), where=f"{path} (embedded config)")
     return state, cfg
 
@@ -112,6 +112,6 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     stamp = weights_metadata(weights).get("iteration") if weights.is_file() else None
     if stamp != str(state["iteration"]):
         raise CheckpointError(f"{weights} (iteration {stamp}) does not match {state_path} (iteration {state['iteration']}); "
-                         "the run was killed between the two writes: delete both to restart the run")
+                              "the run was killed between the two writes: delete both to restart the run")
     model_state, _ = read_weights(weights)
     return model_state, state
