@@ -2,7 +2,7 @@
 its exit code, the stderr line count and the first stderr line that is not a log line or progress
 bar (`(!)` marks an exit code that contradicts the expectation).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING] [--timeout 120]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING] [--camvid DIR]
 
 Builds a tiny synthetic dataset (3 classes, 64 px) in a temporary folder and trains one 2-iteration
 run for the checkpoint cases; every case then takes a few seconds. `expect` is `fail` for a bad input
@@ -29,7 +29,7 @@ from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
-SHARED_CAMVID = Path(__file__).resolve().parents[1] / "../shared/data/camvid-mini"
+CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid-mini"
 
 
 @dataclass
@@ -86,7 +86,7 @@ def bad_checkpoints(tmp: Path, run: Path) -> dict[str, Path]:
             "safetensors without config": tmp / "plain.safetensors", "run dir without checkpoints": tmp / "empty_run"}
 
 
-def build_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
+def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
     lists = write_bad_samples(root)
     runs = tmp / "runs"
     cases = [Case(f"train: {name}", tiny_train(root, runs / f"s{i}", f"data.labeled_list={path}"))
@@ -107,9 +107,9 @@ def build_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
     ]
     if os.geteuid() != 0:  # root writes into read-only folders anyway
         cases.append(Case("train: run_dir under a read-only folder", tiny_train(root, tmp / "readonly" / "run")))
-    if SHARED_CAMVID.is_dir():
+    if camvid.is_dir():
         cases.append(Case("train: camvid/allspark preset as shipped",
-                          ["train", "camvid/allspark", f"data.root={SHARED_CAMVID.resolve()}", f"run_dir={runs / 'cv'}",
+                          ["train", "camvid/allspark", f"data.root={camvid.resolve()}", f"run_dir={runs / 'cv'}",
                            "model.pretrained=null", "--no-progress"]))
     config = tmp / "mismatch.yaml"
     config.write_text(yaml.safe_dump(config_to_dict(load_config("demo", [f"data.root={root}", "model.num_classes=2"]))))
@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per case")
     parser.add_argument("--width", type=int, default=150, help="characters of stderr shown per row")
+    parser.add_argument("--camvid", type=Path, default=CAMVID, help="camvid-mini, for the preset case (skipped if absent)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
@@ -221,7 +222,7 @@ def main() -> None:
         code, _, message = run_case(Case("setup", tiny_train(root, run)), args.timeout)
         if code != 0:
             sys.exit(f"setup training failed: {message}")
-        cases = [c for c in build_cases(tmp, root, run) if args.only in c.name]
+        cases = [c for c in build_cases(tmp, root, run, args.camvid) if args.only in c.name]
         print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
         print("|---|---|---|---|---|")
         for case, code, count, message in rows(cases, root, tmp, args):
