@@ -111,7 +111,9 @@ def test_config_source_and_num_classes(tmp_path):
     problems, summary = check_data(str(config), progress=False)
     assert problems == [] and "(labeled, unlabeled, val)" in summary
     problems, _ = check_data(str(config), num_classes=2, progress=False)
-    assert len(problems) == 3 and all("mask values 2 outside [0, 2)" in p for p in problems)
+    assert problems[0] == f"{root / 'classes.txt'}: lists 3 classes but model.num_classes is 2; " \
+                          "set model.num_classes=3 or edit classes.txt"
+    assert len(problems) == 4 and all("mask values 2 outside [0, 2)" in p for p in problems[1:])
 
 
 def test_root_without_class_count_is_a_clear_error(tmp_path, capsys):

@@ -1,14 +1,32 @@
-"""The `allspark` command: one subcommand per job, each a thin call into the modules below."""
+"""The `allspark` command: one subcommand per job, each a thin call into the modules below.
+
+Expected failures (bad config, bad data, bad checkpoint, a path that cannot be read or written) end
+in one line, `allspark CMD: error: ...`, and a non-zero exit; `--debug` or ALLSPARK_DEBUG=1 shows
+the traceback instead. Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
 import sys
 
 from allspark.config import ConfigError
+from allspark.data.checks import DataError
+from allspark.engine.checkpoint import CheckpointError
+
+DEBUG_ENV = "ALLSPARK_DEBUG"
+# exit status per expected error type; a non-finite training loss exits with 3 (engine.commands)
+EXIT_CODES = ((ConfigError, 2), (DataError, 1), (CheckpointError, 1), (OSError, 1))
+# clearer words than strerror's where a folder was expected
+FOLDER_PROBLEMS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a file stands where a folder is needed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allspark", description="Semi-supervised segmentation with AllSpark.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     # Each feature module has `register(sub)`, which adds its subparsers with `set_defaults(run=fn)`;
     # fn(args) returns the exit status. One import + register line per module.
@@ -28,11 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(err: BaseException) -> str:
+    """One line for an expected error: its message, or `path: reason` for a failed file operation."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        target = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return f"{err.filename}{target}: {FOLDER_PROBLEMS.get(err.errno, err.strerror.lower())}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = "".join(line + ("" if index == len(lines) - 1 else " " if line.endswith(":") else "; ")
+                   for index, line in enumerate(lines))
+    return text or type(err).__name__
+
+
+def _log_to_new_files(line: str, before: set) -> None:
+    """Append `line` to the log files this command opened (a training run's train.log)."""
+    for handler in logging.getLogger("allspark").handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in before:
+            handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR, "levelname": "ERROR"}))
+            handler.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    handlers = set(logging.getLogger("allspark").handlers)
     try:
         code = args.run(args)
-    except ConfigError as err:
-        print(f"allspark {args.command}: config error: {err}", file=sys.stderr)
-        code = 2
+    except tuple(kind for kind, _ in EXIT_CODES) as err:
+        if debug:
+            if getattr(err, "worker_report", None):
+                print(err.worker_report, file=sys.stderr)
+            raise
+        line = f"allspark {args.command}: error: {describe(err)}"
+        print(line, file=sys.stderr)
+        _log_to_new_files(line, handlers)
+        code = next(status for kind, status in EXIT_CODES if isinstance(err, kind))
     sys.exit(code or 0)

@@ -5,6 +5,7 @@ Every error names the key (and the file) at fault, so a typo in a 60-line YAML i
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -23,7 +24,11 @@ METHODS = ("sup", "semi", "allspark")
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
+    """A configuration value is missing, unknown, of the wrong type or out of range; `keys` name it."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
 
 
 class _Loader(yaml.SafeLoader):
@@ -121,7 +126,7 @@ _CHOICES = {
 }
 
 
-def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
+def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Return `value` converted to `hint` where lossless (int -> float), else raise ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -133,42 +138,55 @@ def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_type(value, arg, key, where)
+                return _check_type(value, arg, key)
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: key '{key}' expects {hint.__name__}, got {value!r}")
+        raise ConfigError(f"key '{key}' expects {hint.__name__}, got {value!r}", key)
     if not isinstance(value, hint):
-        raise ConfigError(f"{where}: key '{key}' expects {hint.__name__}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"key '{key}' expects {hint.__name__}, got {value!r} ({type(value).__name__})", key)
     return value
 
 
-def _build(cls: type, data: dict, prefix: str, where: str):
+def _build(cls: type, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: section '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {data!r}")
+        section = prefix.rstrip(".")
+        keys = (section,) if section else ()
+        raise ConfigError(f"section '{section or '<top>'}' must be a mapping, got {data!r}", *keys)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown key '{key}' (known: {', '.join(sorted(names))})", key)
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.", where)
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _check_type(value, hint, prefix + name, where)
+            kwargs[name] = _check_type(value, hint, prefix + name)
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict, where: str = "<config>") -> Config:
-    """Build and validate a Config from a nested mapping (missing keys take defaults)."""
-    cfg = _build(Config, data or {}, "", where)
-    validate(cfg, where)
+def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a nested mapping (missing keys take defaults). Errors start
+    with `where`, or with "command line" for a key among `command_line` (the overridden keys)."""
+    try:
+        cfg = _build(Config, data or {}, "")
+        validate(cfg)
+    except ConfigError as err:
+        given = any(_related(key, other) for key in err.keys for other in command_line)
+        raise ConfigError(f"{'command line' if given else where}: {err}", *err.keys) from None
     return cfg
+
+
+def _related(key: str, other: str) -> bool:
+    """True when one key is the other or a section holding it ('train' and 'train.lr')."""
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -182,29 +200,38 @@ def _get(cfg: Config, key: str) -> Any:
     return obj
 
 
-def validate(cfg: Config, where: str = "<config>") -> None:
-    """Check choices and cross-field rules; raise ConfigError naming the key."""
+# (keys, test, what the value must be): ranges checked by `validate`; a null value is not checked
+_RANGES = (
+    (("model.num_classes", "model.crop_size", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
+      "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
+     lambda v: v > 0, "positive"),
+    (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
+    (("train.weight_decay",), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
+    (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed"), lambda v: v >= 0,
+     "zero or positive"),
+    (("train.momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("train.ohem_thresh",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("eval.stride_ratio",), lambda v: 0 < v <= 1, "in (0, 1]"),
+)
+
+
+def validate(cfg: Config) -> None:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
-            raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {value!r}")
-    positive = ["model.num_classes", "model.crop_size", "model.heads", "train.epochs", "train.batch_size",
-                "train.checkpoint_every", "train.eval_every", "train.log_every"]
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{where}: key '{key}' must be positive; got {_get(cfg, key)!r}")
-    if cfg.train.max_iters is not None and cfg.train.max_iters <= 0:
-        raise ConfigError(f"{where}: key 'train.max_iters' must be positive or null; got {cfg.train.max_iters}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"{where}: key 'train.lr' must be positive; got {cfg.train.lr}")
-    if not 0 < cfg.eval.stride_ratio <= 1:
-        raise ConfigError(f"{where}: key 'eval.stride_ratio' must be in (0, 1]; got {cfg.eval.stride_ratio}")
+            raise ConfigError(f"key '{key}' must be one of {', '.join(choices)}; got {value!r}", key)
+    for keys, test, what in _RANGES:
+        for key in keys:
+            value = _get(cfg, key)
+            if value is not None and not test(value):
+                raise ConfigError(f"key '{key}' must be {what}; got {value!r}", key)
     if cfg.method in ("sup", "semi") and cfg.model.ablation != "none":
-        raise ConfigError(f"{where}: key 'model.ablation' must be 'none' for method '{cfg.method}' "
-                          f"(the baselines have no AllSpark module); got {cfg.model.ablation!r}")
+        raise ConfigError(f"key 'model.ablation' must be 'none' for method '{cfg.method}' (the baselines have no "
+                          f"AllSpark module); got {cfg.model.ablation!r}", "model.ablation", "method")
     if cfg.method == "allspark" and cfg.model.ablation == "none":
-        raise ConfigError(f"{where}: key 'model.ablation' is 'none' but method is 'allspark'; "
-                          "use method=semi for the baseline or one of cca, cca_mem, full")
+        raise ConfigError("key 'model.ablation' is 'none' but method is 'allspark'; use method=semi for the "
+                          "baseline or one of cca, cca_mem, full", "model.ablation", "method")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -275,4 +302,4 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML file or preset, apply `key=value` overrides, validate."""
     path = resolve_source(source)
     data = apply_overrides(load_yaml_with_base(path), overrides)
-    return config_from_dict(data, where=str(path))
+    return config_from_dict(data, where=str(path), command_line=[parse_override(text)[0] for text in overrides])

@@ -70,6 +70,7 @@ def _main(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
     model, cfg = load_model(args.checkpoint, which=args.which)
     export_onnx(model, cfg, out, args.example_size, class_names=dataset_palette(cfg)[1])
     print(f"wrote {out}")

@@ -10,19 +10,30 @@ from PIL import Image
 from tqdm import tqdm
 
 from allspark.config import ConfigError, load_config
-from allspark.data.layouts import LAYOUTS, Layout, get_layout
+from allspark.data.layouts import LAYOUTS, Layout, get_layout, read_classes_file
 
 IGNORE_INDEX = 255
 INDEX_MASK_MODES = ("L", "P", "I", "I;16")
 
 
 class DataError(ValueError):
-    """One bad file: `path: problem`."""
+    """One bad file: `path: problem`.
 
-    def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
+    Raised in a DataLoader worker, it reaches the main process rebuilt from one argument, torch's
+    report (the worker's traceback as text): the message is recovered from it, the report kept for --debug.
+    """
+
+    def __init__(self, path: str | Path, problem: str | None = None):
+        self.worker_report = None
+        if problem is None:
+            self.worker_report = str(path)
+            message = self.worker_report.rsplit(f"{DataError.__name__}: ", 1)[-1].strip()
+            path, _, problem = message.partition(": ")
+        super().__init__(str(path), problem)
+        self.path, self.problem = str(path), problem
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -118,6 +129,22 @@ def read_list(path: str | Path, need_masks: bool) -> list[tuple[str, str | None]
     return entries
 
 
+def class_count_problem(layout_name: str, root: str | Path, num_classes: int) -> str | None:
+    """`classes.txt: ...` when a folder dataset's classes.txt lists another number of classes than
+    `num_classes` (the model would train with index names and a wrong palette), else None."""
+    path = Path(root) / "classes.txt"
+    if layout_name not in ("folder", "synthetic") or not path.is_file():
+        return None
+    try:
+        listed = len(read_classes_file(path)[0])
+    except ValueError as err:
+        return f"{path}: not a valid class list ({err})"
+    if listed == num_classes:
+        return None
+    return (f"{path}: lists {listed} classes but model.num_classes is {num_classes}; "
+            f"set model.num_classes={listed} or edit {path.name}")
+
+
 LIST_NAMES = ("train", "val", "labeled", "unlabeled")
 
 
@@ -173,7 +200,8 @@ def check_data(source: str, num_classes: int | None = None, layout_name: str | N
                progress: bool = True) -> tuple[list[str], str]:
     """Every problem of a dataset as `path: problem` lines, and a one-line summary."""
     root, lists, num_classes, layout = _sources(source, num_classes, layout_name)
-    problems: list[str] = []
+    mismatch = class_count_problem(layout.name, root, num_classes) if layout is not None else None
+    problems: list[str] = [mismatch] if mismatch else []
     entries = _entries(root, lists, layout, problems)
     if not entries and not problems:
         problems.append(f"{root}: no list files ({', '.join(n + '.txt' for n in LIST_NAMES)}) and no "

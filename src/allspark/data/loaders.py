@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from allspark.config import Config, ConfigError
+from allspark.data.checks import class_count_problem
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
 from allspark.data.splits import splits_command
@@ -95,6 +96,9 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
         raise ConfigError(f"key 'data.{key}': list file {root / list_path} not found; make the split lists with "
                           f"`{splits_command(cfg.data.root, cfg.data.layout, out)}` (or with another --out DIR, "
                           "then data.labeled_list=DIR/labeled.txt data.unlabeled_list=DIR/unlabeled.txt)")
+    mismatch = class_count_problem(cfg.data.layout, root, cfg.model.num_classes)
+    if mismatch:
+        raise ConfigError(mismatch, "model.num_classes")
     return kind(root, root / list_path, mode, cfg.model.num_classes, transform,
                 convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
 

@@ -16,6 +16,10 @@ from allspark.config import Config, config_from_dict, config_to_dict
 FORMAT = "allspark-seg/1"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not ours, is damaged, or does not match its run."""
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
     so a run killed mid-write never leaves a truncated checkpoint behind. The file gets the
@@ -51,10 +55,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
         metadata = weights_metadata(path)
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); expected allspark weights "
+                              "(.safetensors) or a run directory") from None
     if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
-        raise ValueError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
-                         "convert release checkpoints with `allspark convert-official`")
+        raise CheckpointError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
+                              "convert release checkpoints with `allspark convert-official`")
     cfg = config_from_dict(json.loads(metadata["allspark_config"]), where=f"{path} (embedded config)")
     return state, cfg
 
@@ -109,7 +114,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     stamp = weights_metadata(weights).get("iteration") if weights.is_file() else None
     if stamp != str(state["iteration"]):
-        raise ValueError(f"{weights} (iteration {stamp}) does not match {state_path} (iteration {state['iteration']}); "
-                         "the run was killed between the two writes: delete both to restart the run")
+        raise CheckpointError(f"{weights} (iteration {stamp}) does not match {state_path} (iteration {state['iteration']}); "
+                              "the run was killed between the two writes: delete both to restart the run")
     model_state, _ = read_weights(weights)
     return model_state, state

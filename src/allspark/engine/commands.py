@@ -46,7 +46,7 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
     except NonFiniteLossError as err:
-        print(f"allspark train: {err}; stopped, checkpoints/latest keeps the last good state", file=sys.stderr)
+        print(f"allspark train: error: {err}; stopped, checkpoints/latest keeps the last good state", file=sys.stderr)
         return 3
     return 0
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
-from allspark.engine.runs import json_safe
+from allspark.engine.runs import config_diff, json_safe
 
 
 def eval_window(cfg: Config) -> int:
@@ -64,9 +64,10 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         if cfg is None:
             cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
                                    where=f"{weights} (embedded config)")
-        if saved_cfg.model != cfg.model:
-            raise ConfigError(f"{weights} was trained with model config {saved_cfg.model}, but the config asks for "
-                              f"{cfg.model}; evaluate with the run's config.yaml")
+        differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
+        if differing:
+            raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
+                              f"{'; '.join(differing)}; evaluate with the run's config.yaml")
         model = build_model(cfg.model)
         model.load_state_dict(state)
         model.to(info.device).eval()

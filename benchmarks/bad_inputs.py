@@ -1,0 +1,235 @@
+"""Every bad input of the error checklist through the `allspark` CLI, one row per case: the command,
+its exit code, the stderr line count and the first stderr line that is not a log line or progress
+bar (`(!)` marks an exit code that contradicts the expectation).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING] [--camvid DIR]
+
+Builds a tiny synthetic dataset (3 classes, 64 px) in a temporary folder and trains one 2-iteration
+run for the checkpoint cases; every case then takes a few seconds. `expect` is `fail` for a bad input
+(exit code must not be 0), `ok` where the right outcome is a success, `any` where both are acceptable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from allspark.config import config_to_dict, load_config
+from allspark.data.splits import make_split
+from allspark.data.synthetic import generate_synthetic
+
+NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
+CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid-mini"
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]
+    expect: str = "fail"
+    env: dict[str, str | None] = field(default_factory=dict)
+
+
+def tiny_train(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`train` argv of a 2-iteration SupBaseline on the synthetic set, loader workers in subprocesses."""
+    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup", "model.ablation=none",
+            "model.num_classes=3", "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=2",
+            "train.log_every=1", "data.workers=1", "data.labeled_list=splits/labeled.txt", "--no-progress", *extra]
+
+
+def write_bad_samples(root: Path) -> dict[str, str]:
+    """One list file per kind of bad sample (the bad pair listed twice, so the first batch holds it)."""
+    bad = root / "bad"
+    bad.mkdir()
+    good_image, good_mask = "images/train_00000.jpg", "masks/train_00000.png"
+    raw = (root / good_image).read_bytes()
+    (bad / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    mask = np.array(Image.open(root / good_mask))
+    Image.fromarray(np.where(mask > 0, 7, 0).astype(np.uint8)).save(bad / "value7.png")
+    Image.fromarray(np.stack([mask * 80] * 3, axis=-1).astype(np.uint8)).save(bad / "rgb.png")
+    Image.fromarray(mask[:40, :50]).save(bad / "small.png")
+    pairs = {
+        "truncated JPEG": f"bad/truncated.jpg {good_mask}",
+        "mask value 7 of 3 classes": f"{good_image} bad/value7.png",
+        "RGB mask": f"{good_image} bad/rgb.png",
+        "mask size mismatch": f"{good_image} bad/small.png",
+        "missing image file": f"images/absent.jpg {good_mask}",
+    }
+    lists = {}
+    for number, (name, line) in enumerate(pairs.items()):
+        (bad / f"list{number}.txt").write_text(f"{line}\n{line}\n")
+        lists[name] = f"bad/list{number}.txt"
+    (bad / "empty.txt").write_text("\n")
+    (bad / "three.txt").write_text(f"{good_image} {good_mask} extra\n")
+    return lists
+
+
+def bad_checkpoints(tmp: Path, run: Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+    import torch
+
+    (tmp / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    save_file({"w": torch.zeros(2)}, str(tmp / "plain.safetensors"))
+    (tmp / "empty_run").mkdir()
+    return {"missing": tmp / "absent.safetensors", "random bytes": tmp / "random.safetensors",
+            "training state .pt": run / "checkpoints" / "latest.state.pt",
+            "safetensors without config": tmp / "plain.safetensors", "run dir without checkpoints": tmp / "empty_run"}
+
+
+def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
+    lists = write_bad_samples(root)
+    runs = tmp / "runs"
+    cases = [Case(f"train: {name}", tiny_train(root, runs / f"s{i}", f"data.labeled_list={path}"))
+             for i, (name, path) in enumerate(lists.items())]
+    cases += [
+        Case("train: empty list", tiny_train(root, runs / "e1", "data.labeled_list=bad/empty.txt")),
+        Case("train: three-field list line", tiny_train(root, runs / "e2", "data.labeled_list=bad/three.txt")),
+        Case("train: missing list file", tiny_train(root, runs / "e3", "data.labeled_list=nope.txt")),
+        Case("train: data.workers=-1", tiny_train(root, runs / "e4", "data.workers=-1")),
+        Case("train: model.num_classes=2 vs classes.txt 3", tiny_train(root, runs / "e5", "model.num_classes=2")),
+        Case("train: train.lr_multi=-1", tiny_train(root, runs / "e6", "train.lr_multi=-1")),
+        Case("train: train.momentum=5", tiny_train(root, runs / "e7", "train.momentum=5")),
+        Case("train: train.lr=abc (command line)", tiny_train(root, runs / "e8", "train.lr=abc")),
+        Case("train: run_dir under a file", tiny_train(root, tmp / "a_file" / "run")),
+        Case("train: run_dir is a file", tiny_train(root, tmp / "a_file")),
+        Case("train: model.pretrained=nvidia/mit-b0 offline", tiny_train(root, runs / "e9", "model.pretrained=nvidia/mit-b0"),
+             env={"HF_HUB_OFFLINE": None}),
+    ]
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        cases.append(Case("train: run_dir under a read-only folder", tiny_train(root, tmp / "readonly" / "run")))
+    if camvid.is_dir():
+        cases.append(Case("train: camvid/allspark preset as shipped",
+                          ["train", "camvid/allspark", f"data.root={camvid.resolve()}", f"run_dir={runs / 'cv'}",
+                           "model.pretrained=null", "--no-progress"]))
+    config = tmp / "mismatch.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(load_config("demo", [f"data.root={root}", "model.num_classes=2"]))))
+    cases += [Case("check-data: classes.txt 3, --num-classes 2", ["check-data", str(root), "--num-classes", "2"]),
+              Case("check-data: config num_classes 2, classes.txt 3", ["check-data", str(config)])]
+    image = root / "images" / "val_00000.jpg"
+    eval_args = ["demo", f"data.root={root}", "method=sup", "model.ablation=none", "model.num_classes=3",
+                 "model.crop_size=64"]
+    for kind, path in bad_checkpoints(tmp, run).items():
+        cases += [Case(f"eval: --checkpoint {kind}", ["eval", *eval_args, "--checkpoint", str(path)]),
+                  Case(f"predict: --checkpoint {kind}",
+                       ["predict", str(image), "--checkpoint", str(path), "--out", str(tmp / "pred_bad")]),
+                  Case(f"export: --checkpoint {kind}",
+                       ["export", str(tmp / "bad.onnx"), "--checkpoint", str(path), "--no-check"])]
+    cases += [
+        Case("eval: checkpoint/config mismatch (crop 96)",
+             ["eval", *eval_args[:-1], "model.crop_size=96", "--checkpoint", str(run)]),
+        Case("eval: --out is a file", ["eval", *eval_args, "--checkpoint", str(run), "--out", str(tmp / "a_file")]),
+        Case("predict: --out under a file",
+             ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "a_file" / "pred")]),
+        Case("export: OUT under a file",
+             ["export", str(tmp / "a_file" / "m.onnx"), "--checkpoint", str(run), "--no-check"]),
+    ]
+    odd = tmp / "odd"
+    odd.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(odd / "tiny_1x1.png")
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(odd / "grey16.png")
+    cases += [
+        Case("predict: folder with a 1x1 image", ["predict", str(odd), "--checkpoint", str(run), "--out",
+                                                  str(tmp / "pred_odd"), "--force"]),
+        Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
+                                          str(tmp / "pred16"), "--force"], expect="any"),
+    ]
+    return cases
+
+
+def run_case(case: Case, timeout: float) -> tuple[int | str, int, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    for key, value in case.env.items():
+        env.pop(key, None) if value is None else env.__setitem__(key, value)
+    try:
+        done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+        code, stderr, stdout = done.returncode, done.stderr, done.stdout
+    except subprocess.TimeoutExpired as err:
+        code, stderr, stdout = "timeout", (err.stderr or b"").decode(errors="replace"), ""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    message = next((line for line in lines if not NOISE.search(line)), None)
+    if message is None and code != 0 and stdout.strip():  # check-data reports on stdout
+        message = "(stdout) " + stdout.splitlines()[0]
+    return code, len(lines), message or (lines[0] if lines else "")
+
+
+def concurrent_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A second `train` in the run directory of one still training."""
+    run_dir = tmp / "runs" / "busy"
+    argv = tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=400", "train.eval_every=400",
+                      "train.log_every=100")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "allspark", *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 60
+        while not (run_dir / "metrics.jsonl").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.5)
+        case = Case("train: second run in a busy run_dir", argv)
+        return (case, *run_case(case, timeout))
+    finally:
+        first.kill()
+        first.wait()
+
+
+def force_config_cases(root: Path, tmp: Path, timeout: float) -> list[tuple[Case, int | str, int, str]]:
+    """A rejected --force-config (other crop), then the original command, which must still run."""
+    run_dir = tmp / "runs" / "forced"
+    original = tiny_train(root, run_dir)
+    subprocess.run([sys.executable, "-m", "allspark", *original], capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    rows = []
+    for case in (Case("train: --force-config model.crop_size=96", [*original, "model.crop_size=96", "--force-config"]),
+                 Case("train: original command after that", original, expect="ok")):
+        rows.append((case, *run_case(case, timeout)))
+    return rows
+
+
+def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
+    """(case, exit code, stderr line count, message) for each case, then the busy run_dir and --force-config cases."""
+    for case in cases:
+        yield case, *run_case(case, args.timeout)
+    if "second run" in args.only or not args.only:
+        yield concurrent_case(root, tmp, args.timeout)
+    if "force-config" in args.only or not args.only:
+        yield from force_config_cases(root, tmp, args.timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per case")
+    parser.add_argument("--width", type=int, default=150, help="characters of stderr shown per row")
+    parser.add_argument("--camvid", type=Path, default=CAMVID, help="camvid-mini, for the preset case (skipped if absent)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        root = generate_synthetic(tmp / "data", num_train=6, num_val=2, size=64, seed=0, num_classes=3)
+        make_split(root / "train.txt", root / "splits", count=2, seed=0)
+        (tmp / "a_file").write_text("not a folder\n")
+        (tmp / "readonly").mkdir(mode=0o555)
+        run = tmp / "runs" / "good"
+        code, _, message = run_case(Case("setup", tiny_train(root, run)), args.timeout)
+        if code != 0:
+            sys.exit(f"setup training failed: {message}")
+        cases = [c for c in build_cases(tmp, root, run, args.camvid) if args.only in c.name]
+        print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
+        print("|---|---|---|---|---|")
+        for case, code, count, message in rows(cases, root, tmp, args):
+            message = message.replace(folder, "$TMP").replace("|", "\\|")[: args.width]
+            flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) else ""
+            print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
