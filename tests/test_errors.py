@@ -77,7 +77,7 @@ def test_bad_sample_in_a_loader_worker_is_one_line_in_stderr_and_train_log(root,
 @pytest.mark.parametrize("override, code, expected", [
     ("data.labeled_list=bad/empty.txt", 1, "bad/empty.txt: list file is empty"),
     ("data.labeled_list=bad/three.txt", 1, "bad/three.txt: line 1: expected 'image_path mask_path', found 3 fields"),
-    ("data.labeled_list=absent.txt", 1, "absent.txt: missing list file"),
+    ("data.labeled_list=absent.txt", 2, "key 'data.labeled_list': list file"),
     ("data.workers=-1", 2, "command line: key 'data.workers' must be zero or positive; got -1"),
     ("train.lr_multi=-1", 2, "command line: key 'train.lr_multi' must be positive and finite; got -1.0"),
     ("train.momentum=5", 2, "command line: key 'train.momentum' must be in [0, 1); got 5.0"),
