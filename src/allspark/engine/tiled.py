@@ -23,7 +23,7 @@ def tiled_rows(predict_window: Callable[[int, int], torch.Tensor], height: int, 
 
     `predict_window(top, left)` returns the probabilities (K, window, window) of that window of the image
     zero-padded on the bottom and right to at least one window. Only one band (K, window, padded width)
-    of sums is held, plus the next band while rows move from one to the other."""
+    of sums is held, plus a copy of its unfinished rows while they move up."""
     tops, lefts = window_grid(height, width, window, stride_ratio)
     padded_width = max(width, window)
     band = count = None
@@ -32,8 +32,9 @@ def tiled_rows(predict_window: Callable[[int, int], torch.Tensor], height: int, 
         if band is not None:
             done = top - band_top
             yield band_top, (band[:, :done] / count[:done])[:, :, :width]
-            band = torch.cat([band[:, done:], band.new_zeros(band.shape[0], done, padded_width)], dim=1)
-            count = torch.cat([count[done:], count.new_zeros(done, padded_width)])
+            for sums in (band, count.unsqueeze(0)):  # shift the unfinished rows up, clear the rest
+                sums[:, :window - done] = sums[:, done:].clone()
+                sums[:, window - done:] = 0
             band_top = top
         for left in lefts:
             probs = predict_window(top, left)  # (K, window, window)

@@ -15,9 +15,15 @@ def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Side by side: the image | the image blended with its colour mask, (H, 2W, 3) uint8."""
-    blended = (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).round().astype(np.uint8)
-    return np.concatenate([image, blended], axis=1)
+    """Side by side: the image | the image blended with its colour mask, (H, 2W, 3) uint8; blended in
+    blocks of rows, so large images need no full-size float copies."""
+    width = image.shape[1]
+    out = np.concatenate([image, image], axis=1)
+    for top in range(0, image.shape[0], 256):
+        rows = slice(top, top + 256)
+        blend = image[rows].astype(np.float32) * (1 - alpha) + color[rows].astype(np.float32) * alpha
+        out[rows, width:] = blend.round()
+    return out
 
 
 def legend_entries(palette: np.ndarray, names: Sequence[str]) -> list[dict]:
