@@ -142,7 +142,8 @@ def test_large_image_goes_through_bounded_windows_equal_to_whole_sliding(checkpo
     argv = ["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--window", "64",
             "--max-pixels", "10000"]
     assert run_cli(argv) == 0
-    assert "300x200 px > 10000 pixels (--max-pixels), sliding window 64 stride 43, 35 windows" in capsys.readouterr().err
+    note = "300x200 px > 10000 pixels (--max-pixels), sliding window 64 stride 43, 35 windows"
+    assert note in capsys.readouterr().err
     predictor = Predictor(checkpoint, window=64, max_pixels=10_000)
     inputs, blocks = [], []
     model = predictor.model
@@ -184,7 +185,9 @@ def test_16_bit_grey_png_is_scaled_to_8_bits(checkpoint, tmp_path):
     shown = np.asarray(Image.open(out / "deep_overlay.png"))[:, :64]
     np.testing.assert_array_equal(shown, expected)
     mask = np.asarray(Image.open(out / "deep.png"))
-    np.testing.assert_array_equal(mask, Predictor(checkpoint).predict(expected))
+    predictor = Predictor(checkpoint)
+    np.testing.assert_array_equal(mask, predictor.predict(expected))
+    np.testing.assert_array_equal(mask, predictor.predict(Image.open(inputs / "deep.png")))
 
 
 @pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "CMYK", "1", "I"])
@@ -199,8 +202,10 @@ def test_other_image_modes_become_rgb(mode, tmp_path):
 def test_float_image_is_refused_naming_the_file(checkpoint, tmp_path, capsys):
     (good,) = write_images(tmp_path / "in", [(32, 32)])
     Image.fromarray(np.ones((40, 40), dtype=np.float32)).save(tmp_path / "in" / "float.tif")
-    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 1
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert run_cli(argv) == 1
     assert "float.tif: skipped, 32-bit float image" in capsys.readouterr().err
+    assert (tmp_path / "out" / f"{good.stem}.png").is_file()
 
 
 def test_camvid_models_get_camvid_colours_from_the_layout_or_a_names_only_classes_file(tmp_path):
