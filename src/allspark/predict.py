@@ -336,7 +336,8 @@ def register(sub) -> None:
     parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
-    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop)")
+    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
+                        "window of tiled images (default: the larger of 512 and the training crop)")
     parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")
     parser.add_argument("--flip", action="store_true", help="average in the horizontally flipped prediction")
     parser.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1,1.25")
