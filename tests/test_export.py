@@ -6,8 +6,9 @@ import onnx
 import pytest
 import torch
 
+from allspark.data.transforms import normalize_image
 from allspark.engine.checkpoint import load_model
-from inference_helpers import run_cli, tiny_checkpoint
+from inference_helpers import PALETTE, run_cli, tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)
 
@@ -43,9 +44,20 @@ def test_graph_has_dynamic_size_and_metadata(exported):
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[:2]] == [1, 3]
     assert all(d.dim_param and not d.dim_value for d in dims[2:])
-    metadata = {p.key: p.value for p in graph.metadata_props}
-    assert json.loads(metadata["class_names"]) == ["c0", "c1", "c2"]
-    assert json.loads(metadata["allspark_config"])["model"]["num_classes"] == 3
+    metadata = {p.key: json.loads(p.value) for p in graph.metadata_props}
+    assert metadata["class_names"] == ["c0", "c1", "c2"]
+    assert metadata["palette"] == PALETTE.tolist()
+    assert metadata["allspark_config"]["model"]["num_classes"] == 3
+
+
+def test_metadata_normalisation_reproduces_the_training_input(exported):
+    """An ONNX user normalising with the metadata's mean/std feeds exactly what the model was trained on."""
+    _, out = exported
+    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    mean, std = np.array(metadata["mean"]), np.array(metadata["std"])
+    by_metadata = ((pixels / 255 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(by_metadata, normalize_image(pixels).numpy(), rtol=0, atol=1e-5)
 
 
 def test_refuses_to_overwrite_without_force(exported, capsys):

@@ -1,11 +1,19 @@
 """`allspark predict` and the Predictor API on a tiny randomly initialised model."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from allspark import predict as predict_module
+from allspark.config import config_from_dict
+from allspark.data.checks import rgb_array
+from allspark.data.layouts import CAMVID_CLASSES, CAMVID_PALETTE, voc_palette
 from allspark.data.transforms import normalize_image
-from allspark.predict import Predictor
+from allspark.engine.inference import predict_probs
+from allspark.engine.tiled import tiled_rows
+from allspark.predict import Predictor, dataset_palette
 from inference_helpers import PALETTE, run_cli, write_images
 
 
@@ -109,3 +117,129 @@ def test_predictor_rejects_wrong_inputs(checkpoint):
         predictor.predict(torch.zeros(8, 8, 3))
     with pytest.raises(ValueError, match="whole' or 'sliding"):
         Predictor(checkpoint, mode="center")
+
+
+def test_images_under_32_px_are_skipped_with_one_line_each(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (good,) = write_images(inputs, [(40, 36)])
+    Image.new("RGB", (1, 1)).save(inputs / "dot.png")
+    Image.new("RGB", (200, 20)).save(inputs / "strip.png")
+    out = tmp_path / "out"
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out)]) == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and "Traceback" not in "".join(warnings)
+    assert "dot.png: skipped, image is 1x1 px" in warnings[0] and "strip.png" in warnings[1]
+    assert sorted(p.name for p in out.iterdir()) == [f"{good.stem}{s}.png" for s in ("", "_color", "_overlay")]
+    with pytest.raises(ValueError, match="at least 32 px"):
+        Predictor(checkpoint).predict(np.zeros((31, 64, 3), dtype=np.uint8))
+
+
+def test_large_image_goes_through_bounded_windows_equal_to_whole_sliding(checkpoint, tmp_path, capsys, monkeypatch):
+    """Above --max-pixels: one window-sized input per model call, row blocks of at most one window,
+    and the same result as a sliding window holding the whole image's probabilities."""
+    (path,) = write_images(tmp_path / "in", [(200, 300)])
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--window", "64",
+            "--max-pixels", "10000"]
+    assert run_cli(argv) == 0
+    note = "300x200 px > 10000 pixels (--max-pixels), sliding window 64 stride 43, 35 windows"
+    assert note in capsys.readouterr().err
+    predictor = Predictor(checkpoint, window=64, max_pixels=10_000)
+    inputs, blocks = [], []
+    model = predictor.model
+    predictor.model = lambda images: inputs.append(tuple(images.shape)) or model(images)
+
+    def recorded_rows(*args):
+        for top, rows in tiled_rows(*args):
+            blocks.append((top, tuple(rows.shape)))
+            yield top, rows
+
+    monkeypatch.setattr(predict_module, "tiled_rows", recorded_rows)
+    image = np.asarray(Image.open(path))
+    probs = torch.from_numpy(predictor.predict_probs(image))
+    assert inputs == [(1, 3, 64, 64)] * 35
+    assert [top for top, _ in blocks] == [0, 43, 86, 129, 136]
+    assert all(rows <= 64 and width == 300 for _, (_, rows, width) in blocks) and sum(b[1][1] for b in blocks) == 200
+    whole = predict_probs(model, normalize_image(image)[None], mode="sliding", window=64)[0]
+    torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "img0.png")), whole.argmax(0).numpy())
+
+
+def test_default_settings_tile_a_4000x3000_image_but_not_a_1000x750_one(checkpoint):
+    predictor = Predictor(checkpoint)
+    assert predictor.tiling(3000, 4000) == 512 and predictor.tiling(750, 1000) is None
+    assert Predictor(checkpoint, tile="off").tiling(3000, 4000) is None
+    assert Predictor(checkpoint, mode="sliding", window=96).tiling(3000, 4000) == 96
+    assert Predictor(checkpoint, scales=(1.0, 1.5)).tiling(750, 1000) == 512  # 1500x1125 at scale 1.5
+
+
+def test_16_bit_grey_png_is_scaled_to_8_bits(checkpoint, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    grey = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.uint16)  # 0..64491
+    Image.fromarray(grey).save(inputs / "deep.png")
+    assert Image.open(inputs / "deep.png").mode == "I;16"
+    out = tmp_path / "out"
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out)]) == 0
+    expected = np.repeat(np.round(grey / 257).astype(np.uint8)[:, :, None], 3, axis=2)
+    shown = np.asarray(Image.open(out / "deep_overlay.png"))[:, :64]
+    np.testing.assert_array_equal(shown, expected)
+    mask = np.asarray(Image.open(out / "deep.png"))
+    predictor = Predictor(checkpoint)
+    np.testing.assert_array_equal(mask, predictor.predict(expected))
+    np.testing.assert_array_equal(mask, predictor.predict(Image.open(inputs / "deep.png")))
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "CMYK", "1", "I"])
+def test_other_image_modes_become_rgb(mode, tmp_path):
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)).convert(mode)
+    array = rgb_array(source, "x.png")
+    assert array.shape == (6, 5, 3) and array.dtype == np.uint8
+    expected = source.convert("L") if mode == "I" else source
+    np.testing.assert_array_equal(array, np.asarray(expected.convert("RGB")))
+
+
+def test_float_image_is_refused_naming_the_file(checkpoint, tmp_path, capsys):
+    (good,) = write_images(tmp_path / "in", [(32, 32)])
+    Image.fromarray(np.ones((40, 40), dtype=np.float32)).save(tmp_path / "in" / "float.tif")
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert run_cli(argv) == 1
+    assert "float.tif: skipped, 32-bit float image" in capsys.readouterr().err
+    assert (tmp_path / "out" / f"{good.stem}.png").is_file()
+
+
+def test_camvid_models_get_camvid_colours_from_the_layout_or_a_names_only_classes_file(tmp_path):
+    camvid = config_from_dict({"model": {"num_classes": 11}, "data": {"layout": "camvid"}})
+    palette, names = dataset_palette(camvid)
+    np.testing.assert_array_equal(palette, CAMVID_PALETTE)
+    assert names == list(CAMVID_CLASSES)
+    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES) + "\n")
+    folder = config_from_dict({"model": {"num_classes": 11}, "data": {"layout": "folder", "root": str(tmp_path)}})
+    np.testing.assert_array_equal(dataset_palette(folder)[0], CAMVID_PALETTE)
+    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES[::-1]) + "\n")  # not CamVid's order: VOC
+    np.testing.assert_array_equal(dataset_palette(folder)[0], voc_palette(11))
+
+
+def test_legend_lists_index_name_and_colour(checkpoint, tmp_path):
+    (path,) = write_images(tmp_path / "in", [(32, 32)])
+    out = tmp_path / "out"
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--legend"]) == 0
+    entries = json.loads((out / "legend.json").read_text())
+    assert entries == [{"index": i, "name": f"c{i}", "color": PALETTE[i].tolist()} for i in range(3)]
+    legend = np.asarray(Image.open(out / "legend.png"))
+    assert legend.shape[0] == 3 * 20
+    for i in range(3):
+        np.testing.assert_array_equal(legend[i * 20 + 10, 10], PALETTE[i])
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--legend"]) == 2
+
+
+def test_threads_flag_sets_torch_threads(checkpoint, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    (path,) = write_images(tmp_path / "in", [(32, 32)])
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(tmp_path / "o"),
+                    "--threads", "2"]) == 0
+    assert calls == [2]
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(tmp_path / "p"),
+                    "--threads", "0"]) == 2
+    assert "--threads must be at least 1; got 0" in capsys.readouterr().err

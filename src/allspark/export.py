@@ -17,24 +17,29 @@ import numpy as np
 import torch
 
 from allspark.config import config_to_dict
+from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from allspark.engine.checkpoint import atomic_write
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int | None = None,
-                class_names: Sequence[str] | None = None) -> Path:
+                class_names: Sequence[str] | None = None, palette: np.ndarray | None = None) -> Path:
     """Write `model` (on the CPU, eval mode) as ONNX: input "images" normalised float (1, 3, H, W),
-    output "logits" (1, K, H, W), H and W dynamic. The config (and class names) go in the metadata."""
+    output "logits" (1, K, H, W), H and W dynamic. The metadata holds the config, the normalisation
+    (`mean`, `std` on 0..1 RGB: input = (pixel / 255 - mean) / std) and the class names and palette if given."""
     model = model.cpu().eval()
     side = example_size or cfg.model.crop_size
     example = torch.zeros(1, 3, side, side)
     height, width = torch.export.Dim("height"), torch.export.Dim("width")
     program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"images": {2: height, 3: width}}, verbose=False)
-    program.model.metadata_props["allspark_config"] = json.dumps(config_to_dict(cfg))
+    metadata = {"allspark_config": config_to_dict(cfg), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if class_names is not None:
-        program.model.metadata_props["class_names"] = json.dumps(list(class_names))
+        metadata["class_names"] = list(class_names)
+    if palette is not None:
+        metadata["palette"] = np.asarray(palette).tolist()
+    program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
     out = Path(out)
     atomic_write(out, lambda tmp: program.save(tmp))
     return out
@@ -72,7 +77,8 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
     model, cfg = load_model(args.checkpoint, which=args.which)
-    export_onnx(model, cfg, out, args.example_size, class_names=dataset_palette(cfg)[1])
+    palette, names = dataset_palette(cfg)
+    export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette)
     print(f"wrote {out}")
     if args.check:
         side = args.example_size or cfg.model.crop_size

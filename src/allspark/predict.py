@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +11,21 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from allspark.data.checks import read_image
+from allspark.data.checks import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs
-from allspark.viz.colors import colorize, overlay
+from allspark.engine.tiled import tiled_rows, window_grid
+from allspark.viz.colors import colorize, legend_entries, legend_image, overlay
+
+MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
+DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
+TILE_WINDOW = 512  # tile side for models predicted whole (at least their training crop)
+LEGEND_FILES = ("legend.png", "legend.json")
 
 
 def dataset_palette(cfg) -> tuple[np.ndarray, list[str]]:
@@ -35,18 +43,29 @@ def dataset_palette(cfg) -> tuple[np.ndarray, list[str]]:
     return palette[:k], names[:k]
 
 
+def _size(pixels: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a uint8 (H, W, 3) array or a (3, H, W) tensor."""
+    return tuple(pixels.shape[1:]) if isinstance(pixels, torch.Tensor) else pixels.shape[:2]
+
+
 class Predictor:
     """Segment images with a trained model, without the CLI.
 
-    `predict(image)` accepts a PIL image, a uint8 numpy array (H, W, 3) (or (H, W), taken as grey),
-    or a float tensor (3, H, W) already normalised like the training data (ImageNet mean/std);
-    it returns the class-index mask (H, W) as numpy (uint8 for up to 256 classes, else int64).
-    `mode` is "whole" or "sliding" (default: the config's eval mode, "whole" for "center",
-    whose prediction would not cover the image); `window` defaults to the eval crop size."""
+    `predict(image)` accepts a PIL image (any mode; 16-bit grey is scaled to 8 bits), a uint8 numpy
+    array (H, W, 3) (or (H, W), taken as grey), or a float tensor (3, H, W) already normalised like the
+    training data (ImageNet mean/std); it returns the class-index mask (H, W) as numpy (uint8 for up to
+    256 classes, else int64). `mode` is "whole" or "sliding" (default: the config's eval mode, "whole"
+    for "center", whose prediction would not cover the image); `window` defaults to the eval crop size.
+
+    Images of more than `max_pixels` pixels (after the largest of `scales`) are predicted in tiles
+    unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
+    larger of TILE_WINDOW and the training crop), one at a time, flip and scales applied per window,
+    so memory stays bounded whatever the image size (see `allspark.engine.tiled`)."""
 
     def __init__(self, checkpoint, device: str | torch.device = "cpu", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
-                 scales: Sequence[float] = (1.0,), which: str = "best"):
+                 scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         from allspark.engine.checkpoint import load_model
 
         model, cfg = load_model(checkpoint, which=which, device=device)
@@ -55,48 +74,118 @@ class Predictor:
             raise ValueError(f"Predictor mode must be 'whole' or 'sliding'; got {mode!r} "
                              "(centre crop predicts only part of the image)")
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        if tile not in ("auto", "off"):
+            raise ValueError(f"tile must be 'auto' or 'off'; got {tile!r}")
         self.options = dict(mode=mode, window=window or cfg.eval.crop_size or cfg.model.crop_size,
                             stride_ratio=stride_ratio or cfg.eval.stride_ratio, flip=flip, scales=tuple(scales))
+        whole_tile = window or max(TILE_WINDOW, cfg.model.crop_size)
+        self.tile_window = self.options["window"] if mode == "sliding" else whole_tile
+        self.tile, self.max_pixels = tile, max_pixels
         self.palette, self.class_names = dataset_palette(cfg)
 
     @property
     def num_classes(self) -> int:
         return self.cfg.model.num_classes
 
-    def to_tensor(self, image) -> torch.Tensor:
-        """A normalised float tensor (3, H, W) from a PIL image, uint8 array or normalised tensor."""
+    def pixels(self, image) -> np.ndarray | torch.Tensor:
+        """A uint8 array (H, W, 3) or a normalised float tensor (3, H, W), checked; raises ValueError
+        for wrong types and for images under MIN_SIDE px on a side (after the smallest scale, in whole mode)."""
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
                 raise ValueError(f"tensor images must be normalised float (3, H, W); got {image.dtype} "
                                  f"{tuple(image.shape)}")
-            return image.float()
-        if isinstance(image, Image.Image):
-            image = np.array(image.convert("RGB"))
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"expected a PIL image, numpy array or tensor; got {type(image).__name__}")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"numpy images must be uint8 (H, W, 3); got {image.dtype} {image.shape}")
-        return torch.as_tensor(normalize_image(image), dtype=torch.float32)
+            pixels = image.float()
+        else:
+            if isinstance(image, Image.Image):
+                image = rgb_array(image, getattr(image, "filename", "") or "image")
+            if not isinstance(image, np.ndarray):
+                raise TypeError(f"expected a PIL image, numpy array or tensor; got {type(image).__name__}")
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"numpy images must be uint8 (H, W, 3); got {image.dtype} {image.shape}")
+            pixels = image
+        (h, w), scale = _size(pixels), min(self.options["scales"])
+        scale = scale if self.options["mode"] == "whole" else 1  # sliding windows are padded to full size
+        if min(h, w) * scale < MIN_SIDE:
+            at = f" at scale {scale:g}" if scale != 1 else ""
+            raise ValueError(f"image is {w}x{h} px{at}; the model needs at least {MIN_SIDE} px on each side")
+        return pixels
+
+    def tiling(self, height: int, width: int) -> int | None:
+        """The tile window for an image of this size, or None when it is predicted in one piece."""
+        pixels = height * width * max(self.options["scales"]) ** 2
+        return self.tile_window if self.tile == "auto" and pixels > self.max_pixels else None
+
+    def tiling_note(self, height: int, width: int) -> str:
+        """What `predict` does with an image of this size, for the log."""
+        window = self.tiling(height, width)
+        if window is None:
+            return f"{width}x{height} px predicted whole"
+        tops, lefts = window_grid(height, width, window, self.options["stride_ratio"])
+        stride = max(1, round(window * self.options["stride_ratio"]))
+        return (f"{width}x{height} px > {self.max_pixels} pixels (--max-pixels), sliding window {window} "
+                f"stride {stride}, {len(tops) * len(lefts)} windows")
+
+    def _tiled_rows(self, pixels, window: int):
+        """`tiled_rows` over one image: each window cropped, normalised, padded and predicted alone."""
+        def predict_window(top: int, left: int) -> torch.Tensor:
+            if isinstance(pixels, torch.Tensor):
+                crop = pixels[:, top:top + window, left:left + window]
+            else:
+                crop = normalize_image(np.ascontiguousarray(pixels[top:top + window, left:left + window]))
+            crop = F.pad(crop, (0, window - crop.shape[-1], 0, window - crop.shape[-2]))  # 0 = mean colour
+            options = dict(self.options, mode="whole")
+            return predict_probs(self.model, crop[None].to(self.device), **options)[0].cpu()
+
+        h, w = _size(pixels)
+        return tiled_rows(predict_window, h, w, window, self.options["stride_ratio"])
 
     def predict_probs_batch(self, images: Sequence) -> torch.Tensor:
         """Probabilities (N, K, H, W) for images of one size; inference is per image, so the
-        batch never changes any image's result."""
-        batch = torch.stack([self.to_tensor(image) for image in images]).to(self.device)  # (N, 3, H, W)
-        return predict_probs(self.model, batch, **self.options).cpu()
+        batch never changes any image's result. Tiled images (see `tiling`) go one at a time,
+        but the result holds every image's (K, H, W) floats."""
+        pixels = [self.pixels(image) for image in images]
+        h, w = _size(pixels[0])
+        window = self.tiling(h, w)
+        if window is None:
+            batch = torch.stack([p if isinstance(p, torch.Tensor) else normalize_image(p) for p in pixels])
+            return predict_probs(self.model, batch.to(self.device), **self.options).cpu()
+        probs = torch.empty(len(pixels), self.num_classes, h, w)
+        for out, image in zip(probs, pixels):
+            for top, rows in self._tiled_rows(image, window):
+                out[:, top:top + rows.shape[1]] = rows
+        return probs
 
     def predict_probs(self, image) -> np.ndarray:
         """Softmax probabilities (K, H, W), float32."""
         return self.predict_probs_batch([image])[0].numpy()
 
     def masks_from_probs(self, probs: torch.Tensor) -> np.ndarray:
-        dtype = np.uint8 if self.num_classes <= 256 else np.int64
-        return probs.argmax(1).numpy().astype(dtype)  # (N, H, W)
+        return probs.argmax(1).numpy().astype(self.mask_dtype)  # (N, H, W)
+
+    @property
+    def mask_dtype(self) -> type:
+        return np.uint8 if self.num_classes <= 256 else np.int64
+
+    def predict_masks(self, images: Sequence) -> list[np.ndarray]:
+        """Class-index masks (H, W) of images of one size; tiled images never hold (K, H, W) floats."""
+        pixels = [self.pixels(image) for image in images]
+        h, w = _size(pixels[0])
+        window = self.tiling(h, w)
+        if window is None:
+            return list(self.masks_from_probs(self.predict_probs_batch(pixels)))
+        masks = []
+        for image in pixels:
+            mask = np.empty((h, w), dtype=self.mask_dtype)
+            for top, rows in self._tiled_rows(image, window):
+                mask[top:top + rows.shape[1]] = rows.argmax(0).numpy()
+            masks.append(mask)
+        return masks
 
     def predict(self, image) -> np.ndarray:
         """Class-index mask (H, W)."""
-        return self.masks_from_probs(self.predict_probs_batch([image]))[0]
+        return self.predict_masks([image])[0]
 
 
 def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
@@ -163,14 +252,19 @@ def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_si
     def readable() -> Iterator[_Item]:
         for path in files:
             try:
-                yield _Item(path, read_image(path))
+                image = read_image(path)
+                predictor.pixels(image)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 problems.append(f"{path}: skipped, {getattr(err, 'problem', err)}")
                 progress.update(1)
+                continue
+            if predictor.tiling(*image.shape[:2]):
+                progress.write(f"allspark predict: {path}: {predictor.tiling_note(*image.shape[:2])}", file=sys.stderr)
+            yield _Item(path, image)
 
     written = 0
     for batch in _batches(readable(), batch_size):
-        masks = predictor.masks_from_probs(predictor.predict_probs_batch([item.image for item in batch]))
+        masks = predictor.predict_masks([item.image for item in batch])
         for item, mask in zip(batch, masks):
             write_outputs(predictor, item, mask, out, alpha)
             written += 1
@@ -189,13 +283,24 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def write_legend(out: Path, palette: np.ndarray, names: Sequence[str]) -> None:
+    """LEGEND_FILES in `out`: a swatch per class with its index and name, and the same as JSON."""
+    png, sidecar = (out / name for name in LEGEND_FILES)
+    legend_image(palette, names).save(png)
+    sidecar.write_text(json.dumps(legend_entries(palette, names), indent=1) + "\n")
+
+
 def _main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        print(f"allspark predict: --batch-size must be at least 1; got {args.batch_size}", file=sys.stderr)
-        return 2
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads),
+                        ("--max-pixels", args.max_pixels)):
+        if value is not None and value < 1:
+            print(f"allspark predict: {flag} must be at least 1; got {value}", file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     files, problems = expand_inputs(args.inputs)
     out = Path(args.out)
-    targets: dict[Path, Path] = {}
+    targets: dict[Path, Path] = {out / name: Path("--legend") for name in LEGEND_FILES if args.legend}
     for path in files:
         for target in output_paths(out, path).values():
             if target in targets:
@@ -209,8 +314,11 @@ def _main(args: argparse.Namespace) -> int:
               "pass --force to overwrite them", file=sys.stderr)
         return 2
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
-                          stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which)
+                          stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
+                          tile=args.tile, max_pixels=args.max_pixels)
     written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
+    if args.legend:
+        write_legend(out, predictor.palette, predictor.class_names)
     problems.extend(skipped)
     for line in problems:
         print(f"allspark predict: warning: {line}", file=sys.stderr)
@@ -228,12 +336,21 @@ def register(sub) -> None:
     parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
-    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop)")
+    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
+                        "window of tiled images (default: the larger of 512 and the training crop)")
     parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")
     parser.add_argument("--flip", action="store_true", help="average in the horizontally flipped prediction")
     parser.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1,1.25")
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size predicted together")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    parser.add_argument("--tile", choices=("auto", "off"), default="auto",
+                        help="auto: images over --max-pixels go through sliding windows one at a time (bounded "
+                             "memory); off: always in one piece")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest image predicted in one piece with --tile auto (default {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--legend", action="store_true",
+                        help=f"also write {' and '.join(LEGEND_FILES)} (class index, name and colour)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(run=_main)

@@ -47,9 +47,24 @@ def _open(path: Path, what: str) -> Image.Image:
     return image
 
 
+def rgb_array(image: Image.Image, path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 from any PIL mode: 16/32-bit grey scaled to 8 bits (by 257 when a value exceeds 255),
+    palette, alpha and CMYK images converted to RGB; float images are refused (DataError)."""
+    if image.mode == "F":
+        raise DataError(path, "32-bit float image; save it as 8-bit RGB (or 16-bit grey) first")
+    if image.mode.startswith("I"):
+        grey = np.asarray(image)
+        if grey.min(initial=0) < 0 or grey.max(initial=0) > 65535:
+            raise DataError(path, f"grey values reach {grey.min()}..{grey.max()}; expected 0..65535 (16-bit)")
+        if grey.max(initial=0) > 255:
+            grey = (grey.astype(np.float32) / 257).round()
+        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as (H, W, 3) uint8."""
-    return np.array(_open(Path(path), "image").convert("RGB"))
+    """An RGB image as (H, W, 3) uint8 (see `rgb_array`)."""
+    return rgb_array(_open(Path(path), "image"), path)
 
 
 def read_mask(path: str | Path, convert: Callable | None = None) -> np.ndarray:

@@ -135,7 +135,8 @@ class Layout:
 
 
 def read_classes_file(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
-    """`classes.txt`: one class per line, `name` or `name r g b`; missing colours come from the VOC map."""
+    """`classes.txt`: one class per line, `name` or `name r g b`; missing colours come from the built-in
+    layout with exactly these class names (e.g. CamVid's palette for CamVid's 11 names), else the VOC map."""
     names, colours = [], []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         parts = line.split()
@@ -152,7 +153,9 @@ def read_classes_file(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
             colours.append(None)
     if not names:
         raise ValueError(f"{path}: no class names (expected one per line, optionally followed by r g b)")
-    default = voc_palette(len(names))
+    known = (layout.palette for layout in _BUILTIN.values() if layout.class_names == tuple(names))
+    default = next(known, None)
+    default = voc_palette(len(names)) if default is None else default
     palette = np.array([c if c is not None else default[i] for i, c in enumerate(colours)], dtype=np.uint8)
     return tuple(names), palette
 
