@@ -18,7 +18,7 @@ from tqdm import tqdm
 from allspark.data.checks import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
 from allspark.data.transforms import normalize_image
-from allspark.engine.inference import predict_probs
+from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
 from allspark.viz.colors import colorize, legend_entries, legend_image, overlay
 
@@ -123,7 +123,7 @@ class Predictor:
         if window is None:
             return f"{width}x{height} px predicted whole"
         tops, lefts = window_grid(height, width, window, self.options["stride_ratio"])
-        stride = max(1, round(window * self.options["stride_ratio"]))
+        stride = window_stride(window, self.options["stride_ratio"])
         return (f"{width}x{height} px > {self.max_pixels} pixels (--max-pixels), sliding window {window} "
                 f"stride {stride}, {len(tops) * len(lefts)} windows")
 

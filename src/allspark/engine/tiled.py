@@ -7,12 +7,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from allspark.engine.inference import window_starts
+from allspark.engine.inference import window_starts, window_stride
 
 
 def window_grid(height: int, width: int, window: int, stride_ratio: float) -> tuple[list[int], list[int]]:
     """(tops, lefts) of the window x window windows over an image zero-padded to at least one window."""
-    stride = max(1, round(window * stride_ratio))
+    stride = window_stride(window, stride_ratio)
     return window_starts(max(height, window), window, stride), window_starts(max(width, window), window, stride)
 
 
