@@ -78,7 +78,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 2
     cfg = load_config(args.config, args.overrides) if args.config else None
     set_threads(args)
-    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides)
+    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides, amp=args.amp)
     return 0
 
 
@@ -145,6 +145,8 @@ def register(sub) -> None:
     eval_opts.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
     add_threads_option(eval_opts)
     eval_opts.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
+    eval_opts.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                           help="mixed precision of the forward passes (bf16: faster on CPUs with AVX-512 BF16)")
     _add_config_command(sub, "eval", eval_opts, _run_eval, config_optional=True,
                         help="evaluate a checkpoint: mIoU and per-class IoU")
 

@@ -47,14 +47,15 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto", overrides: Sequence[str] = ()) -> dict:
+                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off") -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
     (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
-    With `cfg` None the config embedded in the weights is used, with `overrides` applied."""
+    With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
+    "fp16") runs the forward passes under autocast, as `train.amp` does."""
     from allspark.data import build_val_loader
     from allspark.engine import distributed as dist_utils
     from allspark.engine.checkpoint import read_weights, resolve_weights
-    from allspark.engine.trainer import class_names
+    from allspark.engine.trainer import AMP_DTYPES, class_names
     from allspark.models import build_model
 
     info = dist_utils.init_distributed(device)
@@ -73,11 +74,11 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         model.to(info.device).eval()
         mode = mode or cfg.eval.mode
         confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
-                             progress=info.is_main)
+                             amp_dtype=AMP_DTYPES[amp], progress=info.is_main)
         names = class_names(cfg)
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
-                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights)}
+                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}
         if info.is_main:
             print(format_iou_table(result["iou"], names, result["miou"]))
             folder = Path(out) if out else (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent)

@@ -1,0 +1,122 @@
+"""bf16 autocast and torch.compile on the CPU through the trainer: losses fall, the attention maps and the
+Semantic Memory stay fp32 (spec 6), an interrupted run resumes; `allspark eval --amp bf16`."""
+import json
+
+import pytest
+import torch
+
+import allspark.models.allspark as allspark_module
+from allspark.cli import main
+from allspark.data import build_labeled_loader, build_unlabeled_loader
+from allspark.data.splits import make_split
+from allspark.data.synthetic import generate_synthetic
+from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine.runs import read_metrics
+from allspark.engine.trainer import Trainer, train
+
+MEMORY = "allspark.memory.queue"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, num_train=12, num_val=2, size=64, seed=0, num_classes=4)
+    make_split(root / "train.txt", root / "splits", count=4, seed=0)
+    return root
+
+
+def overrides(root, run_dir, *extra):
+    """AllSpark, MiT-B0, crop 64, 2 + 2, memory on from the first step: 4 iterations per epoch, 8 in all."""
+    return [f"data.root={root}", f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
+            "train.warmup_epochs=0", "train.log_every=1", "train.checkpoint_every=3", *extra]
+
+
+def make_cfg(root, run_dir, *extra):
+    from allspark.config import load_config
+
+    return load_config("demo", overrides(root, run_dir, *extra))
+
+
+def interrupt_then_resume(cfg, monkeypatch) -> tuple[list[int], dict]:
+    """Run `cfg` until iteration 3 (checkpoint), stop it there, run it again: (iterations stepped, result)."""
+    original, seen, stopped = Trainer.step, [], []
+
+    def stopping(self, batch_l, batch_u, iteration, total, use_memory):
+        if iteration == 3 and not stopped:
+            stopped.append(iteration)
+            raise KeyboardInterrupt
+        seen.append(iteration)
+        return original(self, batch_l, batch_u, iteration, total, use_memory)
+
+    monkeypatch.setattr(Trainer, "step", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    result = train(cfg, progress=False)
+    return seen, result
+
+
+def test_bf16_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    trainer = Trainer(make_cfg(data_root, tmp_path, "train.amp=bf16", "train.lr=0.01"))
+    assert not trainer.scaler.is_enabled()  # loss scaling is for fp16 only
+    map_dtypes, head_dtypes = [], []
+    chunked = allspark_module.chunked_dropout_attention
+
+    def spy(q, k, v, dropout_p):  # the CPU path of the memory attention: its inputs make the map
+        map_dtypes.append((q.dtype, k.dtype, v.dtype))
+        return chunked(q, k, v, dropout_p)
+
+    monkeypatch.setattr(allspark_module, "chunked_dropout_attention", spy)
+    trainer.model.head.classifier.register_forward_hook(lambda m, i, out: head_dtypes.append(out.dtype))
+    memory_before = trainer.model.allspark.memory.queue.clone()
+    batch_l = next(iter(build_labeled_loader(trainer.cfg)))
+    batch_u = next(iter(build_unlabeled_loader(trainer.cfg)))
+    losses = [trainer.step(batch_l, batch_u, i, 100, use_memory=True)["loss"] for i in range(8)]
+    assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses
+    assert set(head_dtypes) == {torch.bfloat16}  # autocast reached the head on the CPU
+    assert map_dtypes and set(map_dtypes) == {(torch.float32,) * 3}
+    queue = trainer.model.allspark.memory.queue
+    assert queue.dtype == torch.float32 and not torch.equal(queue, memory_before)
+
+
+def test_bf16_interrupted_run_resumes(data_root, tmp_path, monkeypatch):
+    seen, result = interrupt_then_resume(make_cfg(data_root, tmp_path / "run", "train.amp=bf16"), monkeypatch)
+    assert seen == list(range(8)) and result["iteration"] == 8
+    model_state, state = load_checkpoint(tmp_path / "run")
+    assert state["iteration"] == 8 and model_state[MEMORY].dtype == torch.float32
+
+
+@pytest.mark.slow  # inductor compiles the C++ kernels of every graph: minutes on a cold cache
+def test_compile_runs_writes_memory_and_resumes(data_root, tmp_path, monkeypatch):
+    cfg = make_cfg(data_root, tmp_path / "run", "train.compile=true")
+    seen, result = interrupt_then_resume(cfg, monkeypatch)
+    assert seen == list(range(8)) and result["iteration"] == 8
+    model_state, state = load_checkpoint(tmp_path / "run")
+    assert model_state[MEMORY].dtype == torch.float32
+    assert state["iteration"] == 8 and model_state["allspark.memory.ptr"].sum() > 0  # the compiled step wrote it
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
+
+
+def test_eval_command_amp_bf16(data_root, tmp_path):
+    run = tmp_path / "run"
+    args = overrides(data_root, run, "train.epochs=1")
+    train(make_cfg(data_root, run, "train.epochs=1"), progress=False)
+    results = {}
+    for amp in ("off", "bf16"):
+        with pytest.raises(SystemExit) as code:
+            main(["eval", "demo", *args, "--checkpoint", str(run), "--amp", amp, "--out", str(tmp_path / amp)])
+        assert code.value.code == 0
+        results[amp] = json.loads((tmp_path / amp / "eval.json").read_text())
+    assert results["bf16"]["amp"] == "bf16"
+    off, bf16 = (torch.tensor(results[amp]["confusion"]) for amp in ("off", "bf16"))
+    assert off.sum() == bf16.sum() == 2 * 64 * 64
+    assert (off.diag().sum() - bf16.diag().sum()).abs() <= 0.02 * off.sum()  # bf16 agrees on accuracy
