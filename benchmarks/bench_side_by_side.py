@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
-def load_harness(reference: Path):
+def load_harness(reference: Path, args):
     """The harness's `official` module, or exit with a one-line reason."""
     harness = reference / "harness"
     if not (harness / "official.py").is_file():
@@ -35,6 +36,9 @@ def load_harness(reference: Path):
         importlib.import_module("einops")
     except ImportError:
         sys.exit("bench_side_by_side: the release needs einops: pip install einops (into this venv)")
+    from allspark.models import build_model
+
+    build_model(our_config(args, "semi"))  # transformers first: the harness's stand-in torchvision must not reach it
     sys.path.insert(0, str(harness))
     return importlib.import_module("official")
 
@@ -184,10 +188,9 @@ def main() -> None:
                      "multiple of 32 does not give; use e.g. 161")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from allspark.models import build_model  # transformers first: the harness's stand-in torchvision must not reach it
-
-    build_model(our_config(args, "semi"))
-    harness = load_harness(args.reference)
+    # the release's InstanceNorm is built with a channel count it does not use; torch warns on every call
+    warnings.filterwarnings("ignore", message="input's size at dim=1 does not match num_features")
+    harness = load_harness(args.reference, args)
     load = os.getloadavg()[0]
     generator = torch.Generator().manual_seed(0)
     rows = training_rows(harness, args, random_batches(args, generator))
