@@ -29,17 +29,23 @@ class DecodeHead(nn.Module):
         self.classifier = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """fuse(concat(resize(linear_i(c_i)))) computed as sum(resize(fuse_i(linear_i(c_i)))): the same map,
+        since both are per-pixel linear and bilinear resizing mixes pixels only, but each stage's two linear
+        maps merge into one (E x C_i) at its own resolution, instead of a 4E -> E conv at H/4 x W/4."""
         size = feats[0].shape[-2:]
-        projected = []
-        for feat, linear in zip(feats, (self.linear_c1, self.linear_c2, self.linear_c3, self.linear_c4)):
+        fuse = self.fuse.weight.flatten(1)  # (E, 4E); input channels in the order c4, c3, c2, c1
+        embed = fuse.shape[0]
+        fused = None
+        for stage, (feat, linear) in enumerate(zip(feats, (self.linear_c1, self.linear_c2, self.linear_c3,
+                                                          self.linear_c4))):
+            part = fuse[:, (3 - stage) * embed:(4 - stage) * embed]  # (E, E): the columns reading this stage
             n, _, h, w = feat.shape
-            x = linear(feat.flatten(2).transpose(1, 2))  # (N, h*w, E)
-            x = x.transpose(1, 2).reshape(n, -1, h, w)  # (N, E, h, w)
+            x = F.linear(feat.flatten(2).transpose(1, 2), part @ linear.weight, part @ linear.bias)  # (N, h*w, E)
+            x = x.transpose(1, 2).reshape(n, embed, h, w)
             if (h, w) != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            projected.append(x)
-        x = torch.cat(projected[::-1], dim=1)  # (N, 4E, H/4, W/4), order c4, c3, c2, c1
-        x = F.relu(self.fuse_bn(self.fuse(x)))
+            fused = x if fused is None else fused + x
+        x = F.relu(self.fuse_bn(fused))  # (N, E, H/4, W/4)
         return self.classifier(self.dropout(x))  # (N, K, H/4, W/4)
 
 
