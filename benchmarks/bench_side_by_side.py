@@ -3,11 +3,10 @@
 The release runs unmodified through the measuring harness in ../shared/reference (its `official` module, which
 needs `pip install einops` in the venv; not a dependency of the package). Each round times every case once, in
 turn, so a shared machine slows them alike; the table gives medians. Ours is `Trainer.step` (teacher pass,
-student pass, losses, SGD) in fp32 and, as extra rows, with `train.amp=bf16` (and `train.compile=true` with
---compile); inference is `model(images)` without autograd.
+student pass, losses, SGD) in fp32 and, as extra columns, with `train.amp=bf16`; inference is `model(images)`
+without autograd.
 
     .venv/bin/python benchmarks/bench_side_by_side.py --threads 1
-    .venv/bin/python benchmarks/bench_side_by_side.py --threads 1 --compile     # adds compiled rows (slow start)
 """
 from __future__ import annotations
 
@@ -43,14 +42,14 @@ def load_harness(reference: Path, args):
     return importlib.import_module("official")
 
 
-def our_config(args, method: str, amp: str = "off", compile_: bool = False):
+def our_config(args, method: str, amp: str = "off"):
     from allspark.config import load_config
 
     ablation = "full" if method == "allspark" else "none"
     return load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder=mit_{args.arch}",
                                 f"model.crop_size={args.crop}", f"model.num_classes={args.classes}",
                                 "model.grouping=logits", f"train.batch_size={args.batch}", f"train.amp={amp}",
-                                f"train.compile={str(compile_).lower()}", "train.warmup_epochs=0",
+                                "train.warmup_epochs=0",
                                 "run_dir=runs/bench_side_by_side"])
 
 
@@ -76,12 +75,12 @@ class Release:
 class Ours:
     """Our `Trainer` holding the release's initial weights (memory included), for one method and amp."""
 
-    def __init__(self, args, method: str, release_state: dict, amp: str = "off", compile_: bool = False):
+    def __init__(self, args, method: str, release_state: dict, amp: str = "off"):
         from allspark import load_official
         from allspark.engine.distributed import DistInfo
         from allspark.engine.trainer import Trainer
 
-        cfg = our_config(args, method, amp, compile_)
+        cfg = our_config(args, method, amp)
         self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")))
         self.trainer.model.load_state_dict(load_official(release_state, cfg).state_dict())
         self.use_memory, self.iteration = method == "allspark", 0
@@ -121,18 +120,15 @@ def random_batches(args, generator: torch.Generator):
 
 
 def training_rows(harness, args, batches) -> dict[str, dict[str, float]]:
-    """{row: {'release': s, 'ours': s, 'ours bf16': s, ...}} for the AllSpark (memory on) and SemiBaseline steps."""
-    variants = [("ours", "off", False), ("ours bf16", "bf16", False)]
-    if args.compile:
-        variants += [("ours compiled", "off", True), ("ours bf16 compiled", "bf16", True)]
+    """{row: {'release': s, 'ours': s, 'ours bf16': s}} for the AllSpark (memory on) and SemiBaseline steps."""
     rows = {}
     for row, method, decoder in (("AllSpark training step, memory on", "allspark", "allspark"),
                                  ("SemiBaseline training step", "semi", "base")):
         release = Release(harness, args, decoder)
         state = release.model.state_dict()
         cases = {"release": lambda r=release: r.step(batches)}
-        for name, amp, compile_ in variants:
-            ours = Ours(args, method, state, amp, compile_)
+        for name, amp in (("ours", "off"), ("ours bf16", "bf16")):
+            ours = Ours(args, method, state, amp)
             cases[name] = lambda o=ours: o.step(batches)
         rows[row] = interleave(cases, args.rounds, args.warmup)
         print(f"  {row}: done", file=sys.stderr, flush=True)
@@ -180,7 +176,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--lr-multi", type=float, default=10.0)
-    parser.add_argument("--compile", action="store_true", help="add rows with train.compile=true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.crop % 32 == 0:
