@@ -49,7 +49,7 @@ def our_config(args, method: str, amp: str = "off"):
     return load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder=mit_{args.arch}",
                                 f"model.crop_size={args.crop}", f"model.num_classes={args.classes}",
                                 "model.grouping=logits", f"train.batch_size={args.batch}", f"train.amp={amp}",
-                                "train.warmup_epochs=0",
+                                f"train.lr={args.lr}", f"train.lr_multi={args.lr_multi}", "train.warmup_epochs=0",
                                 "run_dir=runs/bench_side_by_side"])
 
 
