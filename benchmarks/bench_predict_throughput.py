@@ -61,6 +61,7 @@ def main() -> None:
         sys.exit("bench_predict_throughput: onnxruntime is missing: pip install -e '.[export]'")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from allspark.data.transforms import normalize_image
     from allspark.engine.checkpoint import load_model
     from allspark.export import export_onnx
     from allspark.predict import Predictor
@@ -78,10 +79,10 @@ def main() -> None:
 
     def pytorch(batch, amp=False):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            return predictor.masks_from_probs(predictor.predict_probs_batch(list(batch)))
+            return predictor.predict_masks(list(batch))
 
     variants = {"PyTorch fp32": pytorch, "PyTorch bf16": lambda b: pytorch(b, amp=True),
-                "onnxruntime fp32": lambda b: onnx_masks(session, torch.stack([predictor.to_tensor(i) for i in b]))}
+                "onnxruntime fp32": lambda b: onnx_masks(session, torch.stack([normalize_image(i) for i in b]))}
     images = [np.array(Image.open(path).convert("RGB")) for path in files]
     for fn in variants.values():  # warm-up
         fn(images[:1])
