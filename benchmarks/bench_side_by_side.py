@@ -77,7 +77,7 @@ class Ours:
 
     def __init__(self, args, method: str, release_state: dict, amp: str = "off"):
         from allspark import load_official
-        from allspark.engine.distributed import DistInfo
+        from allspark.distributed import DistInfo
         from allspark.engine.trainer import Trainer
 
         cfg = our_config(args, method, amp)

@@ -29,7 +29,7 @@ SETTINGS = {  # name: (method, ablation, use_memory)
 def build(name: str, args: argparse.Namespace):
     """(trainer, labeled batch, unlabeled batch or None, use_memory) of one setting on fixed random batches."""
     from allspark.config import load_config
-    from allspark.engine.distributed import DistInfo
+    from allspark.distributed import DistInfo
     from allspark.engine.trainer import Trainer
 
     method, ablation, use_memory = SETTINGS[name]

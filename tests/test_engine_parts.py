@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from allspark import distributed as dist_utils
 from allspark.config import TrainConfig, load_config
-from allspark.engine import distributed as dist_utils
 from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from allspark.engine.distributed import all_reduce_sum
 from allspark.data.checks import IGNORE_INDEX
+from allspark.distributed import all_reduce_sum
 
 
 MIOU_OVER = ("present", "all")

@@ -15,10 +15,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError
-from allspark.engine import distributed as dist_utils
+from allspark.distributed import DistInfo
 from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, read_weights, save_checkpoint, save_weights
-from allspark.engine.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss, unlabeled_loss
 from allspark.engine.optim import build_optimizer, set_poly_lr

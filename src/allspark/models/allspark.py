@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark import config
-from allspark.engine.distributed import is_initialized
+from allspark.distributed import is_initialized
 from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
 ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the rows that have the module
