@@ -9,8 +9,9 @@ import yaml
 from PIL import Image
 
 from allspark.cli import main
-from allspark.data.checks import DataError, check_data
+from allspark.data.checks import check_data
 from allspark.data.datasets import ListDataset
+from allspark.data.io import DataError
 from allspark.data.transforms import TrainTransform
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

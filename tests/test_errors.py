@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
-from allspark.data.checks import DataError
+from allspark.data.io import DataError
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
 from allspark.engine.checkpoint import CheckpointError

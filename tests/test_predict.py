@@ -8,7 +8,7 @@ from PIL import Image
 
 from allspark import predict as predict_module
 from allspark.config import config_from_dict
-from allspark.data.checks import rgb_array
+from allspark.data.io import rgb_array
 from allspark.data.layouts import CAMVID_CLASSES, CAMVID_PALETTE, voc_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs

@@ -13,7 +13,7 @@ import os
 import sys
 
 from allspark.config import ConfigError
-from allspark.data.checks import DataError
+from allspark.data.io import DataError
 from allspark.engine.checkpoint import CheckpointError
 
 DEBUG_ENV = "ALLSPARK_DEBUG"

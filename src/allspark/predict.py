@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from allspark.data.checks import read_image, rgb_array
+from allspark.data.io import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs, window_stride

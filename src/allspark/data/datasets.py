@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from allspark.data.checks import IGNORE_INDEX, DataError, load_sample, read_list
+from allspark.data.io import IGNORE_INDEX, DataError, load_sample, read_list
 from allspark.data.transforms import TrainTransform, normalize_image
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class ListDataset(Dataset):
 
     labeled: {"image" (3,S,S), "mask" (S,S) int64}; unlabeled: {"image", "valid" (S,S) bool};
     val: full size {"image" (3,H,W), "mask" (H,W) int64, "name"}. Each sample passes the checks of
-    `checks.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and
+    `io.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and
     replaced (training) or left out of the metric with an all-ignore mask (validation).
     """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allspark.data.checks import DataError, read_list
+from allspark.data.io import DataError, read_list
 from allspark.data.layouts import LAYOUTS, get_layout
 
 

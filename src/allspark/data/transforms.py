@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from allspark.data.checks import IGNORE_INDEX
+from allspark.data.io import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from allspark.data.checks import IGNORE_INDEX  # the masks' ignore value, defined once by the data layer
+from allspark.data.io import IGNORE_INDEX  # the masks' ignore value, defined once by the data layer
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ def _load(args):
 
 def _images(inputs: list[str], limit: int | None = None):
     """(file, RGB uint8, normalised tensor) for each readable input; unreadable ones are reported."""
-    from allspark.data.checks import read_image
+    from allspark.data.io import read_image
     from allspark.data.transforms import normalize_image
     from allspark.predict import expand_inputs
 
