@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
-from allspark.viz.colors import colorize, legend_entries, legend_image, overlay
 
 MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
