@@ -14,7 +14,8 @@ from allspark.data import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
 from allspark.engine.checkpoint import save_weights
 from allspark.models import build_model
-from allspark.models.encoders import MiTEncoder, load_pretrained_encoder
+from allspark.models.encoders import MiTEncoder
+from allspark.models.pretrained import load_pretrained_encoder
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
 
@@ -115,7 +116,7 @@ def test_offline_train_exits_with_one_line(offline_hub, tmp_path, capsys):
 def test_hub_id_in_the_local_cache_is_not_looked_up(monkeypatch):
     import huggingface_hub
 
-    from allspark.models.encoders import _check_hub
+    from allspark.models.pretrained import _check_hub
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("offline")
@@ -128,7 +129,7 @@ def test_hub_id_in_the_local_cache_is_not_looked_up(monkeypatch):
 def test_hub_offline_mode_fails_fast(monkeypatch):
     import huggingface_hub
 
-    from allspark.models.encoders import _check_hub
+    from allspark.models.pretrained import _check_hub
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

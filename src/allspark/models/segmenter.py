@@ -10,7 +10,8 @@ from torch import nn
 
 from allspark.config import Config, ModelConfig, config_from_dict
 from allspark.models.allspark import AllSparkBottleneck
-from allspark.models.encoders import MiTEncoder, load_pretrained_encoder
+from allspark.models.encoders import MiTEncoder
+from allspark.models.pretrained import load_pretrained_encoder
 
 
 class DecodeHead(nn.Module):
