@@ -3,7 +3,7 @@ CLI can register `convert-official` without importing transformers."""
 import importlib
 
 _LAZY = {"AllSparkSegmenter": "allspark.models.segmenter", "build_model": "allspark.models.segmenter",
-         "load_official": "allspark.models.convert"}
+         "load_official": "allspark.models.official"}
 __all__ = list(_LAZY)
 
 

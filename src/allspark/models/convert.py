@@ -52,8 +52,6 @@ _RELEASE_DECODER_RULES = [
 ]
 
 _LIST_LIMIT = 20
-# Key fragments of the published checkpoints' earlier layout (spec 6).
-_EARLIER_LAYOUT = re.compile(r"decoder\.allspark\.embeddings\.|(^|\.)encoder\.layer\.\d+\.attn_norm")
 
 
 class ConversionError(ValueError):
@@ -177,25 +175,6 @@ def load_exact(module: nn.Module, converted: Converted, where: str) -> None:
     module.load_state_dict(converted.tensors, strict=True)
 
 
-def load_official(source: str | Path | dict, cfg):
-    """A segmenter holding the weights (memory included) of a release checkpoint: a `.pth` path or a
-    state dict, with or without `module.` and a `{"model": ...}` wrapper. `cfg` (Config, ModelConfig
-    or mapping) must name its encoder, class count and crop size; `model.pretrained` is not used."""
-    from allspark.models.segmenter import AllSparkSegmenter, model_config
-
-    state, where = read_checkpoint(source)
-    converted = release_to_ours(state)
-    earlier = [k for k in converted.unconsumed if _EARLIER_LAYOUT.search(k)]
-    if earlier:
-        raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the "
-                              "checkpoints the authors published, which their released code does not load either "
-                              "(spec 6, authors' issue #3); load_official reads the layout of the released "
-                              "model/semseg/allspark.py")
-    model = AllSparkSegmenter(model_config(cfg))
-    load_exact(model, converted, where)
-    return model
-
-
 def register(sub) -> None:
     """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
     parser = sub.add_parser(
@@ -223,6 +202,8 @@ def run_convert(args) -> int:
         cfg = load_config(args.config, args.overrides)
     else:
         cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
+    from allspark.models.official import load_official
+
     try:
         model = load_official(args.src, cfg)
     except (ConversionError, FileNotFoundError) as err:
