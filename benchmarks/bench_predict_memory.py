@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from allspark.config import config_from_dict
-from allspark.engine.checkpoint import save_weights
+from allspark.models.weights import save_weights
 from allspark.models import build_model
 
 

@@ -27,7 +27,7 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "camv
 def random_checkpoint(folder: Path) -> Path:
     """Weights of a randomly initialised CamVid AllSpark model (seed 0) in `folder`."""
     from allspark.config import load_config
-    from allspark.engine.checkpoint import save_weights
+    from allspark.models.weights import save_weights
     from allspark.models import build_model
 
     cfg = load_config("camvid/allspark", ["model.pretrained=null"])
@@ -62,7 +62,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from allspark.data.transforms import normalize_image
-    from allspark.engine.checkpoint import load_model
+    from allspark.models.weights import load_model
     from allspark.export import export_onnx
     from allspark.predict import Predictor
 

@@ -12,10 +12,10 @@ from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.checkpoint import save_weights
 from allspark.models import build_model
 from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
+from allspark.models.weights import save_weights
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
 

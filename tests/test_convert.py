@@ -6,9 +6,9 @@ import torch
 
 from allspark.cli import main
 from allspark.config import Config, ModelConfig
-from allspark.engine.checkpoint import load_model
 from allspark.models import build_model, load_official
 from allspark.models.convert import ConversionError
+from allspark.models.weights import load_model
 
 CROP = 64
 B0_WIDTHS, B0_DEPTHS, SR_RATIOS = [32, 64, 160, 256], [2, 2, 2, 2], [8, 4, 2, 1]

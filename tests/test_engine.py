@@ -14,10 +14,11 @@ import torch
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
-from allspark.engine.checkpoint import load_checkpoint, read_weights
+from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
+from allspark.models.weights import read_weights
 from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
 
 MEMORY = "allspark.memory.queue"

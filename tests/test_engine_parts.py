@@ -11,11 +11,12 @@ from torch import nn
 
 from allspark import distributed as dist_utils
 from allspark.config import TrainConfig, load_config
-from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.optim import build_optimizer, poly_factor, set_poly_lr
 from allspark.engine.runs import MetricsWriter, read_metrics, truncate_metrics
+from allspark.models.weights import checkpoint_paths
 
 
 def test_ce_ignores_255():

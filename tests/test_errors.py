@@ -11,7 +11,7 @@ from allspark.config import ConfigError, load_config
 from allspark.data.io import DataError
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.checkpoint import CheckpointError
+from allspark.models.weights import CheckpointError
 
 from inference_helpers import run_cli
 
@@ -140,7 +140,7 @@ def test_bad_checkpoint_is_one_line_naming_it(root, tmp_path, capsys, kind, comm
 
 
 def test_bad_checkpoint_raises_a_typed_error(tmp_path):
-    from allspark.engine.checkpoint import read_weights
+    from allspark.models.weights import read_weights
 
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         read_weights(_bad_checkpoint("random", tmp_path))

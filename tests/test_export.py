@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from allspark.data.transforms import normalize_image
-from allspark.engine.checkpoint import load_model
+from allspark.models.weights import load_model
 from inference_helpers import PALETTE, run_cli, tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from allspark.config import Config, ConfigError, ModelConfig
-from allspark.engine.checkpoint import load_model, save_weights
 from allspark.models import AllSparkSegmenter, build_model
 from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead
+from allspark.models.weights import load_model, save_weights
 
 # Spec 1 / SegFormer paper, Table 6: stage widths and blocks per stage of each size.
 SIZES = {
@@ -242,3 +242,15 @@ def test_pretrained_from_our_checkpoint_takes_its_encoder_only(tmp_path):
     for key, value in sup.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
     assert not torch.equal(model.head.classifier.weight, sup.head.classifier.weight)
+
+
+def test_load_model_never_reads_the_pretrained_source(tmp_path):
+    """A weights file holds every weight: a `model.pretrained` that no longer exists (or a hub id offline) is not read."""
+    cfg = Config(method="semi", model=tiny_cfg("none", pretrained=str(tmp_path / "gone" / "mit_b0.pth")))
+    model = AllSparkSegmenter(cfg.model)
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), cfg)
+    loaded, loaded_cfg = load_model(tmp_path / "w.safetensors")
+    assert loaded_cfg.model.pretrained == cfg.model.pretrained
+    assert torch.equal(loaded.head.classifier.weight, model.head.classifier.weight)
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        build_model(cfg)  # training reads it

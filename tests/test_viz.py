@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.engine.checkpoint import load_model
+from allspark.models.weights import load_model
 from allspark.viz.curves import read_metrics
 from allspark.viz.figure import parse_size
 from allspark.viz.grouping import grouping_counts

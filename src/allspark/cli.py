@@ -14,7 +14,7 @@ import sys
 
 from allspark.config import ConfigError
 from allspark.data.io import DataError
-from allspark.engine.checkpoint import CheckpointError
+from allspark.models.weights import CheckpointError
 
 DEBUG_ENV = "ALLSPARK_DEBUG"
 # exit status per expected error type; a non-finite training loss exits with 3 (engine.commands)

@@ -18,7 +18,7 @@ import torch
 
 from allspark.config import config_to_dict
 from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from allspark.engine.checkpoint import atomic_write
+from allspark.models.weights import atomic_write
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -65,7 +65,7 @@ def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequenc
 
 
 def _main(args: argparse.Namespace) -> int:
-    from allspark.engine.checkpoint import load_model
+    from allspark.models.weights import load_model
     from allspark.predict import dataset_palette
 
     out = Path(args.out)

@@ -66,7 +66,7 @@ class Predictor:
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
                  max_pixels: int = DEFAULT_MAX_PIXELS):
-        from allspark.engine.checkpoint import load_model
+        from allspark.models.weights import load_model
 
         model, cfg = load_model(checkpoint, which=which, device=device)
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)

@@ -54,7 +54,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     "fp16") runs the forward passes under autocast, as `train.amp` does."""
     from allspark.data import build_val_loader
     from allspark import distributed as dist_utils
-    from allspark.engine.checkpoint import read_weights, resolve_weights
+    from allspark.models.weights import read_weights, resolve_weights
     from allspark.engine.trainer import AMP_DTYPES, class_names
     from allspark.models import build_model
 

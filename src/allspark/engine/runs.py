@@ -15,7 +15,7 @@ from typing import IO
 import yaml
 
 from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml
-from allspark.engine.checkpoint import atomic_write
+from allspark.models.weights import atomic_write
 
 LOCK_FILE = ".lock"  # holds the pid, host and start time of the training that has the run directory
 _HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()

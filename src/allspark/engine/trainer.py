@@ -18,12 +18,13 @@ from tqdm import tqdm
 from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError
 from allspark.distributed import DistInfo
-from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, read_weights, save_checkpoint, save_weights
+from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss, unlabeled_loss
 from allspark.engine.optim import build_optimizer, set_poly_lr
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
+from allspark.models.weights import checkpoint_paths, read_weights, save_weights
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,13 +1,8 @@
-"""The AllSpark segmenter (spec 1) and its weight converters. Names resolve on first use, so the
-CLI can register `convert-official` without importing transformers."""
-import importlib
+"""The AllSpark segmenter (spec 1): `build_model` for training, `load_model` for our weights files,
+`load_official` for checkpoints of the authors' release."""
+from allspark.models.factory import build_model
+from allspark.models.official import load_official
+from allspark.models.segmenter import AllSparkSegmenter
+from allspark.models.weights import load_model
 
-_LAZY = {"AllSparkSegmenter": "allspark.models.segmenter", "build_model": "allspark.models.segmenter",
-         "load_official": "allspark.models.official"}
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'allspark.models' has no attribute {name!r}")
+__all__ = ["AllSparkSegmenter", "build_model", "load_model", "load_official"]

@@ -192,7 +192,7 @@ def register(sub) -> None:
 
 
 def run_convert(args) -> int:
-    from allspark.engine.checkpoint import save_weights
+    from allspark.models.weights import save_weights
 
     dst = Path(args.dst)
     if dst.exists() and not args.force:

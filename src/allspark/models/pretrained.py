@@ -11,6 +11,7 @@ from transformers import SegformerModel
 from allspark.config import ConfigError
 from allspark.models.convert import Converted, load_exact, mit_to_hf, read_checkpoint
 from allspark.models.encoders import MIT_SIZES, MiTEncoder
+from allspark.models.weights import read_weights
 
 
 def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
@@ -18,8 +19,6 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
     or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to fine-tune from);
     every key must match (errors list the ones that do not)."""
     if Path(source).suffix == ".safetensors":
-        from allspark.engine.checkpoint import read_weights
-
         state, _ = read_weights(source)
         tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
         load_exact(encoder, Converted(tensors=tensors, origin={k: f"encoder.{k}" for k in tensors}), source)

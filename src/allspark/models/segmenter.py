@@ -11,7 +11,6 @@ from torch import nn
 from allspark.config import Config, ModelConfig, config_from_dict
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.encoders import MiTEncoder
-from allspark.models.pretrained import load_pretrained_encoder
 
 
 class DecodeHead(nn.Module):
@@ -126,12 +125,3 @@ def model_config(cfg: Config | ModelConfig | Mapping) -> ModelConfig:
         raise TypeError(f"expected a Config, ModelConfig or mapping, got {type(cfg).__name__}")
     method = "semi" if data.get("ablation") == "none" else "allspark"  # validation pairs method and ablation
     return config_from_dict({"method": method, "model": data}, where="<model config>").model
-
-
-def build_model(cfg: Config | ModelConfig | Mapping) -> AllSparkSegmenter:
-    """The segmenter for `cfg`, with the pretrained encoder weights of `model.pretrained` when set."""
-    mcfg = model_config(cfg)
-    model = AllSparkSegmenter(mcfg)
-    if mcfg.pretrained:
-        load_pretrained_encoder(model.encoder, mcfg.pretrained)
-    return model

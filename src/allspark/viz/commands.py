@@ -23,7 +23,7 @@ def _indices(text: str) -> list[int]:
 
 
 def _load(args):
-    from allspark.engine.checkpoint import load_model
+    from allspark.models.weights import load_model
 
     return load_model(args.checkpoint, which=args.which, device=args.device)
 

@@ -1,0 +1,98 @@
+"""Our one weights format: a safetensors file holding the model state (memory included) and,
+in its metadata, the full resolved Config, so a single file is enough to rebuild the model."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from allspark.config import Config, config_from_dict, config_to_dict
+from allspark.models.segmenter import AllSparkSegmenter
+
+FORMAT = "allspark-seg/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not ours, is damaged, or does not match its run."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
+    so a run killed mid-write never leaves a truncated checkpoint behind. The file gets the
+    mode of any new file (0666 less the umask), whatever mode `write` creates its file with."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the OS applies the umask
+    mode = tmp.stat().st_mode
+    try:
+        write(str(tmp))
+        os.chmod(tmp, mode)  # safetensors writes a fresh file of mode 0600 over ours
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
+                 extra: dict[str, str] | None = None) -> None:
+    """Write `state_dict` (tensors only) with the config (and `extra` strings) in the metadata, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    metadata = {**(extra or {}), "format": FORMAT, "allspark_config": json.dumps(config_to_dict(cfg))}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
+    """Read a weights file written by save_weights; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        metadata = weights_metadata(path)
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); expected allspark weights "
+                              "(.safetensors) or a run directory") from None
+    if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
+        raise CheckpointError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
+                              "convert release checkpoints with `allspark convert-official`")
+    cfg = config_from_dict(json.loads(metadata["allspark_config"]), where=f"{path} (embedded config)")
+    return state, cfg
+
+
+def resolve_weights(path_or_run: str | Path, which: str = "best") -> Path:
+    """A weights file, or a run directory (its `which` checkpoint, falling back to `latest`)."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        for name in (which, "latest"):
+            candidate, _ = checkpoint_paths(path, name)
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"run directory {path} has no checkpoints/{which}.safetensors or latest.safetensors")
+    return path
+
+
+def load_model(path_or_run: str | Path, which: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild the model from a weights file or run directory; returns (model in eval mode, cfg). The file holds
+    every weight, so `model.pretrained` is not read."""
+    state, cfg = read_weights(resolve_weights(path_or_run, which))
+    model = AllSparkSegmenter(cfg.model)
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata strings of a safetensors file, without reading its tensors."""
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def checkpoint_paths(run_dir: str | Path, name: str = "latest") -> tuple[Path, Path]:
+    """(weights, state) paths of checkpoint `name` in a run directory."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder / f"{name}.safetensors", folder / f"{name}.state.pt"
