@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allspark.data.layouts import cityscapes_label_ids_to_train_ids, get_layout
+from allspark.config import config_from_dict
+from allspark.data.layouts import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
+                                   class_names_and_palette, cityscapes_label_ids_to_train_ids, get_layout, voc_palette)
 
 
 def _write(root, rel, size=(8, 6), mode="RGB", value=0):
@@ -93,3 +95,38 @@ def test_folder_layout_errors(tmp_path):
     (tmp_path / "classes.txt").write_text("sky 300 0 0\n")
     with pytest.raises(ValueError, match="line 1: colour values must be 0..255"):
         get_layout("folder", tmp_path)
+
+
+def _cfg(layout, num_classes, root=""):
+    return config_from_dict({"model": {"num_classes": num_classes}, "data": {"layout": layout, "root": str(root)}})
+
+
+def test_camvid_models_get_camvid_colours_from_the_layout_or_a_names_only_classes_file(tmp_path):
+    names, palette = class_names_and_palette(_cfg("camvid", 11))
+    np.testing.assert_array_equal(palette, CAMVID_PALETTE)
+    assert names == list(CAMVID_CLASSES)
+    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES) + "\n")
+    np.testing.assert_array_equal(class_names_and_palette(_cfg("folder", 11, tmp_path))[1], CAMVID_PALETTE)
+    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES[::-1]) + "\n")  # not CamVid's order: VOC
+    np.testing.assert_array_equal(class_names_and_palette(_cfg("folder", 11, tmp_path))[1], voc_palette(11))
+
+
+@pytest.mark.parametrize("num_classes", [5, 19, 25])
+def test_class_names_need_exactly_k_classes_else_indices(num_classes):
+    """One rule for eval.json, metrics, predict and export: the layout's names only when it has exactly K classes
+    (a prefix of Cityscapes' names would label a 5-class model's outputs wrongly)."""
+    names, palette = class_names_and_palette(_cfg("cityscapes", num_classes))
+    if num_classes == 19:
+        assert names == list(CITYSCAPES_CLASSES)
+        np.testing.assert_array_equal(palette, CITYSCAPES_PALETTE)
+    else:
+        assert names == [str(i) for i in range(num_classes)]
+        np.testing.assert_array_equal(palette, voc_palette(num_classes))
+    assert palette.shape == (num_classes, 3) and palette.dtype == np.uint8
+
+
+def test_class_names_of_an_unreadable_folder_layout_are_indices(tmp_path):
+    names, palette = class_names_and_palette(_cfg("folder", 3, tmp_path / "elsewhere"))
+    assert names == ["0", "1", "2"]
+    np.testing.assert_array_equal(palette, voc_palette(3))
+

@@ -7,13 +7,11 @@ import torch
 from PIL import Image
 
 from allspark import predict as predict_module
-from allspark.config import config_from_dict
 from allspark.data.io import rgb_array
-from allspark.data.layouts import CAMVID_CLASSES, CAMVID_PALETTE, voc_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs
 from allspark.engine.tiled import tiled_rows
-from allspark.predict import Predictor, dataset_palette
+from allspark.predict import Predictor
 from inference_helpers import PALETTE, run_cli, write_images
 
 
@@ -206,18 +204,6 @@ def test_float_image_is_refused_naming_the_file(checkpoint, tmp_path, capsys):
     assert run_cli(argv) == 1
     assert "float.tif: skipped, 32-bit float image" in capsys.readouterr().err
     assert (tmp_path / "out" / f"{good.stem}.png").is_file()
-
-
-def test_camvid_models_get_camvid_colours_from_the_layout_or_a_names_only_classes_file(tmp_path):
-    camvid = config_from_dict({"model": {"num_classes": 11}, "data": {"layout": "camvid"}})
-    palette, names = dataset_palette(camvid)
-    np.testing.assert_array_equal(palette, CAMVID_PALETTE)
-    assert names == list(CAMVID_CLASSES)
-    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES) + "\n")
-    folder = config_from_dict({"model": {"num_classes": 11}, "data": {"layout": "folder", "root": str(tmp_path)}})
-    np.testing.assert_array_equal(dataset_palette(folder)[0], CAMVID_PALETTE)
-    (tmp_path / "classes.txt").write_text("\n".join(CAMVID_CLASSES[::-1]) + "\n")  # not CamVid's order: VOC
-    np.testing.assert_array_equal(dataset_palette(folder)[0], voc_palette(11))
 
 
 def test_legend_lists_index_name_and_colour(checkpoint, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from allspark.config import config_to_dict
+from allspark.data.layouts import class_names_and_palette
 from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from allspark.models.weights import atomic_write
 
@@ -66,7 +67,6 @@ def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequenc
 
 def _main(args: argparse.Namespace) -> int:
     from allspark.models.weights import load_model
-    from allspark.predict import dataset_palette
 
     out = Path(args.out)
     if args.format != "onnx":
@@ -77,7 +77,7 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
     model, cfg = load_model(args.checkpoint, which=args.which)
-    palette, names = dataset_palette(cfg)
+    names, palette = class_names_and_palette(cfg)
     export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette)
     print(f"wrote {out}")
     if args.check:

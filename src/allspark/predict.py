@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image, rgb_array
-from allspark.data.layouts import IMAGE_EXTS, get_layout, voc_palette
+from allspark.data.layouts import IMAGE_EXTS, class_names_and_palette
 from allspark.data.transforms import normalize_image
 from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
@@ -26,21 +26,6 @@ MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first at
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
 TILE_WINDOW = 512  # tile side for models predicted whole (at least their training crop)
 LEGEND_FILES = ("legend.png", "legend.json")
-
-
-def dataset_palette(cfg) -> tuple[np.ndarray, list[str]]:
-    """The (K, 3) palette and class names of the config's dataset layout; a generated palette and
-    numbered names when the layout cannot be read (e.g. its root is absent on this machine)."""
-    k = cfg.model.num_classes
-    try:
-        layout = get_layout(cfg.data.layout, cfg.data.root)
-        palette = np.asarray(layout.palette, dtype=np.uint8)
-        names = list(layout.class_names)
-    except (OSError, ValueError, KeyError):
-        return voc_palette(k), [str(i) for i in range(k)]
-    if len(palette) < k or len(names) < k:
-        return voc_palette(k), [str(i) for i in range(k)]
-    return palette[:k], names[:k]
 
 
 def _size(pixels: np.ndarray | torch.Tensor) -> tuple[int, int]:
@@ -81,7 +66,7 @@ class Predictor:
         whole_tile = window or max(TILE_WINDOW, cfg.model.crop_size)
         self.tile_window = self.options["window"] if mode == "sliding" else whole_tile
         self.tile, self.max_pixels = tile, max_pixels
-        self.palette, self.class_names = dataset_palette(cfg)
+        self.class_names, self.palette = class_names_and_palette(cfg)
 
     @property
     def num_classes(self) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from allspark.config import Config
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -206,3 +208,18 @@ def get_layout(name: str, root: str | Path | None = None) -> Layout:
                                 "optionally followed by its colour as r g b)")
     names, palette = read_classes_file(classes)
     return Layout(name, names, palette, **_FOLDER)
+
+
+def class_names_and_palette(cfg: Config) -> tuple[list[str], np.ndarray]:
+    """The K class names and (K, 3) uint8 palette that label a model's output everywhere (eval.json, metrics,
+    predict, export, figures): those of `data.layout`, when it can be read here and has exactly
+    `model.num_classes` classes; else the class indices as names and the VOC colours (e.g. the dataset root is
+    on another machine)."""
+    k = cfg.model.num_classes
+    try:
+        found = get_layout(cfg.data.layout, cfg.data.root)
+    except (OSError, ValueError):
+        found = None
+    if found is None or found.num_classes != k:
+        return [str(i) for i in range(k)], voc_palette(k)
+    return list(found.class_names), np.asarray(found.palette, dtype=np.uint8)

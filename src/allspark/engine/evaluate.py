@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from allspark.data.layouts import class_names_and_palette
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
@@ -55,7 +56,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     from allspark.data import build_val_loader
     from allspark import distributed as dist_utils
     from allspark.models.weights import read_weights, resolve_weights
-    from allspark.engine.trainer import AMP_DTYPES, class_names
+    from allspark.engine.trainer import AMP_DTYPES
     from allspark.models import build_model
 
     info = dist_utils.init_distributed(device)
@@ -75,7 +76,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         mode = mode or cfg.eval.mode
         confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
                              amp_dtype=AMP_DTYPES[amp], progress=info.is_main)
-        names = class_names(cfg)
+        names, _ = class_names_and_palette(cfg)
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
                   "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError
+from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import DistInfo
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
@@ -172,17 +173,6 @@ def _set_epoch(loader, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
 
 
-def class_names(cfg: Config) -> list[str]:
-    """The layout's class names, or class indices when they are unknown or do not match model.num_classes."""
-    from allspark.data import get_layout
-
-    try:
-        names = list(get_layout(cfg.data.layout, cfg.data.root).class_names)
-    except (OSError, ValueError, KeyError):
-        names = []
-    return names if len(names) == cfg.model.num_classes else [str(i) for i in range(cfg.model.num_classes)]
-
-
 def train(cfg: Config, force_config: bool = False, device: str = "auto", progress: bool = True) -> dict:
     """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one.
     Works single-process and under torchrun. Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
@@ -282,7 +272,8 @@ class _Run:
     def fit(self) -> dict:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
         cfg, at, info = self.cfg, self.at, self.info
-        self.writer = MetricsWriter(self.run_dir, class_names(cfg)) if info.is_main else None
+        names, _ = class_names_and_palette(cfg)
+        self.writer = MetricsWriter(self.run_dir, names) if info.is_main else None
         self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
                       self.iters_per_epoch, info.world_size, info.device)
         bar = tqdm(total=self.total, initial=at.iteration, desc=cfg.method, dynamic_ncols=True,

@@ -64,7 +64,7 @@ def _features(args) -> int:
 def _grouping(args) -> int:
     from tqdm import tqdm
 
-    from allspark.predict import dataset_palette
+    from allspark.data.layouts import class_names_and_palette
     from allspark.viz.grouping import grouping_counts, plot_grouping
 
     model, cfg = _load(args)
@@ -74,19 +74,19 @@ def _grouping(args) -> int:
         return 1
     counts = grouping_counts(model, tqdm(tensors, desc="grouping", unit="img", file=sys.stderr),
                              cfg.model.num_classes, probs=cfg.model.grouping == "probs")
-    plot_grouping(counts, len(tensors), dataset_palette(cfg)[1], args.out, args.size)
+    plot_grouping(counts, len(tensors), class_names_and_palette(cfg)[0], args.out, args.size)
     return _done(args.out)
 
 
 def _memory(args) -> int:
-    from allspark.predict import dataset_palette
+    from allspark.data.layouts import class_names_and_palette
     from allspark.viz.features import pick_channels
     from allspark.viz.memory import memory_maps, plot_memory
 
     model, cfg = _load(args)
     maps = memory_maps(model)
     channels = args.channels or pick_channels(maps.shape[1], args.num_channels)
-    plot_memory(maps, channels, dataset_palette(cfg)[1], args.out, args.size)
+    plot_memory(maps, channels, class_names_and_palette(cfg)[0], args.out, args.size)
     return _done(args.out)
 
 
