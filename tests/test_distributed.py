@@ -76,12 +76,12 @@ def test_two_processes_gloo(tmp_path):
 
 def test_nproc_relaunches_under_torchrun(monkeypatch):
     from allspark.cli import main
-    from allspark.engine import commands
+    from allspark.commands import train as train_command
 
     calls = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(sys, "argv", ["allspark", "train", "demo", "--nproc", "2", "train.lr=0.1"])
-    monkeypatch.setattr(commands.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(train_command.subprocess, "call", lambda command: calls.append(command) or 0)
     with pytest.raises(SystemExit) as code:
         main(sys.argv[1:])
     assert code.value.code == 0

@@ -179,8 +179,8 @@ def test_debug_flag_and_variable_show_the_traceback(root, tmp_path, monkeypatch,
 
 
 def test_genuine_bug_keeps_its_traceback(monkeypatch):
-    from allspark.engine import commands
+    from allspark.commands import presets
 
-    monkeypatch.setattr(commands, "list_presets", lambda: 1 / 0)
+    monkeypatch.setattr(presets, "list_presets", lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["presets"])

@@ -228,4 +228,4 @@ def test_threads_flag_sets_torch_threads(checkpoint, tmp_path, monkeypatch, caps
     assert calls == [2]
     assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(tmp_path / "p"),
                     "--threads", "0"]) == 2
-    assert "--threads must be at least 1; got 0" in capsys.readouterr().err
+    assert "--threads: expected a positive integer, got '0'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """`allspark viz ...`: every plot writes a non-empty PNG of exactly the requested size."""
+import argparse
 import json
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from allspark.commands.viz import parse_size
 from allspark.models.weights import load_model
 from allspark.viz.curves import read_metrics
-from allspark.viz.figure import parse_size
 from allspark.viz.grouping import grouping_counts
 from allspark.viz.memory import memory_maps
 from inference_helpers import run_cli, tiny_checkpoint, write_images
@@ -44,7 +45,7 @@ def test_bad_files_are_reported_with_location(tmp_path, capsys):
     (tmp_path / "eval.json").write_text(json.dumps({"iou": [0.5, 0.5], "confusion": [[1, 2, 3]]}))
     assert run_cli(["viz", "confusion", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
     assert "eval.json" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
-    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+    with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT"):
         parse_size("640*480")
 
 

@@ -1,4 +1,4 @@
-"""The `allspark` command: one subcommand per job, each a thin call into the modules below.
+"""The `allspark` command: builds the parser from `allspark.commands` and dispatches.
 
 Expected failures (bad config, bad data, bad checkpoint, a path that cannot be read or written) end
 in one line, `allspark CMD: error: ...`, and a non-zero exit; `--debug` or ALLSPARK_DEBUG=1 shows
@@ -12,13 +12,10 @@ import logging
 import os
 import sys
 
-from allspark.config import ConfigError
-from allspark.data.io import DataError
-from allspark.models.weights import CheckpointError
+from allspark.commands import SUBCOMMANDS
+from allspark.config import InputError
 
 DEBUG_ENV = "ALLSPARK_DEBUG"
-# exit status per expected error type; a non-finite training loss exits with 3 (engine.commands)
-EXIT_CODES = ((ConfigError, 2), (DataError, 1), (CheckpointError, 1), (OSError, 1))
 # clearer words than strerror's where a folder was expected
 FOLDER_PROBLEMS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a file stands where a folder is needed"}
 
@@ -28,21 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    # Each feature module has `register(sub)`, which adds its subparsers with `set_defaults(run=fn)`;
-    # fn(args) returns the exit status. One import + register line per module.
-    from allspark.data import checks, splits
-    checks.register(sub)
-    splits.register(sub)
-    from allspark.engine import commands
-    commands.register(sub)
-    from allspark import predict
-    predict.register(sub)
-    from allspark.viz import commands as viz_commands
-    viz_commands.register(sub)
-    from allspark import export
-    export.register(sub)
-    from allspark.models import convert
-    convert.register(sub)
+    for command in SUBCOMMANDS:
+        command.register(sub)  # adds its subparser with set_defaults(run=fn); fn(args) returns the exit status
     return parser
 
 
@@ -71,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     handlers = set(logging.getLogger("allspark").handlers)
     try:
         code = args.run(args)
-    except tuple(kind for kind, _ in EXIT_CODES) as err:
+    except (InputError, OSError) as err:
         if debug:
             if getattr(err, "worker_report", None):
                 print(err.worker_report, file=sys.stderr)
@@ -79,5 +63,5 @@ def main(argv: list[str] | None = None) -> None:
         line = f"allspark {args.command}: error: {describe(err)}"
         print(line, file=sys.stderr)
         _log_to_new_files(line, handlers)
-        code = next(status for kind, status in EXIT_CODES if isinstance(err, kind))
+        code = getattr(err, "exit_status", 1)  # a non-finite training loss exits with 3 (commands.train)
     sys.exit(code or 0)

@@ -21,10 +21,20 @@ ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 ABLATIONS = ("none", "cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
 METHODS = ("sup", "semi", "allspark")
+DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """An input the user can fix (a config value, a data file, a checkpoint): `allspark` reports it in one line
+    and exits with `exit_status`; the subclasses live with what they check."""
+
+    exit_status = 1
+
+
+class ConfigError(InputError):
     """A configuration value is missing, unknown, of the wrong type or out of range; `keys` name it."""
+
+    exit_status = 2
 
     def __init__(self, message: str, *keys: str):
         super().__init__(message)

@@ -7,9 +7,7 @@ so the graph needs no memory and no other batch member. Exporter: torch.export-b
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +15,6 @@ import numpy as np
 import torch
 
 from allspark.config import config_to_dict
-from allspark.data.layouts import class_names_and_palette
 from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from allspark.models.weights import atomic_write
 
@@ -63,43 +60,3 @@ def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequenc
             raise ValueError(f"{path}: ONNX logits have shape {got.shape} for a {h}x{w} input; expected {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
-
-
-def _main(args: argparse.Namespace) -> int:
-    from allspark.models.weights import load_model
-
-    out = Path(args.out)
-    if args.format != "onnx":
-        print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
-        return 2
-    if out.exists() and not args.force:
-        print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
-    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
-    model, cfg = load_model(args.checkpoint, which=args.which)
-    names, palette = class_names_and_palette(cfg)
-    export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette)
-    print(f"wrote {out}")
-    if args.check:
-        side = args.example_size or cfg.model.crop_size
-        sizes = [(side, side), (side + 32, max(side - 16, 32))]
-        diff = max_onnx_difference(model, out, sizes)
-        print(f"onnxruntime vs PyTorch, inputs {sizes}: max |logit difference| {diff:.2e}")
-        if diff > args.tolerance:
-            print(f"allspark export: difference {diff:.2e} exceeds --tolerance {args.tolerance}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
-    parser.add_argument("out", metavar="OUT", help="output file, e.g. model.onnx")
-    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
-    parser.add_argument("--which", default="best", choices=("best", "latest"))
-    parser.add_argument("--format", default="onnx", help="only onnx")
-    parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare onnxruntime with PyTorch at two sizes after exporting")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted logit difference")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT")
-    parser.set_defaults(run=_main)

@@ -1,7 +1,6 @@
-"""Run a trained model on new images: the `Predictor` API and the `allspark predict` command."""
+"""Run a trained model on new images: the `Predictor` API, and the files `allspark predict` writes."""
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import sys
@@ -42,7 +41,7 @@ class Predictor:
     256 classes, else int64). `mode` is "whole" or "sliding" (default: the config's eval mode, "whole"
     for "center", whose prediction would not cover the image); `window` defaults to the eval crop size.
 
-    Images of more than `max_pixels` pixels (after the largest of `scales`) are predicted in tiles
+    Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
     larger of TILE_WINDOW and the training crop), one at a time, flip and scales applied per window,
     so memory stays bounded whatever the image size (see `allspark.engine.tiled`)."""
@@ -50,7 +49,7 @@ class Predictor:
     def __init__(self, checkpoint, device: str | torch.device = "cpu", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = None):
         from allspark.models.weights import load_model
 
         model, cfg = load_model(checkpoint, which=which, device=device)
@@ -65,7 +64,7 @@ class Predictor:
                             stride_ratio=stride_ratio or cfg.eval.stride_ratio, flip=flip, scales=tuple(scales))
         whole_tile = window or max(TILE_WINDOW, cfg.model.crop_size)
         self.tile_window = self.options["window"] if mode == "sliding" else whole_tile
-        self.tile, self.max_pixels = tile, max_pixels
+        self.tile, self.max_pixels = tile, max_pixels or DEFAULT_MAX_PIXELS
         self.class_names, self.palette = class_names_and_palette(cfg)
 
     @property
@@ -258,84 +257,8 @@ def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_si
     return written, problems
 
 
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"scales must be comma-separated numbers, e.g. 0.75,1,1.25; got {text!r}")
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be positive; got {text!r}")
-    return scales
-
-
 def write_legend(out: Path, palette: np.ndarray, names: Sequence[str]) -> None:
     """LEGEND_FILES in `out`: a swatch per class with its index and name, and the same as JSON."""
     png, sidecar = (out / name for name in LEGEND_FILES)
     legend_image(palette, names).save(png)
     sidecar.write_text(json.dumps(legend_entries(palette, names), indent=1) + "\n")
-
-
-def _main(args: argparse.Namespace) -> int:
-    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads),
-                        ("--max-pixels", args.max_pixels)):
-        if value is not None and value < 1:
-            print(f"allspark predict: {flag} must be at least 1; got {value}", file=sys.stderr)
-            return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    files, problems = expand_inputs(args.inputs)
-    out = Path(args.out)
-    targets: dict[Path, Path] = {out / name: Path("--legend") for name in LEGEND_FILES if args.legend}
-    for path in files:
-        for target in output_paths(out, path).values():
-            if target in targets:
-                print(f"allspark predict: {path} and {targets[target]} both write {target}; "
-                      "predict them into different --out folders", file=sys.stderr)
-                return 2
-            targets[target] = path
-    existing = [t for t in targets if t.exists()]
-    if existing and not args.force:
-        print(f"allspark predict: {len(existing)} output file(s) already exist, e.g. {existing[0]}; "
-              "pass --force to overwrite them", file=sys.stderr)
-        return 2
-    predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
-                          stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
-                          tile=args.tile, max_pixels=args.max_pixels)
-    written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
-    if args.legend:
-        write_legend(out, predictor.palette, predictor.class_names)
-    problems.extend(skipped)
-    for line in problems:
-        print(f"allspark predict: warning: {line}", file=sys.stderr)
-    print(f"wrote {written} prediction(s) ({3 * written} files) to {out}"
-          + (f"; {len(problems)} input(s) skipped" if problems else ""))
-    return 1 if problems else 0
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("predict", help="segment images with a trained model",
-                            description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
-                                        "<stem>_overlay.png (image | blend) for every input image.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
-    parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
-    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
-                        "window of tiled images (default: the larger of 512 and the training crop)")
-    parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")
-    parser.add_argument("--flip", action="store_true", help="average in the horizontally flipped prediction")
-    parser.add_argument("--scales", type=_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1,1.25")
-    parser.add_argument("--batch-size", type=int, default=1, help="images of equal size predicted together")
-    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
-    parser.add_argument("--tile", choices=("auto", "off"), default="auto",
-                        help="auto: images over --max-pixels go through sliding windows one at a time (bounded "
-                             "memory); off: always in one piece")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"largest image predicted in one piece with --tile auto (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--legend", action="store_true",
-                        help=f"also write {' and '.join(LEGEND_FILES)} (class index, name and colour)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    parser.set_defaults(run=_main)

@@ -1,7 +1,6 @@
 """`check-data`: read every listed file of a dataset and report each problem, one line per file."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable
 
@@ -9,7 +8,7 @@ from tqdm import tqdm
 
 from allspark.config import ConfigError, load_config
 from allspark.data.io import DataError, check_pair, read_image, read_list, read_mask
-from allspark.data.layouts import LAYOUTS, Layout, get_layout, read_classes_file
+from allspark.data.layouts import Layout, get_layout, read_classes_file
 
 
 def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
@@ -121,22 +120,3 @@ def check_data(source: str, num_classes: int | None = None, layout_name: str | N
     summary = (f"check-data: {len(samples)} samples in {len(entries)} lists ({', '.join(entries) or 'none'}) "
                f"under {root}, {num_classes} classes: {len(problems) or 'no'} problem{'s' * (len(problems) != 1)}")
     return problems, summary
-
-
-def _run(args: argparse.Namespace) -> int:
-    problems, summary = check_data(args.source, args.num_classes, args.layout)
-    for line in problems:
-        print(line)
-    print(summary)
-    return 1 if problems else 0
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("check-data", help="read every listed file and report each problem",
-                            description="Check a dataset: CONFIG_OR_ROOT is a YAML config or preset, or a directory "
-                                        "with train/val/labeled/unlabeled.txt lists or a layout's tree. One line per "
-                                        "problem naming the file; exit status 1 if any.")
-    parser.add_argument("source", metavar="CONFIG_OR_ROOT")
-    parser.add_argument("--num-classes", type=int, help="K: mask values must be in [0, K) or 255")
-    parser.add_argument("--layout", choices=LAYOUTS, help="dataset layout (class count, labelIds conversion, tree)")
-    parser.set_defaults(run=_run)

@@ -8,11 +8,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from allspark.config import InputError
+
 IGNORE_INDEX = 255
 INDEX_MASK_MODES = ("L", "P", "I", "I;16")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """One bad file: `path: problem`.
 
     Raised in a DataLoader worker, it reaches the main process rebuilt from one argument, torch's

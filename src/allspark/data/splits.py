@@ -1,7 +1,6 @@
 """Labeled / unlabeled lists from a full training list: by count or fraction, seeded, disjoint."""
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from fractions import Fraction
@@ -9,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from allspark.data.io import DataError, read_list
-from allspark.data.layouts import LAYOUTS, get_layout
+from allspark.data.io import read_list
+from allspark.data.layouts import get_layout
 
 
 def parse_fraction(text: str | float) -> Fraction:
@@ -88,34 +87,3 @@ def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
         return f"allspark splits {Path(root) / 'train.txt'} --out {out} {size}"
     split = get_layout(layout).splits[0]
     return f"allspark splits {root} --layout {layout}{'' if split == 'train' else f' --split {split}'} --out {out} {size}"
-
-
-def _run(args: argparse.Namespace) -> int:
-    source = Path(args.train_list)
-    try:
-        if source.is_dir():
-            source = write_layout_list(source, args.layout, args.split, Path(args.out) / f"{args.split}.txt")
-            print(f"wrote {source} (every {args.layout} pair of split '{args.split}')")
-        labeled, unlabeled = make_split(source, args.out, args.count, args.fraction, args.seed, args.force)
-    except (ValueError, FileExistsError, FileNotFoundError, DataError) as err:
-        print(f"allspark splits: {err}")
-        return 1
-    for path in (labeled, unlabeled):
-        print(f"wrote {path} ({len(path.read_text().splitlines())} images)")
-    return 0
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("splits", help="make labeled/unlabeled lists from a training list",
-                            description="Choose labeled images from TRAIN_LIST (lines 'image mask', or a dataset "
-                                        "root read with --layout) and write OUT/labeled.txt and OUT/unlabeled.txt.")
-    parser.add_argument("train_list", metavar="TRAIN_LIST")
-    parser.add_argument("--out", required=True, help="output directory")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--count", type=int, help="number of labeled images, e.g. 92, 183, 366, 732, 1464")
-    how.add_argument("--fraction", help="labeled fraction, e.g. 1/16, 1/8, 0.25 (rounded up)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="overwrite existing lists")
-    parser.add_argument("--layout", choices=LAYOUTS, default="folder", help="layout when TRAIN_LIST is a dataset root")
-    parser.add_argument("--split", default="train", help="split to list when TRAIN_LIST is a dataset root")
-    parser.set_defaults(run=_run)

@@ -5,8 +5,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from allspark.config import load_config
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
@@ -42,13 +40,10 @@ def demo_overrides(method: str, out: Path, data: Path, iters: int | None) -> lis
     return overrides
 
 
-def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None,
-             threads: int | None = None) -> dict[str, dict]:
+def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None) -> dict[str, dict]:
     """Train SupBaseline and AllSpark on the demo set, print the mIoU table; returns {method: result}."""
     from allspark.engine.trainer import train
 
-    if threads:
-        torch.set_num_threads(threads)
     prepare_demo_data(data, load_config("demo").model.num_classes)
     results = {}
     for method in ("sup", "allspark"):

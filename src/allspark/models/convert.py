@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from allspark.config import apply_overrides, config_from_dict, load_config
 
 # Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
 # {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
@@ -173,44 +170,3 @@ def load_exact(module: nn.Module, converted: Converted, where: str) -> None:
     if problems:
         raise ConversionError(f"{where}: checkpoint does not match the model; " + "; ".join(problems))
     module.load_state_dict(converted.tensors, strict=True)
-
-
-def register(sub) -> None:
-    """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
-    parser = sub.add_parser(
-        "convert-official", help="convert a checkpoint of the authors' release into our weights format",
-        description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
-                    "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
-                    "of the checkpoint, e.g. --config pascal/augmented/1_8/allspark, or model.encoder=mit_b5 "
-                    "model.num_classes=21 model.crop_size=513.")
-    parser.add_argument("src", help="release checkpoint (.pth)")
-    parser.add_argument("dst", help="output weights file (.safetensors)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.add_argument("--config", help="YAML file or preset name (default: built-in defaults)")
-    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    parser.set_defaults(run=run_convert)
-
-
-def run_convert(args) -> int:
-    from allspark.models.weights import save_weights
-
-    dst = Path(args.dst)
-    if dst.exists() and not args.force:
-        print(f"allspark convert-official: {dst} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    else:
-        cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
-    from allspark.models.official import load_official
-
-    try:
-        model = load_official(args.src, cfg)
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"allspark convert-official: {err}", file=sys.stderr)
-        return 1
-    save_weights(dst, model.state_dict(), cfg)
-    m = cfg.model
-    print(f"wrote {dst}: {len(model.state_dict())} tensors ({m.encoder}, {m.num_classes} classes, crop {m.crop_size}, "
-          f"ablation {m.ablation})")
-    return 0

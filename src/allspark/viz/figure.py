@@ -9,14 +9,6 @@ from matplotlib.figure import Figure
 DPI = 100
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1200x800' -> (1200, 800): width and height in pixels."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"size must be WIDTHxHEIGHT in pixels, e.g. 1200x800; got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def new_figure(size: tuple[int, int]) -> Figure:
     """A figure that saves to exactly `size` = (width, height) pixels."""
     width, height = size

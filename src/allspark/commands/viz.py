@@ -1,18 +1,28 @@
-"""`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each."""
+"""`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each.
+
+The figures' modules are imported where a plot runs, not at the top: with the model they need they bring
+torch, transformers and matplotlib, ~3.5 s of start-up for every command (python -X importtime -c
+'import allspark.viz.grouping, allspark.models').
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from allspark.viz.figure import parse_size
+from tqdm import tqdm
+
+from allspark.commands.options import add_checkpoint_options
+from allspark.data.io import read_image
+from allspark.data.layouts import class_names_and_palette
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type: '1200x800' -> (1200, 800), width and height in pixels."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, e.g. 1200x800; got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _indices(text: str) -> list[int]:
@@ -23,16 +33,15 @@ def _indices(text: str) -> list[int]:
 
 
 def _load(args):
-    from allspark.models.weights import load_model
+    from allspark.models.weights import load_model  # deferred: see the module docstring
 
     return load_model(args.checkpoint, which=args.which, device=args.device)
 
 
 def _images(inputs: list[str], limit: int | None = None):
     """(file, RGB uint8, normalised tensor) for each readable input; unreadable ones are reported."""
-    from allspark.data.io import read_image
-    from allspark.data.transforms import normalize_image
-    from allspark.predict import expand_inputs
+    from allspark.data.transforms import normalize_image  # deferred: see the module docstring
+    from allspark.predict import expand_inputs  # deferred: see the module docstring
 
     files, problems = expand_inputs(inputs)
     for line in problems:
@@ -47,7 +56,7 @@ def _images(inputs: list[str], limit: int | None = None):
 
 
 def _features(args) -> int:
-    from allspark.viz.features import feature_channels, pick_channels, plot_features
+    from allspark.viz.features import feature_channels, pick_channels, plot_features  # deferred: see the docstring
 
     model, _ = _load(args)
     found = list(_images([args.image], limit=1))
@@ -62,10 +71,7 @@ def _features(args) -> int:
 
 
 def _grouping(args) -> int:
-    from tqdm import tqdm
-
-    from allspark.data.layouts import class_names_and_palette
-    from allspark.viz.grouping import grouping_counts, plot_grouping
+    from allspark.viz.grouping import grouping_counts, plot_grouping  # deferred: see the module docstring
 
     model, cfg = _load(args)
     tensors = [tensor.to(args.device) for _, _, tensor in _images(args.inputs, args.max_images)]
@@ -79,9 +85,8 @@ def _grouping(args) -> int:
 
 
 def _memory(args) -> int:
-    from allspark.data.layouts import class_names_and_palette
-    from allspark.viz.features import pick_channels
-    from allspark.viz.memory import memory_maps, plot_memory
+    from allspark.viz.features import pick_channels  # deferred: see the module docstring
+    from allspark.viz.memory import memory_maps, plot_memory  # deferred: see the module docstring
 
     model, cfg = _load(args)
     maps = memory_maps(model)
@@ -91,14 +96,14 @@ def _memory(args) -> int:
 
 
 def _curves(args) -> int:
-    from allspark.viz.curves import plot_curves, read_metrics
+    from allspark.viz.curves import plot_curves, read_metrics  # deferred: see the module docstring
 
     plot_curves(read_metrics(args.run_dir), args.out, args.size, title=str(args.run_dir))
     return _done(args.out)
 
 
 def _confusion(args) -> int:
-    from allspark.viz.confusion import plot_confusion, read_eval
+    from allspark.viz.confusion import plot_confusion, read_eval  # deferred: see the module docstring
 
     plot_confusion(read_eval(args.eval), args.out, args.size)
     return _done(args.out)
@@ -111,10 +116,9 @@ def _done(out) -> int:
 
 def _common(parser: argparse.ArgumentParser, size: str, checkpoint: bool) -> None:
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--size", type=_size, default=parse_size(size), help=f"WIDTHxHEIGHT in pixels (default {size})")
+    parser.add_argument("--size", type=parse_size, default=parse_size(size), help=f"WIDTHxHEIGHT in pixels (default {size})")
     if checkpoint:
-        parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
-        parser.add_argument("--which", default="best", choices=("best", "latest"))
+        add_checkpoint_options(parser)
         parser.add_argument("--device", default="cpu")
 
 

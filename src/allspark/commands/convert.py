@@ -1,0 +1,51 @@
+"""`allspark convert-official SRC DST`: a checkpoint of the authors' release as one of our weights files."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allspark.config import apply_overrides, config_from_dict, load_config
+
+
+def register(sub) -> None:
+    """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
+    parser = sub.add_parser(
+        "convert-official", help="convert a checkpoint of the authors' release into our weights format",
+        description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
+                    "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
+                    "of the checkpoint, e.g. --config pascal/augmented/1_8/allspark, or model.encoder=mit_b5 "
+                    "model.num_classes=21 model.crop_size=513.")
+    parser.add_argument("src", help="release checkpoint (.pth)")
+    parser.add_argument("dst", help="output weights file (.safetensors)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--config", help="YAML file or preset name (default: built-in defaults)")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # here, not at the top: the models bring torch and transformers, ~3 s of start-up for every command
+    # (python -X importtime -c 'import allspark.models')
+    from allspark.models.convert import ConversionError
+    from allspark.models.official import load_official
+    from allspark.models.weights import save_weights
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        print(f"allspark convert-official: {dst} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
+    try:
+        model = load_official(args.src, cfg)
+    except (ConversionError, FileNotFoundError) as err:
+        print(f"allspark convert-official: {err}", file=sys.stderr)
+        return 1
+    save_weights(dst, model.state_dict(), cfg)
+    m = cfg.model
+    print(f"wrote {dst}: {len(model.state_dict())} tensors ({m.encoder}, {m.num_classes} classes, crop {m.crop_size}, "
+          f"ablation {m.ablation})")
+    return 0

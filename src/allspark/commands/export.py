@@ -1,0 +1,51 @@
+"""`allspark export OUT --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allspark.commands.options import add_checkpoint_options
+from allspark.data.layouts import class_names_and_palette
+
+
+def run(args: argparse.Namespace) -> int:
+    # here, not at the top: export brings torch and transformers, ~3 s of start-up for every command
+    # (python -X importtime -c 'import allspark.export')
+    from allspark.export import export_onnx, max_onnx_difference
+    from allspark.models.weights import load_model
+
+    out = Path(args.out)
+    if args.format != "onnx":
+        print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
+        return 2
+    if out.exists() and not args.force:
+        print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
+    model, cfg = load_model(args.checkpoint, which=args.which)
+    names, palette = class_names_and_palette(cfg)
+    export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette)
+    print(f"wrote {out}")
+    if args.check:
+        side = args.example_size or cfg.model.crop_size
+        sizes = [(side, side), (side + 32, max(side - 16, 32))]
+        diff = max_onnx_difference(model, out, sizes)
+        print(f"onnxruntime vs PyTorch, inputs {sizes}: max |logit difference| {diff:.2e}")
+        if diff > args.tolerance:
+            print(f"allspark export: difference {diff:.2e} exceeds --tolerance {args.tolerance}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
+    parser.add_argument("out", metavar="OUT", help="output file, e.g. model.onnx")
+    add_checkpoint_options(parser)
+    parser.add_argument("--format", default="onnx", help="only onnx")
+    parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare onnxruntime with PyTorch at two sizes after exporting")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted logit difference")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT")
+    parser.set_defaults(run=run)

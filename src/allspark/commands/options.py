@@ -1,0 +1,65 @@
+"""Arguments that several subcommands share: `--threads`, `--device`, `--checkpoint`, and CONFIG with overrides."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from allspark.config import DEVICES
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """`--threads N` (read by `set_threads`)."""
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
+    if args.threads:
+        import torch  # here, not at the top: torch adds ~1 s to the start of every command (python -X importtime)
+
+        torch.set_num_threads(args.threads)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """`--device auto|cpu|cuda`, the same for every command that runs a model."""
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint RUN_OR_FILE` (required) and `--which best|latest`."""
+    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
+    parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
+
+
+def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,
+                       **kwargs) -> None:
+    """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
+    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed).
+    With `config_optional`, CONFIG may be left out (args.config None) and the first argument is an override."""
+    p = sub.add_parser(name, parents=[options], **kwargs)
+    p.add_argument("config", nargs="?" if config_optional else None,
+                   help="YAML file or preset name (see `allspark presets`)" + ("; optional" if config_optional else ""))
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides, e.g. train.lr=0.01")
+
+    def parse_tail(args: argparse.Namespace) -> int:
+        if config_optional and args.config and "=" in args.config and not Path(args.config).is_file():
+            args.config, args.rest = None, [args.config, *args.rest]
+        args, extra = options.parse_known_args(args.rest, namespace=args)
+        bad = [item for item in extra if "=" not in item or item.startswith("-")]
+        if bad:
+            p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
+        args.overrides = extra
+        return run(args)
+
+    p.set_defaults(run=parse_tail)

@@ -1,0 +1,82 @@
+"""`allspark predict INPUT... --checkpoint RUN --out DIR`: mask, colour and overlay PNGs for every image."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allspark.commands.options import add_checkpoint_options, add_threads_option, positive_int, set_threads
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """argparse type: `0.75,1,1.25` -> (0.75, 1.0, 1.25), every factor positive."""
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be comma-separated numbers, e.g. 0.75,1,1.25; got {text!r}")
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive; got {text!r}")
+    return scales
+
+
+def run(args: argparse.Namespace) -> int:
+    # here, not at the top: the predictor brings torch and transformers, ~3 s of start-up for every command
+    # (python -X importtime -c 'import allspark.predict')
+    from allspark.predict import LEGEND_FILES, Predictor, expand_inputs, output_paths, run_predict, write_legend
+
+    set_threads(args)
+    files, problems = expand_inputs(args.inputs)
+    out = Path(args.out)
+    targets: dict[Path, Path] = {out / name: Path("--legend") for name in LEGEND_FILES if args.legend}
+    for path in files:
+        for target in output_paths(out, path).values():
+            if target in targets:
+                print(f"allspark predict: {path} and {targets[target]} both write {target}; "
+                      "predict them into different --out folders", file=sys.stderr)
+                return 2
+            targets[target] = path
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.force:
+        print(f"allspark predict: {len(existing)} output file(s) already exist, e.g. {existing[0]}; "
+              "pass --force to overwrite them", file=sys.stderr)
+        return 2
+    predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
+                          stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
+                          tile=args.tile, max_pixels=args.max_pixels)
+    written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
+    if args.legend:
+        write_legend(out, predictor.palette, predictor.class_names)
+    problems.extend(skipped)
+    for line in problems:
+        print(f"allspark predict: warning: {line}", file=sys.stderr)
+    print(f"wrote {written} prediction(s) ({3 * written} files) to {out}"
+          + (f"; {len(problems)} input(s) skipped" if problems else ""))
+    return 1 if problems else 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("predict", help="segment images with a trained model",
+                            description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
+                                        "<stem>_overlay.png (image | blend) for every input image.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    add_checkpoint_options(parser)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
+    parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
+                        "window of tiled images (default: the larger of 512 and the training crop)")
+    parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")
+    parser.add_argument("--flip", action="store_true", help="average in the horizontally flipped prediction")
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="multi-scale TTA, e.g. 0.75,1,1.25")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images of equal size predicted together")
+    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    parser.add_argument("--tile", choices=("auto", "off"), default="auto",
+                        help="auto: images over --max-pixels go through sliding windows one at a time (bounded "
+                             "memory); off: always in one piece")
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="largest image predicted in one piece with --tile auto (default: 1024x1024 pixels)")
+    parser.add_argument("--legend", action="store_true",
+                        help="also write legend.png and legend.json (class index, name and colour)")
+    add_threads_option(parser)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.set_defaults(run=run)

@@ -1,0 +1,59 @@
+"""`allspark train CONFIG [key=value ...]`: train or resume a run, on one process or relaunched under torchrun."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
+from allspark.config import load_config
+
+
+def run(args: argparse.Namespace) -> int:
+    # here, not at the top: the trainer brings torch, transformers and albumentations, ~4 s of start-up
+    # for every command (python -X importtime -c 'import allspark.engine.trainer')
+    from allspark.engine.trainer import NonFiniteLossError, train
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch_with_torchrun(args.nproc)
+    cfg = load_config(args.config, args.overrides)
+    set_threads(args)
+    try:
+        train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        print(f"allspark train: error: {err}; stopped, checkpoints/latest keeps the last good state", file=sys.stderr)
+        return 3
+    return 0
+
+
+def relaunch_with_torchrun(nproc: int) -> int:
+    """`allspark train --nproc N ...` -> `torchrun --nproc_per_node=N -m allspark train ...` (same arguments)."""
+    argv = sys.argv[1:]
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "allspark", *rest]
+    return subprocess.call(command)
+
+
+def register(sub) -> None:
+    options = argparse.ArgumentParser(add_help=False)
+    add_device_option(options)
+    options.add_argument("--force-config", action="store_true",
+                         help="continue a run directory whose saved config.yaml differs from this config")
+    options.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
+    options.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_option(options)
+    add_config_command(sub, "train", options, run, help="train (or resume) a run",
+                       description="Train in cfg.run_dir; an existing run directory continues from its latest "
+                                   "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")
