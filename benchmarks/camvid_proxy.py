@@ -119,7 +119,7 @@ def table(rows: list[dict], class_names: list[str]) -> str:
 
 
 def main() -> None:
-    from allspark.data import get_layout
+    from allspark.data.layouts import get_layout
 
     args = parse_args()
     out = Path(args.out)

@@ -7,7 +7,7 @@ import torch
 
 import allspark.models.allspark as allspark_module
 from allspark.cli import main
-from allspark.data import build_labeled_loader, build_unlabeled_loader
+from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
 from allspark.engine.checkpoint import load_checkpoint

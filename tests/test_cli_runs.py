@@ -10,7 +10,7 @@ import torch
 
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
-from allspark.data import build_labeled_loader, build_unlabeled_loader
+from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
 from allspark.models import build_model
 from allspark.models.encoders import MiTEncoder

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allspark.data import get_layout
 from allspark.data.checks import check_data
+from allspark.data.layouts import get_layout
 from allspark.data.synthetic import MAX_CLASSES, generate_synthetic, render_scene
 
 

@@ -16,7 +16,7 @@ def worker(root: str, run_dir: str, out: str) -> None:
     """One rank: a step with the memory on, gather the memory from every rank, then a short `train`."""
     from allspark import distributed as dist_utils
     from allspark.config import load_config
-    from allspark.data import build_labeled_loader, build_unlabeled_loader
+    from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
     from allspark.engine.trainer import Trainer, train
 
     torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import torch
 
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
-from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
+from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.runs import read_metrics

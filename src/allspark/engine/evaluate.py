@@ -53,7 +53,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
     "fp16") runs the forward passes under autocast, as `train.amp` does."""
-    from allspark.data import build_val_loader
+    from allspark.data.loaders import build_val_loader
     from allspark import distributed as dist_utils
     from allspark.models.weights import read_weights, resolve_weights
     from allspark.engine.trainer import AMP_DTYPES

@@ -230,7 +230,7 @@ class Position:
 
 def _loaders(cfg: Config, info: DistInfo):
     """This rank's (labeled, unlabeled or None for `sup`, validation) loaders."""
-    from allspark.data import build_labeled_loader, build_unlabeled_loader, build_val_loader
+    from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 
     unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if cfg.method != "sup" else None
     length = len(unlabeled.dataset) if unlabeled is not None else None
