@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from allspark.cli import main
-from allspark.config import ConfigError, load_config
+from allspark.cli import build_parser, main
+from allspark.config import DEVICES, ConfigError, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
+from allspark.distributed import resolve_device
 from allspark.models import build_model
 from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
@@ -170,3 +171,29 @@ def test_camvid_preset_says_which_split_to_make(preset, tmp_path):
     lists = [f"data.labeled_list={tmp_path / 'labeled.txt'}", f"data.unlabeled_list={tmp_path / 'unlabeled.txt'}"]
     cfg = load_config(preset, [f"data.root={CAMVID}", "data.workers=0", *lists])
     assert len(build_labeled_loader(cfg).dataset) == 46
+
+
+@pytest.mark.parametrize("command,rest", [
+    (["train"], ["demo"]), (["eval"], ["demo", "--checkpoint", "run"]),
+    (["predict"], ["a.jpg", "--checkpoint", "run", "--out", "o"]),
+    (["viz", "features"], ["a.jpg", "--checkpoint", "run", "--out", "o.png"]),
+    (["viz", "grouping"], ["a.jpg", "--checkpoint", "run", "--out", "o.png"]),
+    (["viz", "memory"], ["--checkpoint", "run", "--out", "o.png"])])
+def test_device_means_the_same_for_every_command(command, rest):
+    parser = build_parser()
+    assert parser.parse_args([*command, *rest]).device == "auto"
+    for name in DEVICES:
+        assert parser.parse_args([*command, "--device", name, *rest]).device == name
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--device", "gpu", *rest])
+
+
+def test_resolve_device():
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda", 0) == torch.device("cuda", 0)
+    else:
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -26,22 +26,33 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(device: str | torch.device = "auto", index: int | None = None) -> torch.device:
+    """What `--device` means everywhere: auto (CUDA when available, else the CPU), cpu, or cuda (`cuda:N`, or
+    device `index` when given); CUDA asked for on a machine without it is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+        if index is not None:
+            resolved = torch.device("cuda", index)
+    return resolved
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run single-process.
-    `device`: auto (CUDA if available) | cpu | cuda."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run single-process;
+    `device` as in `resolve_device`, each process on the GPU of its LOCAL_RANK."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size)
     return DistInfo(rank, world_size, local_rank, dev)
 
 

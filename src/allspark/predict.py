@@ -18,6 +18,7 @@ from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, class_names_and_palette
 from allspark.data.transforms import normalize_image
+from allspark.distributed import resolve_device
 from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
 
@@ -39,25 +40,27 @@ class Predictor:
     array (H, W, 3) (or (H, W), taken as grey), or a float tensor (3, H, W) already normalised like the
     training data (ImageNet mean/std); it returns the class-index mask (H, W) as numpy (uint8 for up to
     256 classes, else int64). `mode` is "whole" or "sliding" (default: the config's eval mode, "whole"
-    for "center", whose prediction would not cover the image); `window` defaults to the eval crop size.
+    for "center", whose prediction would not cover the image); `window` defaults to the eval crop size;
+    `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere.
 
     Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
     larger of TILE_WINDOW and the training crop), one at a time, flip and scales applied per window,
     so memory stays bounded whatever the image size (see `allspark.engine.tiled`)."""
 
-    def __init__(self, checkpoint, device: str | torch.device = "cpu", mode: str | None = None,
+    def __init__(self, checkpoint, device: str | torch.device = "auto", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
                  max_pixels: int | None = None):
         from allspark.models.weights import load_model
 
+        device = resolve_device(device)
         model, cfg = load_model(checkpoint, which=which, device=device)
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
         if mode not in ("whole", "sliding"):
             raise ValueError(f"Predictor mode must be 'whole' or 'sliding'; got {mode!r} "
                              "(centre crop predicts only part of the image)")
-        self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.model, self.cfg, self.device = model, cfg, device
         if tile not in ("auto", "off"):
             raise ValueError(f"tile must be 'auto' or 'off'; got {tile!r}")
         self.options = dict(mode=mode, window=window or cfg.eval.crop_size or cfg.model.crop_size,

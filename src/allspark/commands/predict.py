@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from allspark.commands.options import add_checkpoint_options, add_threads_option, positive_int, set_threads
+from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
+                                       set_threads)
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -77,6 +78,6 @@ def register(sub) -> None:
     parser.add_argument("--legend", action="store_true",
                         help="also write legend.png and legend.json (class index, name and colour)")
     add_threads_option(parser)
-    parser.add_argument("--device", default="cpu")
+    add_device_option(parser)
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(run=run)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from allspark.commands.options import add_checkpoint_options
+from allspark.commands.options import add_checkpoint_options, add_device_option
 from allspark.data.io import read_image
 from allspark.data.layouts import class_names_and_palette
 
@@ -33,9 +33,13 @@ def _indices(text: str) -> list[int]:
 
 
 def _load(args):
+    """(model, cfg, device): --checkpoint loaded on --device."""
+    from allspark.distributed import resolve_device  # deferred: see the module docstring
     from allspark.models.weights import load_model  # deferred: see the module docstring
 
-    return load_model(args.checkpoint, which=args.which, device=args.device)
+    device = resolve_device(args.device)
+    model, cfg = load_model(args.checkpoint, which=args.which, device=device)
+    return model, cfg, device
 
 
 def _images(inputs: list[str], limit: int | None = None):
@@ -58,13 +62,13 @@ def _images(inputs: list[str], limit: int | None = None):
 def _features(args) -> int:
     from allspark.viz.features import feature_channels, pick_channels, plot_features  # deferred: see the docstring
 
-    model, _ = _load(args)
+    model, _, device = _load(args)
     found = list(_images([args.image], limit=1))
     if not found:
         print(f"allspark viz features: no readable image in {args.image}", file=sys.stderr)
         return 1
     path, image, tensor = found[0]
-    before, after = feature_channels(model, tensor.to(args.device))
+    before, after = feature_channels(model, tensor.to(device))
     channels = args.channels or pick_channels(before.shape[0], args.num_channels)
     plot_features(image, before, after, channels, args.out, args.size, title=f"{path.name}: c4 before / after AllSpark")
     return _done(args.out)
@@ -73,8 +77,8 @@ def _features(args) -> int:
 def _grouping(args) -> int:
     from allspark.viz.grouping import grouping_counts, plot_grouping  # deferred: see the module docstring
 
-    model, cfg = _load(args)
-    tensors = [tensor.to(args.device) for _, _, tensor in _images(args.inputs, args.max_images)]
+    model, cfg, device = _load(args)
+    tensors = [tensor.to(device) for _, _, tensor in _images(args.inputs, args.max_images)]
     if not tensors:
         print("allspark viz grouping: no readable images among the inputs", file=sys.stderr)
         return 1
@@ -88,7 +92,7 @@ def _memory(args) -> int:
     from allspark.viz.features import pick_channels  # deferred: see the module docstring
     from allspark.viz.memory import memory_maps, plot_memory  # deferred: see the module docstring
 
-    model, cfg = _load(args)
+    model, cfg, _ = _load(args)
     maps = memory_maps(model)
     channels = args.channels or pick_channels(maps.shape[1], args.num_channels)
     plot_memory(maps, channels, class_names_and_palette(cfg)[0], args.out, args.size)
@@ -119,7 +123,7 @@ def _common(parser: argparse.ArgumentParser, size: str, checkpoint: bool) -> Non
     parser.add_argument("--size", type=parse_size, default=parse_size(size), help=f"WIDTHxHEIGHT in pixels (default {size})")
     if checkpoint:
         add_checkpoint_options(parser)
-        parser.add_argument("--device", default="cpu")
+        add_device_option(parser)
 
 
 def _channel_options(parser: argparse.ArgumentParser, default: int) -> None:
