@@ -42,7 +42,7 @@ class Case:
 
 def tiny_train(root: Path, run_dir: Path, *extra: str) -> list[str]:
     """`train` argv of a 2-iteration SupBaseline on the synthetic set, loader workers in subprocesses."""
-    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup", "model.ablation=none",
+    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup",
             "model.num_classes=3", "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=2",
             "train.log_every=1", "data.workers=1", "data.labeled_list=splits/labeled.txt", "--no-progress", *extra]
 
@@ -116,7 +116,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
     cases += [Case("check-data: classes.txt 3, --num-classes 2", ["check-data", str(root), "--num-classes", "2"]),
               Case("check-data: config num_classes 2, classes.txt 3", ["check-data", str(config)])]
     image = root / "images" / "val_00000.jpg"
-    eval_args = ["demo", f"data.root={root}", "method=sup", "model.ablation=none", "model.num_classes=3",
+    eval_args = ["demo", f"data.root={root}", "method=sup", "model.num_classes=3",
                  "model.crop_size=64"]
     for kind, path in bad_checkpoints(tmp, run).items():
         cases += [Case(f"eval: --checkpoint {kind}", ["eval", *eval_args, "--checkpoint", str(path)]),

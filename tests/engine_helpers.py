@@ -6,9 +6,6 @@ from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
 
-ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
-
-
 def make_train_data(root):
     """12 training images (4 labeled, 8 unlabeled: 4 iterations per epoch at batch 2) and 2 validation images."""
     generate_synthetic(root, num_train=12, num_val=2, size=64, seed=0, num_classes=4)
@@ -17,7 +14,7 @@ def make_train_data(root):
 
 
 def make_cfg(root, run_dir, method="allspark", *extra):
-    return load_config("demo", [f"method={method}", f"model.ablation={ABLATION[method]}", f"data.root={root}",
+    return load_config("demo", [f"method={method}", f"data.root={root}",
                                 f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
                                 "train.warmup_epochs=1", "train.log_every=1", "train.checkpoint_every=3", *extra])
 

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from allspark.config import ConfigError, list_presets, load_config
+from allspark.config import ConfigError, list_presets, load_config, model_config_from_dict
 from allspark.engine.runs import check_run_dir, config_diff, write_run_config
 
 PUBLISHED = {  # spec 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
@@ -51,6 +51,25 @@ def test_overrides_and_ablation_switch():
     assert (cfg.model.ablation, cfg.train.lr, cfg.data.root) == ("cca", 0.01, "/x")
 
 
+def test_the_method_sets_the_ablation_unless_a_row_is_chosen():
+    """The method says whether the module exists; model.ablation picks the Table 5 row of AllSpark."""
+    assert [load_config("demo", [f"method={m}"]).model.ablation for m in ("sup", "semi", "allspark")] == [
+        "none", "none", "full"]
+    assert load_config("demo", ["model.ablation=cca_mem"]).model.ablation == "cca_mem"
+    assert load_config("camvid/semi", ["method=allspark"]).model.ablation == "full"
+    with pytest.raises(ConfigError, match="'model.ablation' must be 'none' for method 'semi'"):
+        load_config("demo", ["method=semi", "model.ablation=cca"])
+
+
+def test_a_model_config_is_validated_without_a_method():
+    assert model_config_from_dict({"ablation": "none", "crop_size": 64}).ablation == "none"
+    assert model_config_from_dict({"ablation": "cca"}).ablation == "cca"
+    with pytest.raises(ConfigError, match="'model.ablation' must be one of"):
+        model_config_from_dict({"ablation": "plain"})
+    with pytest.raises(ConfigError, match="'model.crop_size' must be positive"):
+        model_config_from_dict({"crop_size": 0})
+
+
 @pytest.mark.parametrize("override, key", [
     ("train.lrr=0.1", "train.lrr"),                 # unknown key
     ("nosection.x=1", "nosection"),                  # unknown section
@@ -59,7 +78,7 @@ def test_overrides_and_ablation_switch():
     ("model.encoder=resnet50", "model.encoder"),      # bad choice
     ("eval.mode=tiles", "eval.mode"),                 # bad choice
     ("train.epochs=0", "train.epochs"),               # out of range
-    ("method=sup", "model.ablation"),                 # cross-field rule
+    ("model.ablation=none", "model.ablation"),        # cross-field rule: the demo's method is allspark
 ])
 def test_bad_override_names_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):

@@ -169,7 +169,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
     poison_at[0] = 1  # the resumed run's first step: the CLI exits non-zero
     with pytest.raises(SystemExit) as code:
         main(["train", "demo", f"data.root={data_root}", f"run_dir={tmp_path / 'run'}", "method=semi",
-              "model.ablation=none", "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
+              "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
               "train.warmup_epochs=1", "train.log_every=1", "train.checkpoint_every=2", "--no-progress"])
     assert code.value.code != 0
     assert load_checkpoint(tmp_path / "run")[1]["iteration"] == 2
@@ -204,7 +204,7 @@ def test_eval_modes_agree_when_window_covers_image(data_root, tmp_path):
 
 def test_eval_command_writes_eval_json(data_root, tmp_path):
     run = tmp_path / "run"
-    overrides = [f"data.root={data_root}", f"run_dir={run}", "method=sup", "model.ablation=none",
+    overrides = [f"data.root={data_root}", f"run_dir={run}", "method=sup",
                  "model.crop_size=64", "train.batch_size=2", "train.epochs=1"]
     train(load_config("demo", overrides), progress=False)
     with pytest.raises(SystemExit) as code:

@@ -47,7 +47,7 @@ def root(tmp_path_factory):
 
 
 def train_argv(root, run_dir, *extra):
-    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup", "model.ablation=none",
+    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup",
             "model.num_classes=3", "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=1",
             "data.labeled_list=splits/labeled.txt", "data.workers=1", "--no-progress", *extra]
 

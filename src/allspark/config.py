@@ -21,6 +21,9 @@ ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 ABLATIONS = ("none", "cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
 METHODS = ("sup", "semi", "allspark")
+# The method says whether the model has the AllSpark module: model.ablation is `none` for the baselines, and for
+# AllSpark one of the Table 5 rows (full unless set). The model itself reads only model.ablation.
+METHOD_ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 
@@ -66,7 +69,8 @@ class ModelConfig:
     crop_size: int = 513  # training crop: fixes the memory's token count d (spec, notation)
     heads: int = 2
     embed_dim: int | None = None  # decode-head width E; None: 256 for b0/b1, 768 for b2..b5
-    ablation: str = "full"  # none (plain SegFormer) | cca | cca_mem (no grouping) | full
+    ablation: str = "full"  # none (plain SegFormer) | cca | cca_mem (no grouping) | full; a config file's default
+    # follows `method` (METHOD_ABLATION), so only an AllSpark row of Table 5 other than full needs setting
     grouping: str = "probs"  # probs (paper) | logits (the release's behaviour)
     pretrained: str | None = None  # HF hub id, local HF directory, or an original mit_bX.pth
 
@@ -183,15 +187,28 @@ def _build(cls: type, data: dict, prefix: str):
 
 
 def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence[str] = ()) -> Config:
-    """Build and validate a Config from a nested mapping (missing keys take defaults). Errors start
-    with `where`, or with "command line" for a key among `command_line` (the overridden keys)."""
+    """Build and validate a Config from a nested mapping (missing keys take defaults; a missing model.ablation
+    the method's, METHOD_ABLATION). Errors start with `where`, or with "command line" for a key among
+    `command_line` (the overridden keys)."""
     try:
         cfg = _build(Config, data or {}, "")
+        if "ablation" not in ((data or {}).get("model") or {}):
+            cfg.model.ablation = METHOD_ABLATION.get(cfg.method, cfg.model.ablation)
         validate(cfg)
     except ConfigError as err:
         given = any(_related(key, other) for key in err.keys for other in command_line)
         raise ConfigError(f"{'command line' if given else where}: {err}", *err.keys) from None
     return cfg
+
+
+def model_config_from_dict(data: dict, where: str = "<model config>") -> ModelConfig:
+    """Build and validate a ModelConfig on its own: the model's keys need no method."""
+    try:
+        model = _build(ModelConfig, data or {}, "model.")
+        _check_values(Config(model=model), "model.")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}", *err.keys) from None
+    return model
 
 
 def _related(key: str, other: str) -> bool:
@@ -225,17 +242,22 @@ _RANGES = (
 )
 
 
-def validate(cfg: Config) -> None:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+def _check_values(cfg: Config, prefix: str = "") -> None:
+    """Check the choices and ranges of the keys starting with `prefix`; raise ConfigError naming the key."""
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
-        if value not in choices:
+        if key.startswith(prefix) and value not in choices:
             raise ConfigError(f"key '{key}' must be one of {', '.join(choices)}; got {value!r}", key)
     for keys, test, what in _RANGES:
         for key in keys:
             value = _get(cfg, key)
-            if value is not None and not test(value):
+            if key.startswith(prefix) and value is not None and not test(value):
                 raise ConfigError(f"key '{key}' must be {what}; got {value!r}", key)
+
+
+def validate(cfg: Config) -> None:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    _check_values(cfg)
     if cfg.method in ("sup", "semi") and cfg.model.ablation != "none":
         raise ConfigError(f"key 'model.ablation' must be 'none' for method '{cfg.method}' (the baselines have no "
                           f"AllSpark module); got {cfg.model.ablation!r}", "model.ablation", "method")

@@ -33,11 +33,8 @@ def demo_overrides(method: str, out: Path, data: Path, iters: int | None) -> lis
     per_epoch = NUM_LABELED // base.train.batch_size if method == "sup" else unlabeled_epoch
     epochs = math.ceil(total / per_epoch)
     evals = base.train.epochs // base.train.eval_every
-    overrides = [f"run_dir={out / method}", f"data.root={data}", f"train.max_iters={total}",
-                 f"train.epochs={epochs}", f"train.eval_every={max(1, epochs // evals)}"]
-    if method == "sup":
-        overrides += ["method=sup", "model.ablation=none"]
-    return overrides
+    return [f"method={method}", f"run_dir={out / method}", f"data.root={data}", f"train.max_iters={total}",
+            f"train.epochs={epochs}", f"train.eval_every={max(1, epochs // evals)}"]
 
 
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None) -> dict[str, dict]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import Config, ModelConfig, config_from_dict
+from allspark.config import Config, ModelConfig, config_from_dict, model_config_from_dict
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.encoders import MiTEncoder
 
@@ -116,12 +116,7 @@ def model_config(cfg: Config | ModelConfig | Mapping) -> ModelConfig:
     if isinstance(cfg, Config):
         return cfg.model
     if isinstance(cfg, ModelConfig):
-        data = dataclasses.asdict(cfg)
-    elif isinstance(cfg, Mapping):
-        if "model" in cfg:
-            return config_from_dict(dict(cfg)).model
-        data = dict(cfg)
-    else:
-        raise TypeError(f"expected a Config, ModelConfig or mapping, got {type(cfg).__name__}")
-    method = "semi" if data.get("ablation") == "none" else "allspark"  # validation pairs method and ablation
-    return config_from_dict({"method": method, "model": data}, where="<model config>").model
+        return model_config_from_dict(dataclasses.asdict(cfg))
+    if isinstance(cfg, Mapping):
+        return config_from_dict(dict(cfg)).model if "model" in cfg else model_config_from_dict(dict(cfg))
+    raise TypeError(f"expected a Config, ModelConfig or mapping, got {type(cfg).__name__}")
