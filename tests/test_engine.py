@@ -175,7 +175,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
     assert load_checkpoint(tmp_path / "run")[1]["iteration"] == 2
 
 
-def test_crop_mismatch_caught_before_first_step(data_root, tmp_path, monkeypatch):
+def test_crops_that_do_not_fit_the_memory_stop_the_step_before_any_weight_changes(data_root, tmp_path):
+    trainer = Trainer(make_cfg(data_root, tmp_path / "run"))  # memory built for crop 64: a 2x2 token grid
+    other = make_cfg(data_root, tmp_path / "other", "allspark", "model.crop_size=96")
+    batch_l, batch_u = next(iter(build_labeled_loader(other))), next(iter(build_unlabeled_loader(other)))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"built for a 2x2 token grid.*3x3 grid.*model.crop_size"):
+        trainer.step(batch_l, batch_u, 0, 8, use_memory=False)
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_checkpoint_of_another_crop_is_refused_before_the_first_step(data_root, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(make_cfg(data_root, run, "allspark", "train.epochs=1"), progress=False)
     steps = []

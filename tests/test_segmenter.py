@@ -195,17 +195,15 @@ def test_memory_is_read_only_when_asked(ablation):
     assert torch.equal(model.allspark.memory.queue, first_memory)  # evaluation never writes it
 
 
-def test_check_crop():
-    model = build_model(tiny_cfg("full"))
-    model.check_crop(CROP)
-    model.check_crop(CROP - 31)  # 33 -> ceil(33/32) = 2 tokens per side, as for 64
-    with pytest.raises(ValueError, match=r"crop_size 96 gives a 3x3 token grid.*built for 2x2"):
-        model.check_crop(96)
-    build_model(tiny_cfg("none")).check_crop(96)
-    build_model(tiny_cfg("cca")).check_crop(96)
-    with pytest.raises(ValueError, match="token grid"):
+def test_training_crops_must_fit_the_memory():
+    """The one crop guard is the bottleneck's: crops of another token grid than the memory's fail in the step."""
+    model = build_model(tiny_cfg("full")).train()
+    fits = torch.randn(1, 3, CROP - 31, CROP - 31)  # 33 -> ceil(33/32) = 2 tokens per side, as for 64
+    model(fits, images_u=fits, teacher_logits_u=torch.randn(1, 5, CROP - 31, CROP - 31), use_memory=True)
+    with pytest.raises(ValueError, match=r"built for a 2x2 token grid.*3x3 grid.*model.crop_size"):
         model(torch.randn(1, 3, 96, 96), images_u=torch.randn(1, 3, 96, 96),
               teacher_logits_u=torch.randn(1, 5, 96, 96), use_memory=False)
+    build_model(tiny_cfg("cca")).train()(torch.randn(1, 3, 96, 96), images_u=torch.randn(1, 3, 96, 96))
 
 
 @pytest.mark.parametrize("ablation", ["none", "full"])

@@ -48,7 +48,6 @@ class Trainer:
         self.info = info or DistInfo()
         self.device = self.info.device
         model = build_model(cfg)
-        model.check_crop(cfg.model.crop_size)  # a crop that does not fit the memory fails here, not at step 1
         if self.info.distributed and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)

@@ -95,17 +95,6 @@ class AllSparkSegmenter(nn.Module):
         logits = self._decode(feats, images_l.shape[-2:])
         return logits[:n_l], logits[n_l:]
 
-    def check_crop(self, crop_size: int) -> None:
-        """Raise ValueError if training crops of `crop_size` do not fit the Semantic Memory's token grid
-        (spec 6); a no-op for the ablations that never use the memory (none, cca)."""
-        if self.allspark is None or self.allspark.ablation == "cca":
-            return
-        grid, built = self.allspark.tokens_for_crop(crop_size), self.allspark.token_grid
-        if grid != built:
-            raise ValueError(f"training crop_size {crop_size} gives a {grid[0]}x{grid[1]} token grid, but the "
-                             f"Semantic Memory was built for {built[0]}x{built[1]} (model.crop_size "
-                             f"{self.cfg.crop_size}); train at that crop or set model.crop_size={crop_size}")
-
     def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         logits = self.head(feats)  # (N, K, H/4, W/4)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
