@@ -132,6 +132,16 @@ def test_metrics_writer_and_truncate(tmp_path):
     assert list((tmp_path / "tb").iterdir())
     truncate_metrics(tmp_path, 5)
     assert [r["iter"] for r in read_metrics(tmp_path)] == [5]
+    assert read_metrics(tmp_path / "metrics.jsonl") == read_metrics(tmp_path)
+
+
+def test_metrics_of_a_run_without_them(tmp_path):
+    """One reader for training, resume and `viz curves`: a missing file is an error naming it; truncating a run
+    that has none yet (a fresh start) writes nothing."""
+    truncate_metrics(tmp_path, 0)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        read_metrics(tmp_path)
 
 
 @pytest.mark.parametrize("iters", [None, 700])

@@ -100,7 +100,8 @@ def _memory(args) -> int:
 
 
 def _curves(args) -> int:
-    from allspark.viz.curves import plot_curves, read_metrics  # deferred: see the module docstring
+    from allspark.engine.runs import read_metrics  # deferred: see the module docstring
+    from allspark.viz.curves import plot_curves  # deferred: see the module docstring
 
     plot_curves(read_metrics(args.run_dir), args.out, args.size, title=str(args.run_dir))
     return _done(args.out)

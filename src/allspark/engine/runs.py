@@ -145,15 +145,31 @@ class MetricsWriter:
         self.tb.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl file or a run directory's; a missing file or a line that is not a JSON
+    object is an error naming it (file:line)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path} (expected a run directory or its metrics.jsonl)")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON object ({err})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
 
 
 def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
-    """Drop records past `iteration` (written after the checkpoint a resumed run restarts from)."""
+    """Drop records past `iteration` (written after the checkpoint a resumed run restarts from), if any."""
     path = Path(run_dir) / "metrics.jsonl"
-    kept = [r for r in read_metrics(run_dir) if r["iter"] <= iteration]
     if path.is_file():
+        kept = [r for r in read_metrics(path) if r["iter"] <= iteration]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -1,33 +1,11 @@
 """Training curves of a run: losses, learning rate and validation mIoU from `metrics.jsonl`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from allspark.viz.figure import new_figure, save_figure
 
 LOSS_KEYS = ("loss", "loss_l", "loss_u")
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl file (a run directory is accepted too)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path} (expected a run directory or its metrics.jsonl)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object ({err})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
 
 
 def _series(records: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
