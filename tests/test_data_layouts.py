@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allspark.config import config_from_dict
+from allspark.config import LAYOUTS, config_from_dict
 from allspark.data.layouts import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
                                    class_names_and_palette, cityscapes_label_ids_to_train_ids, get_layout, voc_palette)
 
@@ -129,4 +129,11 @@ def test_class_names_of_an_unreadable_folder_layout_are_indices(tmp_path):
     names, palette = class_names_and_palette(_cfg("folder", 3, tmp_path / "elsewhere"))
     assert names == ["0", "1", "2"]
     np.testing.assert_array_equal(palette, voc_palette(3))
+
+
+def test_every_layout_name_of_the_config_is_a_layout(tmp_path):
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    assert [get_layout(name, tmp_path).name for name in LAYOUTS] == list(LAYOUTS)
+    with pytest.raises(ValueError, match="unknown layout 'voc'"):
+        get_layout("voc")
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark import distributed as dist_utils
-from allspark.config import TrainConfig, load_config
+from allspark.config import AMP_MODES, TrainConfig, load_config
+from allspark.engine.amp import AMP_DTYPES, autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
@@ -159,3 +160,12 @@ def test_demo_gives_both_methods_the_same_budget(tmp_path, iters):
         assert cfg.train.epochs * per_epoch >= cfg.train.max_iters  # the epochs never cut the budget short
         budgets[method] = cfg.train.max_iters
     assert budgets["sup"] == budgets["allspark"] == (iters or budgets["sup"])
+
+
+def test_every_amp_mode_has_its_dtype_and_autocast():
+    assert tuple(AMP_DTYPES) == AMP_MODES
+    with autocast(torch.device("cpu"), "bf16"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "off"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+

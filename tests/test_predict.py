@@ -113,7 +113,7 @@ def test_predictor_rejects_wrong_inputs(checkpoint):
         predictor.predict(np.zeros((8, 8, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="normalised float"):
         predictor.predict(torch.zeros(8, 8, 3))
-    with pytest.raises(ValueError, match="whole' or 'sliding"):
+    with pytest.raises(ValueError, match="one of whole, sliding; got 'center'"):
         Predictor(checkpoint, mode="center")
 
 

@@ -24,6 +24,13 @@ METHODS = ("sup", "semi", "allspark")
 # The method says whether the model has the AllSpark module: model.ablation is `none` for the baselines, and for
 # AllSpark one of the Table 5 rows (full unless set). The model itself reads only model.ablation.
 METHOD_ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
+LAYOUTS = ("pascal", "cityscapes", "coco", "camvid", "folder", "synthetic")  # data.layout; see data.layouts
+LABELED_LOSSES = ("ce", "ohem")
+AMP_MODES = ("off", "bf16", "fp16")  # train.amp and `eval --amp`
+EVAL_MODES = ("whole", "sliding", "center")  # eval.mode and `eval --mode`
+WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pixel: `predict --mode`
+WINDOW_PLACEMENTS = ("aligned", "release")
+MIOU_OVER = ("present", "all")
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 
@@ -131,12 +138,12 @@ _CHOICES = {
     "model.encoder": ENCODERS,
     "model.ablation": ABLATIONS,
     "model.grouping": GROUPINGS,
-    "data.layout": ("pascal", "cityscapes", "coco", "camvid", "folder", "synthetic"),
-    "train.labeled_loss": ("ce", "ohem"),
-    "train.amp": ("off", "bf16", "fp16"),
-    "eval.mode": ("whole", "sliding", "center"),
-    "eval.window_placement": ("aligned", "release"),
-    "eval.miou_over": ("present", "all"),
+    "data.layout": LAYOUTS,
+    "train.labeled_loss": LABELED_LOSSES,
+    "train.amp": AMP_MODES,
+    "eval.mode": EVAL_MODES,
+    "eval.window_placement": WINDOW_PLACEMENTS,
+    "eval.miou_over": MIOU_OVER,
 }
 
 

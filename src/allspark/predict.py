@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from allspark.config import WHOLE_IMAGE_MODES
 from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image, rgb_array
 from allspark.data.layouts import IMAGE_EXTS, class_names_and_palette
 from allspark.data.transforms import normalize_image
 from allspark.distributed import resolve_device
+from allspark.engine.evaluate import eval_window
 from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
 
@@ -57,13 +59,13 @@ class Predictor:
         device = resolve_device(device)
         model, cfg = load_model(checkpoint, which=which, device=device)
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
-        if mode not in ("whole", "sliding"):
-            raise ValueError(f"Predictor mode must be 'whole' or 'sliding'; got {mode!r} "
+        if mode not in WHOLE_IMAGE_MODES:
+            raise ValueError(f"Predictor mode must be one of {', '.join(WHOLE_IMAGE_MODES)}; got {mode!r} "
                              "(centre crop predicts only part of the image)")
         self.model, self.cfg, self.device = model, cfg, device
         if tile not in ("auto", "off"):
             raise ValueError(f"tile must be 'auto' or 'off'; got {tile!r}")
-        self.options = dict(mode=mode, window=window or cfg.eval.crop_size or cfg.model.crop_size,
+        self.options = dict(mode=mode, window=window or eval_window(cfg),
                             stride_ratio=stride_ratio or cfg.eval.stride_ratio, flip=flip, scales=tuple(scales))
         whole_tile = window or max(TILE_WINDOW, cfg.model.crop_size)
         self.tile_window = self.options["window"] if mode == "sliding" else whole_tile

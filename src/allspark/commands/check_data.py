@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from allspark.config import LAYOUTS
 from allspark.data.checks import check_data
-from allspark.data.layouts import LAYOUTS
 
 
 def run(args: argparse.Namespace) -> int:

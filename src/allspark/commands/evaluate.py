@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
-from allspark.config import load_config
+from allspark.config import AMP_MODES, EVAL_MODES, load_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,10 +27,10 @@ def register(sub) -> None:
     add_device_option(options)
     options.add_argument("--checkpoint", help="weights file or run directory (its best checkpoint); required. "
                                               "Without CONFIG the config saved in the weights is used")
-    options.add_argument("--mode", choices=("whole", "sliding", "center"), default=None, help="default: eval.mode")
+    options.add_argument("--mode", choices=EVAL_MODES, default=None, help="default: eval.mode")
     add_threads_option(options)
     options.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
-    options.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+    options.add_argument("--amp", choices=AMP_MODES, default="off",
                          help="mixed precision of the forward passes (bf16: faster on CPUs with AVX-512 BF16)")
     add_config_command(sub, "eval", options, run, config_optional=True,
                        help="evaluate a checkpoint: mIoU and per-class IoU")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
+from allspark.config import WHOLE_IMAGE_MODES
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -62,7 +63,7 @@ def register(sub) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     add_checkpoint_options(parser)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--mode", choices=("whole", "sliding"), help="default: the config's eval mode")
+    parser.add_argument("--mode", choices=WHOLE_IMAGE_MODES, help="default: the config's eval mode")
     parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
                         "window of tiled images (default: the larger of 512 and the training crop)")
     parser.add_argument("--stride-ratio", type=float, help="window stride as a fraction of the window")

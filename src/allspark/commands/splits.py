@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from allspark.data.layouts import LAYOUTS
+from allspark.config import LAYOUTS
 from allspark.data.splits import make_split, write_layout_list
 
 

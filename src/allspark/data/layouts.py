@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from allspark.config import Config
+from allspark.config import LAYOUTS, Config
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -186,7 +186,6 @@ _BUILTIN = {
         mask_templates=("labels/{split}/{stem}.png", "{split}annot/{stem}.png"),
         splits=("train", "val", "test")),
 }
-LAYOUTS = (*_BUILTIN, "folder", "synthetic")
 
 
 def mask_converter(name: str):

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from allspark.data.layouts import class_names_and_palette
+from allspark.engine.amp import autocast
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
@@ -23,7 +24,7 @@ def eval_window(cfg: Config) -> int:
 
 @torch.no_grad()
 def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
-             amp_dtype: torch.dtype | None = None, progress: bool = True) -> ConfusionMatrix:
+             amp: str = "off", progress: bool = True) -> ConfusionMatrix:
     """Confusion matrix of `model` (a module in eval mode) over `loader`, summed over ranks.
     `mode` defaults to `eval.mode`; `eval.window_placement` and `eval.miou_over` select ours or the release's
     behaviour. Batches are {'image': (N,3,H,W), 'mask': (N,H,W)}."""
@@ -35,7 +36,7 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
     for batch in tqdm(loader, desc=f"eval ({mode})", disable=not progress, leave=False, dynamic_ncols=True):
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp):
             probs = predict_probs(model, images, mode, window, cfg.eval.stride_ratio,
                                   placement=cfg.eval.window_placement)  # (N, K, h, w)
         if mode == "center":
@@ -56,7 +57,6 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     from allspark.data.loaders import build_val_loader
     from allspark import distributed as dist_utils
     from allspark.models.weights import read_weights, resolve_weights
-    from allspark.engine.trainer import AMP_DTYPES
     from allspark.models import build_model
 
     info = dist_utils.init_distributed(device)
@@ -75,7 +75,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         model.to(info.device).eval()
         mode = mode or cfg.eval.mode
         confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
-                             amp_dtype=AMP_DTYPES[amp], progress=info.is_main)
+                             amp=amp, progress=info.is_main)
         names, _ = class_names_and_palette(cfg)
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,

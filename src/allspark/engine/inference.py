@@ -11,10 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from allspark.config import ConfigError
-
-MODES = ("whole", "sliding", "center")
-PLACEMENTS = ("aligned", "release")
+from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, ConfigError
 
 
 def _pair(window: int | Sequence[int]) -> tuple[int, int]:
@@ -111,12 +108,12 @@ def predict_probs(model: Callable, images: torch.Tensor, mode: str = "whole", wi
     `flip` averages in the horizontally flipped prediction; `scales` resizes the input by each
     factor, predicts, resizes the probabilities back and averages them all. `placement` places the
     sliding windows (see `window_starts`)."""
-    if mode not in MODES:
-        raise ValueError(f"inference mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode not in EVAL_MODES:
+        raise ValueError(f"inference mode must be one of {', '.join(EVAL_MODES)}; got {mode!r}")
     if mode != "whole" and window is None:
         raise ValueError(f"inference mode {mode!r} needs a window size; got window=None")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"window placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
+    if placement not in WINDOW_PLACEMENTS:
+        raise ValueError(f"window placement must be one of {', '.join(WINDOW_PLACEMENTS)}; got {placement!r}")
     if not 0 < stride_ratio <= 1:
         raise ValueError(f"stride_ratio must be in (0, 1]; got {stride_ratio}")
     if images.dim() != 4:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from allspark.config import MIOU_OVER
 from allspark.data.io import IGNORE_INDEX
 from allspark.distributed import all_reduce_sum
 
-
-MIOU_OVER = ("present", "all")
 
 
 class ConfusionMatrix:

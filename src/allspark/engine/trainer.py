@@ -19,6 +19,7 @@ from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import DistInfo
+from allspark.engine.amp import autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss, unlabeled_loss
@@ -26,8 +27,6 @@ from allspark.engine.optim import build_optimizer, set_poly_lr
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 from allspark.models.weights import checkpoint_paths, read_weights, save_weights
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,7 +51,6 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         student = self.model
         if self.info.distributed:
@@ -66,9 +64,6 @@ class Trainer:
         self.student = torch.compile(student) if cfg.train.compile else student
         self.teacher = torch.compile(self.model) if cfg.train.compile else self.model
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
-
     def use_memory(self, epoch: int) -> bool:
         """S-Mem is the key/value source once the warm-up epochs are over (spec 1.2), for cca_mem / full."""
         return self.cfg.model.ablation in ("cca_mem", "full") and epoch >= self.cfg.train.warmup_epochs
@@ -78,17 +73,17 @@ class Trainer:
         t = self.cfg.train
         images_l, masks = batch_l["image"], batch_l["mask"]
         if self.cfg.method == "sup":
-            with self._autocast():
+            with autocast(self.device, self.cfg.train.amp):
                 logits_l = self.student(images_l)
             loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
             return {"loss": loss_l, "loss_l": loss_l, "loss_u": torch.zeros_like(loss_l)}
         images_u = batch_u["image"]
         self.model.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.device, self.cfg.train.amp):
             teacher_logits = self.teacher(images_u).float()  # (B, K, S, S)
         self.model.train()
         pseudo = teacher_logits.argmax(1)  # (B, S, S)
-        with self._autocast():
+        with autocast(self.device, self.cfg.train.amp):
             logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
                                               use_memory=use_memory)
         loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
@@ -332,7 +327,7 @@ class _Run:
     def evaluate(self) -> None:
         """Validation mIoU (logged and written); `best.safetensors` when it improves."""
         at, info = self.at, self.info
-        confusion = evaluate(self.trainer.model, self.val, self.cfg, info.device, amp_dtype=self.trainer.amp_dtype,
+        confusion = evaluate(self.trainer.model, self.val, self.cfg, info.device, amp=self.cfg.train.amp,
                              progress=self.progress and info.is_main)
         at.miou, iou = confusion.miou(), confusion.iou().tolist()
         self.log.info("epoch %d, iteration %d: mIoU %.2f", at.epoch, at.iteration, at.miou * 100)
