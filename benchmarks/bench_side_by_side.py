@@ -81,13 +81,12 @@ class Ours:
         from allspark.engine.trainer import Trainer
 
         cfg = our_config(args, method, amp)
-        self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")))
+        self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")), total=10**6)
         self.trainer.model.load_state_dict(load_official(release_state, cfg).state_dict())
-        self.use_memory, self.iteration = method == "allspark", 0
+        self.use_memory = method == "allspark"
 
     def step(self, batches) -> None:
-        self.trainer.step(*batches, self.iteration, 10**6, self.use_memory)
-        self.iteration += 1
+        self.trainer.step(*batches, self.use_memory)
 
 
 def inference(model: nn.Module, images: torch.Tensor, amp: str = "off"):

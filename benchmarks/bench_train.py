@@ -38,7 +38,7 @@ def build(name: str, args: argparse.Namespace):
                                f"train.batch_size={args.batch}", f"train.amp={args.amp}",
                                f"train.compile={args.compile}", "run_dir=runs/bench"])
     torch.manual_seed(0)
-    trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)))
+    trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)), total=10**6)
     b, s, k = args.batch, args.crop, args.classes
     batch_l = {"image": torch.randn(b, 3, s, s), "mask": torch.randint(0, k, (b, s, s))}
     batch_u = {"image": torch.randn(b, 3, s, s), "valid": torch.ones(b, s, s, dtype=torch.bool)}
@@ -54,14 +54,14 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for i in range(args.warmup):
-        trainer.step(batch_l, batch_u, i, 10**6, use_memory)
+    for _ in range(args.warmup):
+        trainer.step(batch_l, batch_u, use_memory)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    for i in range(args.iters):
-        trainer.step(batch_l, batch_u, args.warmup + i, 10**6, use_memory)
+    for _ in range(args.iters):
+        trainer.step(batch_l, batch_u, use_memory)
     sync()
     seconds = (time.perf_counter() - started) / args.iters
     if device.type == "cuda":

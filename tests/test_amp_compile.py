@@ -49,12 +49,13 @@ def interrupt_then_resume(cfg, monkeypatch) -> tuple[list[int], dict]:
     """Run `cfg` until iteration 3 (checkpoint), stop it there, run it again: (iterations stepped, result)."""
     original, seen, stopped = Trainer.step, [], []
 
-    def stopping(self, batch_l, batch_u, iteration, total, use_memory):
+    def stopping(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if iteration == 3 and not stopped:
             stopped.append(iteration)
             raise KeyboardInterrupt
         seen.append(iteration)
-        return original(self, batch_l, batch_u, iteration, total, use_memory)
+        return original(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", stopping)
     with pytest.raises(KeyboardInterrupt):
@@ -65,7 +66,7 @@ def interrupt_then_resume(cfg, monkeypatch) -> tuple[list[int], dict]:
 
 def test_bf16_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    trainer = Trainer(make_cfg(data_root, tmp_path, "train.amp=bf16", "train.lr=0.01"))
+    trainer = Trainer(make_cfg(data_root, tmp_path, "train.amp=bf16", "train.lr=0.01"), total=100)
     assert not trainer.scaler.is_enabled()  # loss scaling is for fp16 only
     map_dtypes, head_dtypes = [], []
     chunked = allspark_module.chunked_dropout_attention
@@ -79,7 +80,7 @@ def test_bf16_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypa
     memory_before = trainer.model.allspark.memory.queue.clone()
     batch_l = next(iter(build_labeled_loader(trainer.cfg)))
     batch_u = next(iter(build_unlabeled_loader(trainer.cfg)))
-    losses = [trainer.step(batch_l, batch_u, i, 100, use_memory=True)["loss"] for i in range(8)]
+    losses = [trainer.step(batch_l, batch_u, use_memory=True)["loss"] for _ in range(8)]
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses
     assert set(head_dtypes) == {torch.bfloat16}  # autocast reached the head on the CPU
     assert map_dtypes and set(map_dtypes) == {(torch.float32,) * 3}

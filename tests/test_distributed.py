@@ -25,12 +25,12 @@ def worker(root: str, run_dir: str, out: str) -> None:
                                "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1",
                                "train.checkpoint_every=1"])
     dist_utils.seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, info)
+    trainer = Trainer(cfg, info, total=10)
     dist_utils.seed_everything(cfg.train.seed, info.rank)
     before = trainer.model.state_dict()[MEMORY].clone()
     batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
     batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
-    trainer.step(batch_l, batch_u, 0, 10, use_memory=True)
+    trainer.step(batch_l, batch_u, use_memory=True)
     memory = trainer.model.state_dict()[MEMORY]
     memories = dist_utils.all_gather_object(memory)
     images = dist_utils.all_gather_object(batch_u["image"])

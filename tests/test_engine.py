@@ -34,10 +34,10 @@ def data_root(tmp_path_factory):
 def test_loss_falls(data_root, tmp_path, method):
     torch.manual_seed(0)
     cfg = make_cfg(data_root, tmp_path, method, "train.lr=0.01")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, total=100)
     batch_l = next(iter(build_labeled_loader(cfg)))
     batch_u = next(iter(build_unlabeled_loader(cfg))) if method != "sup" else None
-    losses = [trainer.step(batch_l, batch_u, i, 100, use_memory=method == "allspark")["loss"] for i in range(8)]
+    losses = [trainer.step(batch_l, batch_u, use_memory=method == "allspark")["loss"] for _ in range(8)]
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses
 
 
@@ -46,11 +46,12 @@ def test_resume_restores_iteration_optimizer_and_memory(data_root, tmp_path, mon
     seen, snapshots = [], {}
     original = Trainer.step
 
-    def interrupted(self, batch_l, batch_u, iteration, total, use_memory):
+    def interrupted(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if iteration == 3:  # killed mid-epoch 0, after the checkpoint at iteration 3
             raise KeyboardInterrupt
         seen.append(iteration)
-        out = original(self, batch_l, batch_u, iteration, total, use_memory)
+        out = original(self, batch_l, batch_u, use_memory)
         if iteration == 2:  # state after 3 iterations = the checkpoint at iteration 3
             snapshots["memory"] = self.model.state_dict()[MEMORY].clone()
             snapshots["momentum"] = [self.optimizer.state[p]["momentum_buffer"].clone()
@@ -67,13 +68,14 @@ def test_resume_restores_iteration_optimizer_and_memory(data_root, tmp_path, mon
 
     resumed = {}
 
-    def spy(self, batch_l, batch_u, iteration, total, use_memory):
+    def spy(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if not resumed:
             resumed["memory"] = self.model.state_dict()[MEMORY].clone()
             resumed["momentum"] = [self.optimizer.state[p]["momentum_buffer"].clone()
                                    for p in self.optimizer.param_groups[1]["params"][:3]]
         seen.append(iteration)
-        return original(self, batch_l, batch_u, iteration, total, use_memory)
+        return original(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", spy)
     seen.clear()
@@ -90,11 +92,12 @@ def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Ten
     """Train `cfg`, recording each iteration's batch tensors; raise KeyboardInterrupt at iteration `stop_at`."""
     batches = {}
 
-    def recording(self, batch_l, batch_u, iteration, total, use_memory):
+    def recording(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if iteration == stop_at:
             raise KeyboardInterrupt
         batches[iteration] = [batch_l["image"], batch_l["mask"], batch_u["image"], batch_u["valid"]]
-        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
+        return STEP(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", recording)
     try:
@@ -176,12 +179,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
 
 
 def test_crops_that_do_not_fit_the_memory_stop_the_step_before_any_weight_changes(data_root, tmp_path):
-    trainer = Trainer(make_cfg(data_root, tmp_path / "run"))  # memory built for crop 64: a 2x2 token grid
+    trainer = Trainer(make_cfg(data_root, tmp_path / "run"), total=8)  # memory for crop 64: a 2x2 token grid
     other = make_cfg(data_root, tmp_path / "other", "allspark", "model.crop_size=96")
     batch_l, batch_u = next(iter(build_labeled_loader(other))), next(iter(build_unlabeled_loader(other)))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(ValueError, match=r"built for a 2x2 token grid.*3x3 grid.*model.crop_size"):
-        trainer.step(batch_l, batch_u, 0, 8, use_memory=False)
+        trainer.step(batch_l, batch_u, use_memory=False)
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
 
 
@@ -204,7 +207,7 @@ def test_run_dir_refuses_different_config(data_root, tmp_path):
 
 def test_eval_modes_agree_when_window_covers_image(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, "allspark", "eval.crop_size=64")  # val images are 64 x 64
-    model = Trainer(cfg).model.eval()
+    model = Trainer(cfg, total=1).model.eval()
     loader = build_val_loader(cfg)
     whole, sliding, center = (evaluate(model, loader, cfg, torch.device("cpu"), mode, progress=False).matrix
                               for mode in ("whole", "sliding", "center"))

@@ -15,7 +15,7 @@ from allspark.engine.amp import AMP_DTYPES, autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
-from allspark.engine.optim import build_optimizer, poly_factor, set_poly_lr
+from allspark.engine.optim import build_optimizer, poly_factor, poly_schedule
 from allspark.engine.runs import MetricsWriter, read_metrics, truncate_metrics
 from allspark.models.weights import checkpoint_paths
 
@@ -69,10 +69,15 @@ def test_poly_lr_set_before_step_and_groups():
     model.head = nn.Linear(2, 2)
     opt = build_optimizer(model, TrainConfig(lr=0.01, lr_multi=10.0))
     assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
-    assert set_poly_lr(opt, 0, 100) == pytest.approx(0.01)  # iteration 0 runs at the full lr
-    set_poly_lr(opt, 50, 100)
+    schedule = poly_schedule(opt, 100)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, pytest.approx(0.1)]  # iteration 0 runs at the full lr
+    for _ in range(50):
+        opt.step()
+        schedule.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+    resumed = poly_schedule(opt, 100, start=50)  # a resumed run: the same lr at the same step
+    assert resumed.last_epoch == 50 and opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_factor(100, 100) == 0.0
     assert (opt.defaults["momentum"], opt.defaults["weight_decay"]) == (0.9, 1e-4)
 

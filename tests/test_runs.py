@@ -35,10 +35,11 @@ def umask_022():
 
 def _stop_at(monkeypatch, stop: int) -> None:
     """Make the trainer raise KeyboardInterrupt (as a killed run) when it reaches iteration `stop`."""
-    def step(self, batch_l, batch_u, iteration, total, use_memory):
+    def step(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if iteration == stop:
             raise KeyboardInterrupt
-        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
+        return STEP(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", step)
 
@@ -48,12 +49,13 @@ def test_second_training_in_a_busy_run_dir_is_refused(data_root, tmp_path, monke
     cfg = make_cfg(data_root, run, "sup")
     refusals = []
 
-    def step(self, batch_l, batch_u, iteration, total, use_memory):
+    def step(self, batch_l, batch_u, use_memory):
+        iteration = self.iteration
         if iteration == 1:
             with pytest.raises(ConfigError) as err:
                 train(cfg, progress=False)
             refusals.append(str(err.value))
-        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
+        return STEP(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", step)
     train(cfg, progress=False)
@@ -127,10 +129,9 @@ def test_force_config_optimiser_keys_take_effect_on_resume(data_root, tmp_path, 
         train(make_cfg(data_root, tmp_path, "semi"), progress=False)
     groups = []
 
-    def step(self, batch_l, batch_u, iteration, total, use_memory):
-        out = STEP(self, batch_l, batch_u, iteration, total, use_memory)
+    def step(self, batch_l, batch_u, use_memory):
         groups.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in self.optimizer.param_groups])
-        return out
+        return STEP(self, batch_l, batch_u, use_memory)  # runs at the lr recorded above
 
     monkeypatch.setattr(Trainer, "step", step)
     changed = make_cfg(data_root, tmp_path, "semi", "train.lr=0.005", "train.momentum=0.8", "train.weight_decay=0.001")

@@ -1,8 +1,9 @@
-"""SGD with the two learning-rate groups of spec 2 and the per-iteration poly schedule of spec 5."""
+"""SGD with the two learning-rate groups of spec 2 and the per-iteration poly schedule of spec 5 (a LambdaLR)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from allspark.config import TrainConfig
 
@@ -12,8 +13,7 @@ def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict]:
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     encoder = [p for p in model.parameters() if id(p) in encoder_ids and p.requires_grad]
     rest = [p for p in model.parameters() if id(p) not in encoder_ids and p.requires_grad]
-    return [{"params": encoder, "lr": lr, "base_lr": lr, "name": "encoder"},
-            {"params": rest, "lr": lr * lr_multi, "base_lr": lr * lr_multi, "name": "head"}]
+    return [{"params": encoder, "lr": lr, "name": "encoder"}, {"params": rest, "lr": lr * lr_multi, "name": "head"}]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -26,9 +26,10 @@ def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
     return max(0.0, 1.0 - iteration / total) ** power
 
 
-def set_poly_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int) -> float:
-    """Set every group's lr for iteration `iteration` BEFORE its step (spec 5); returns the encoder lr."""
-    factor = poly_factor(iteration, total)
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0) -> LambdaLR:
+    """The poly schedule over `total` iterations: step i runs at each group's `initial_lr` times
+    poly_factor(i, total), set before the step (spec 5) once `scheduler.step()` follows each optimizer step;
+    `start` places it at step `start` (a resumed run), from the groups' current `initial_lr`."""
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    return optimizer.param_groups[0]["lr"]
+        group.setdefault("initial_lr", group["lr"])
+    return LambdaLR(optimizer, lambda step: poly_factor(step, total), last_epoch=start - 1)

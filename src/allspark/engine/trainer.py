@@ -23,7 +23,7 @@ from allspark.engine.amp import autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss, unlabeled_loss
-from allspark.engine.optim import build_optimizer, set_poly_lr
+from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 from allspark.models.weights import checkpoint_paths, read_weights, save_weights
@@ -38,9 +38,10 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 class Trainer:
-    """The model, optimizer and one `step`; `fit` adds loaders, checkpoints, evaluation and logs."""
+    """The model, optimizer, poly schedule over `total` iterations and one `step`; `_Run` adds loaders,
+    checkpoints, evaluation and logs."""
 
-    def __init__(self, cfg: Config, info: DistInfo | None = None):
+    def __init__(self, cfg: Config, info: DistInfo | None = None, *, total: int):
         from allspark.models import build_model
 
         self.cfg = cfg
@@ -51,6 +52,8 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
+        self.total = total
+        self.scheduler = poly_schedule(self.optimizer, total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         student = self.model
         if self.info.distributed:
@@ -63,6 +66,11 @@ class Trainer:
                 broadcast_buffers=False)
         self.student = torch.compile(student) if cfg.train.compile else student
         self.teacher = torch.compile(self.model) if cfg.train.compile else self.model
+
+    @property
+    def iteration(self) -> int:
+        """Steps taken so far: the index of the next step in the poly schedule."""
+        return self.scheduler.last_epoch
 
     def use_memory(self, epoch: int) -> bool:
         """S-Mem is the key/value source once the warm-up epochs are over (spec 1.2), for cca_mem / full."""
@@ -90,10 +98,11 @@ class Trainer:
         loss_u = unlabeled_loss(logits_u, pseudo, batch_u["valid"])
         return {"loss": (loss_l + loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
 
-    def step(self, batch_l: dict, batch_u: dict | None, iteration: int, total: int, use_memory: bool) -> dict[str, float]:
-        """One optimisation step at `iteration` of `total`; returns the rank-averaged losses and lr.
-        Raises NonFiniteLossError before touching the weights when the loss is NaN or infinite."""
-        lr = set_poly_lr(self.optimizer, iteration, total)  # spec 5: set before the step
+    def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
+        """One optimisation step at the schedule's lr (spec 5: set before the step); returns the rank-averaged
+        losses and that lr. Raises NonFiniteLossError before touching the weights when the loss is NaN or
+        infinite."""
+        lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
         batch_l = _to(batch_l, self.device)
         batch_u = _to(batch_u, self.device) if batch_u is not None else None
@@ -102,11 +111,13 @@ class Trainer:
         values = dist_utils.all_reduce_sum(values) / self.info.world_size  # every rank sees a NaN anywhere
         loss, loss_l, loss_u = values.tolist()
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss} at iteration {iteration} (labeled {loss_l}, unlabeled {loss_u})")
+            raise NonFiniteLossError(f"loss is {loss} at iteration {self.iteration} (labeled {loss_l}, "
+                                     f"unlabeled {loss_u})")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
         return {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "lr": lr}
 
     def state(self, epoch: int, epoch_iter: int, iteration: int, best: float, miou: float) -> dict:
@@ -117,7 +128,7 @@ class Trainer:
                 "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
 
     def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, this rank's RNG.
+        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, schedule position, this rank's RNG.
         The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
         checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
         self._check_fits(model_state)
@@ -126,6 +137,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, wanted):
             group.update(hyper)
+        self.scheduler = poly_schedule(self.optimizer, self.total, start=state["iteration"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
@@ -239,15 +251,15 @@ class _Run:
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = Path(cfg.run_dir)
         self.log = setup_logger(self.run_dir if info.is_main else None)
-        dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
-        self.trainer = Trainer(cfg, info)
-        dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
         self.iters_per_epoch = min(len(self.labeled), len(self.unlabeled)) if self.unlabeled else len(self.labeled)
         if self.iters_per_epoch == 0:
             raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
                               f"per process x {info.world_size} processes exceeds the training list)")
         self.total = min(cfg.train.max_iters or math.inf, cfg.train.epochs * self.iters_per_epoch)  # poly's T
+        dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
+        self.trainer = Trainer(cfg, info, total=self.total)
+        dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.at = Position()
         self.writer = None
 
@@ -305,7 +317,7 @@ class _Run:
         for batch_l, batch_u in self.batches():
             if at.epoch_iter >= self.iters_per_epoch or at.iteration >= self.total:
                 break
-            record = self.trainer.step(batch_l, batch_u, at.iteration, self.total, use_memory)
+            record = self.trainer.step(batch_l, batch_u, use_memory)
             at.iteration += 1
             at.epoch_iter += 1
             # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
