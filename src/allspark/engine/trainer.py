@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -120,12 +120,9 @@ class Trainer:
         self.scheduler.step()
         return {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "lr": lr}
 
-    def state(self, epoch: int, epoch_iter: int, iteration: int, best: float, miou: float) -> dict:
-        """Training state for `latest.state.pt`: plain types and tensors only."""
-        return {"epoch": epoch, "epoch_iter": epoch_iter, "iteration": iteration, "best_miou": best, "miou": miou,
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "world_size": self.info.world_size,
-                "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
+    def state_dict(self) -> dict:
+        """The optimizer's and loss scaler's state, for `latest.state.pt` (the schedule follows the iteration)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state(self, model_state: dict, state: dict) -> None:
         """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, schedule position, this rank's RNG.
@@ -225,13 +222,17 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
 
 @dataclass
 class Position:
-    """Where a run stands; saved in `latest.state.pt` and restored on resume."""
+    """Where a run stands; its fields are saved in `latest.state.pt` and restored on resume."""
 
     epoch: int = 0
     epoch_iter: int = 0  # batches of `epoch` already trained
     iteration: int = 0
-    best: float = -1.0  # best validation mIoU so far
+    best_miou: float = -1.0  # best validation mIoU so far
     miou: float = float("nan")  # latest validation mIoU
+
+    @classmethod
+    def from_state(cls, state: dict) -> Position:
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
 def _loaders(cfg: Config, info: DistInfo):
@@ -268,8 +269,7 @@ class _Run:
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is not None:
             self.trainer.load_state(*checkpoint)
-            s = checkpoint[1]
-            self.at = Position(s["epoch"], s["epoch_iter"], s["iteration"], s["best_miou"], s["miou"])
+            self.at = Position.from_state(checkpoint[1])
             self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.at.iteration,
                           self.at.epoch, self.at.epoch_iter)
         if self.info.is_main:
@@ -287,7 +287,7 @@ class _Run:
         started = time.time()
         try:
             while at.iteration < self.total and at.epoch < cfg.train.epochs:
-                self.train_epoch(bar)
+                self.train_one_epoch(bar)
                 at.epoch, at.epoch_iter = at.epoch + 1, 0
                 self.end_epoch()
         except NonFiniteLossError as err:
@@ -299,8 +299,8 @@ class _Run:
             if self.writer:
                 self.writer.close()
         self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", at.iteration, time.time() - started,
-                      at.best * 100)
-        return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best, "miou": at.miou}
+                      at.best_miou * 100)
+        return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
 
     def batches(self):
         """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
@@ -310,7 +310,7 @@ class _Run:
         rest = [skip_batches(loader, self.at.epoch_iter) for loader in loaders]
         return zip(*rest) if self.unlabeled is not None else ((batch, None) for batch in rest[0])
 
-    def train_epoch(self, bar) -> None:
+    def train_one_epoch(self, bar) -> None:
         """The current epoch's remaining steps, with their metrics lines and periodic checkpoints."""
         cfg, at = self.cfg, self.at
         use_memory = self.trainer.use_memory(at.epoch)
@@ -345,15 +345,15 @@ class _Run:
         self.log.info("epoch %d, iteration %d: mIoU %.2f", at.epoch, at.iteration, at.miou * 100)
         if self.writer:
             self.writer.write({"split": "val", "iter": at.iteration, "epoch": at.epoch, "miou": at.miou, "iou": iou})
-        if at.miou > at.best:
-            at.best = at.miou
+        if at.miou > at.best_miou:
+            at.best_miou = at.miou
             if info.is_main:
                 save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.trainer.model.state_dict(),
                              self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}"})
 
     def save(self) -> None:
-        """Write `latest` at the current position (gathering every rank's RNG state first)."""
-        at = self.at
-        state = self.trainer.state(at.epoch, at.epoch_iter, at.iteration, at.best, at.miou)
+        """Write `latest` at the current position. Every rank calls it: each rank's RNG state is gathered."""
+        rngs = dist_utils.all_gather_object(dist_utils.get_rng_state())
         if self.info.is_main:
+            state = {**asdict(self.at), **self.trainer.state_dict(), "world_size": self.info.world_size, "rng": rngs}
             save_checkpoint(self.run_dir, self.trainer.model.state_dict(), self.cfg, state)
