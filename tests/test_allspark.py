@@ -49,8 +49,8 @@ def ref_block(model, x, attend):
 
 
 def ref_forward_semi(model, x_l, x_u, memory_queue=None):
-    n_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
-    sources = list(n_u) if memory_queue is None else [slot.T for slot in memory_queue]
+    norm_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
+    sources = list(norm_u) if memory_queue is None else [slot.T for slot in memory_queue]
     y_l = ref_block(model, x_l, lambda n: ref_labeled(model.attn, n, sources))
     y_u = ref_block(model, x_u, lambda n: ref_unlabeled(model.attn, n))
     return y_l, y_u
@@ -106,9 +106,9 @@ def test_training_step_writes_memory_then_attends_to_it(grouping):
     queue, ptr = model.memory.queue.clone(), model.memory.ptr.clone()
     y_l, y_u = model.forward_semi(x_l, x_u, logits, use_memory=True)
     with torch.no_grad():
-        n_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
-        classes = group_channels(n_u, logits, GRID, probs=grouping == "probs")
-        enqueue_sequential(queue, ptr, n_u.transpose(1, 2), classes)
+        norm_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
+        classes = group_channels(norm_u, logits, GRID, probs=grouping == "probs")
+        enqueue_sequential(queue, ptr, norm_u.transpose(1, 2), classes)
         r_l, r_u = ref_forward_semi(model, x_l, x_u, queue)
     torch.testing.assert_close(model.memory.queue, queue)
     assert torch.equal(model.memory.ptr, ptr)

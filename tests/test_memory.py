@@ -125,11 +125,11 @@ def test_module_writes_the_sequential_fifo(ablation):
     for _ in range(3):
         model.forward_semi(x_l, x_u, logits, use_memory=True)
         with torch.no_grad():
-            n_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))  # (B, d, C)
+            norm_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))  # (B, d, C)
         if ablation == "full":
-            enqueue_sequential(queue, ptr, n_u.transpose(1, 2), ref_group(n_u, logits, GRID, probs=True))
+            enqueue_sequential(queue, ptr, norm_u.transpose(1, 2), ref_group(norm_u, logits, GRID, probs=True))
         else:
-            enqueue_sequential(queue.view(1, K * C, -1), ptr[:1], n_u.transpose(1, 2), torch.zeros(B, C, dtype=torch.long))
+            enqueue_sequential(queue.view(1, K * C, -1), ptr[:1], norm_u.transpose(1, 2), torch.zeros(B, C, dtype=torch.long))
     torch.testing.assert_close(model.memory.queue, queue)
     assert torch.equal(model.memory.ptr, ptr)
 
@@ -172,8 +172,8 @@ def test_every_rank_writes_the_global_batch(tmp_path):
     logits = torch.randn(2, B, K, 64, 96, generator=torch.Generator().manual_seed(8)).flatten(0, 1)
     queue, ptr = model.memory.queue.clone(), model.memory.ptr.clone()
     with torch.no_grad():
-        n_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
-    enqueue_sequential(queue, ptr, n_u.transpose(1, 2), ref_group(n_u, logits, GRID, probs=True))
+        norm_u = model.attn_norm(model.map_in(x_u).flatten(2).transpose(1, 2))
+    enqueue_sequential(queue, ptr, norm_u.transpose(1, 2), ref_group(norm_u, logits, GRID, probs=True))
     for state in states:
         torch.testing.assert_close(state["queue"], queue)
         assert torch.equal(state["ptr"], ptr)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from allspark.config import Config, ConfigError, ModelConfig
+from allspark.config import ABLATIONS, Config, ConfigError, ModelConfig
 from allspark.models import AllSparkSegmenter, build_model
 from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead
@@ -19,7 +19,6 @@ SIZES = {
     "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3]),
 }
 CROP = 64
-ABLATIONS = ["none", "cca", "cca_mem", "full"]
 
 
 def tiny_cfg(ablation="none", encoder="mit_b0", **kw) -> ModelConfig:

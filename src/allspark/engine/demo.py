@@ -37,7 +37,8 @@ def demo_overrides(method: str, out: Path, data: Path, iters: int | None) -> lis
             f"train.epochs={epochs}", f"train.eval_every={max(1, epochs // evals)}"]
 
 
-def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None) -> dict[str, dict]:
+def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"),
+             iters: int | None = None) -> dict[str, dict]:
     """Train SupBaseline and AllSpark on the demo set, print the mIoU table; returns {method: result}."""
     from allspark.engine.trainer import train
 

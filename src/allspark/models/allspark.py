@@ -11,7 +11,7 @@ from allspark import config
 from allspark.distributed import is_initialized
 from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
-ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the rows that have the module
+MODULE_ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the Table 5 rows that have the module
 GROUPINGS = config.GROUPINGS
 IN_EPS = 1e-5  # instance norm of the attention maps (spec 1.1)
 LN_EPS = 1e-6
@@ -196,8 +196,8 @@ class AllSparkBottleneck(nn.Module):
     def __init__(self, channels: int, num_classes: int, token_grid: tuple[int, int], heads: int = 2,
                  ablation: str = "full", grouping: str = "probs", dropout: float = 0.1, fast: bool = True):
         super().__init__()
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        if ablation not in MODULE_ABLATIONS:
+            raise ValueError(f"ablation must be one of {MODULE_ABLATIONS}, got {ablation!r}")
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
         self.ablation, self.grouping = ablation, grouping
@@ -239,12 +239,12 @@ class AllSparkBottleneck(nn.Module):
         if writes or reads:
             self._check_grid(x_u.shape[-2:])
         t_l, t_u = self._tokens(x_l), self._tokens(x_u)
-        n_l, n_u = self.attn_norm(t_l), self.attn_norm(t_u)  # (B, d, C)
+        norm_l, norm_u = self.attn_norm(t_l), self.attn_norm(t_u)  # (B, d, C)
         if writes:
-            self._update_memory(n_u.detach(), teacher_logits_u, x_u.shape[-2:])
-        source = self.memory.queue.mT.contiguous() if reads else n_u  # (K, d, C) or (B, d, C)
-        y_l = self._finish(self.attn.labeled(n_l, source), t_l, x_l.shape[-2:])
-        y_u = self._finish(self.attn.unlabeled(n_u), t_u, x_u.shape[-2:])
+            self._update_memory(norm_u.detach(), teacher_logits_u, x_u.shape[-2:])
+        source = self.memory.queue.mT.contiguous() if reads else norm_u  # (K, d, C) or (B, d, C)
+        y_l = self._finish(self.attn.labeled(norm_l, source), t_l, x_l.shape[-2:])
+        y_u = self._finish(self.attn.unlabeled(norm_u), t_u, x_u.shape[-2:])
         return y_l, y_u
 
     def _check_grid(self, size) -> None:
@@ -256,16 +256,16 @@ class AllSparkBottleneck(nn.Module):
                              f"train at the crop size the model was built with (model.crop_size)")
 
     @torch.no_grad()
-    def _update_memory(self, n_u: torch.Tensor, teacher_logits_u: torch.Tensor | None, grid) -> None:
+    def _update_memory(self, norm_u: torch.Tensor, teacher_logits_u: torch.Tensor | None, grid) -> None:
         """Group (full) and enqueue this step's unlabeled channels from all ranks (spec 1.2, 5)."""
         queue, ptr = self.memory.queue, self.memory.ptr
         if self.ablation == "full":
             if teacher_logits_u is None:
                 raise ValueError("ablation 'full' groups channels by the teacher's prediction: "
                                  "forward_semi needs teacher_logits_u in training, got None")
-            classes = group_channels(n_u, teacher_logits_u, grid, probs=self.grouping == "probs")  # (B, C)
+            classes = group_channels(norm_u, teacher_logits_u, grid, probs=self.grouping == "probs")  # (B, C)
         else:
-            classes = torch.zeros(n_u.shape[0], n_u.shape[2], dtype=torch.long, device=n_u.device)  # (B, C)
+            classes = torch.zeros(norm_u.shape[0], norm_u.shape[2], dtype=torch.long, device=norm_u.device)  # (B, C)
             queue, ptr = queue.view(1, -1, queue.shape[-1]), ptr[:1]  # one ring of K*C slots
-        channels, classes = gather_from_ranks(n_u.mT.contiguous(), classes)  # (B', C, d), (B', C)
+        channels, classes = gather_from_ranks(norm_u.mT.contiguous(), classes)  # (B', C, d), (B', C)
         enqueue(queue, ptr, channels, classes)
