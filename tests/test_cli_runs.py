@@ -16,7 +16,7 @@ from allspark.distributed import resolve_device
 from allspark.models import build_model
 from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
-from allspark.models.weights import save_weights
+from allspark.models.weights import read_weights, save_weights
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
 
@@ -61,6 +61,16 @@ def test_eval_without_config_takes_overrides(run_dir, tmp_path):
     assert (result["miou_over"], result["window_placement"], result["mode"]) == ("all", "release", "sliding")
     iou = torch.tensor(result["iou"], dtype=torch.float64)
     assert result["miou"] == pytest.approx(float(iou.nan_to_num(0).mean()))
+
+
+def test_eval_and_predict_never_read_the_pretrained_source(run_dir, tmp_path, offline_hub):
+    """The weights file holds every weight: a checkpoint trained from a hub id evaluates and predicts offline."""
+    state, cfg = read_weights(run_dir / "checkpoints" / "best.safetensors")
+    cfg.model.pretrained = "nvidia/mit-b0"
+    save_weights(tmp_path / "w.safetensors", state, cfg)
+    assert run_cli(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--out", str(tmp_path)]) == 0
+    image = str(Path(cfg.data.root) / "images" / "val_00000.jpg")
+    assert run_cli(["predict", image, "--checkpoint", str(tmp_path / "w.safetensors"), "--out", str(tmp_path)]) == 0
 
 
 def test_eval_threads_sets_torch_threads(run_dir, tmp_path):

@@ -57,7 +57,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     from allspark.data.loaders import build_val_loader
     from allspark import distributed as dist_utils
     from allspark.models.weights import read_weights, resolve_weights
-    from allspark.models import build_model
+    from allspark.models.segmenter import AllSparkSegmenter
 
     info = dist_utils.init_distributed(device)
     try:
@@ -70,7 +70,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         if differing:
             raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
                               f"{'; '.join(differing)}; evaluate with the run's config.yaml")
-        model = build_model(cfg.model)
+        model = AllSparkSegmenter(cfg.model)  # the weights file holds every weight: model.pretrained is not read
         model.load_state_dict(state)
         model.to(info.device).eval()
         mode = mode or cfg.eval.mode
