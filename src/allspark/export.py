@@ -46,7 +46,7 @@ def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int 
 @torch.no_grad()
 def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]], seed: int = 0) -> float:
     """Largest |onnxruntime - PyTorch| logit difference over random normalised images of `sizes`."""
-    import onnxruntime
+    import onnxruntime  # here: an optional dependency (the `export` extra), needed only for this check
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = model.cpu().eval()

@@ -23,6 +23,7 @@ from allspark.distributed import resolve_device
 from allspark.engine.evaluate import eval_window
 from allspark.engine.inference import predict_probs, window_stride
 from allspark.engine.tiled import tiled_rows, window_grid
+from allspark.models.weights import load_model
 
 MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
@@ -54,8 +55,6 @@ class Predictor:
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
                  max_pixels: int | None = None):
-        from allspark.models.weights import load_model
-
         device = resolve_device(device)
         model, cfg = load_model(checkpoint, which=which, device=device)
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the models bring torch and transformers, ~3 s of start-up for every command
+    # here, not at the top: the models bring torch and transformers, ~2.5 s of start-up for every command
     # (python -X importtime -c 'import allspark.models')
     from allspark.models.convert import ConversionError
     from allspark.models.official import load_official

@@ -8,8 +8,8 @@ from allspark.commands.options import add_threads_option, set_threads
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the trainer brings torch, transformers and albumentations, ~4 s of start-up
-    # for every command (python -X importtime -c 'import allspark.engine.demo')
+    # here, not at the top: the trainer brings torch and transformers, ~2.5 s of start-up for every command
+    # (python -X importtime -c 'import allspark.engine.demo')
     from allspark.engine.demo import run_demo
 
     set_threads(args)

@@ -9,7 +9,7 @@ from allspark.config import AMP_MODES, EVAL_MODES, load_config
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: evaluation brings torch and transformers, ~3 s of start-up for every command
+    # here, not at the top: evaluation brings torch and transformers, ~2.5 s of start-up for every command
     # (python -X importtime -c 'import allspark.engine.evaluate')
     from allspark.engine.evaluate import run_evaluation
 

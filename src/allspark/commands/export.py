@@ -10,7 +10,7 @@ from allspark.data.layouts import class_names_and_palette
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: export brings torch and transformers, ~3 s of start-up for every command
+    # here, not at the top: export brings torch and transformers, ~2.5 s of start-up for every command
     # (python -X importtime -c 'import allspark.export')
     from allspark.export import export_onnx, max_onnx_difference
     from allspark.models.weights import load_model

@@ -22,7 +22,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the predictor brings torch and transformers, ~3 s of start-up for every command
+    # here, not at the top: the predictor brings torch and transformers, ~2.5 s of start-up for every command
     # (python -X importtime -c 'import allspark.predict')
     from allspark.predict import LEGEND_FILES, Predictor, expand_inputs, output_paths, run_predict, write_legend
 

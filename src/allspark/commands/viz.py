@@ -1,7 +1,7 @@
 """`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each.
 
 The figures' modules are imported where a plot runs, not at the top: with the model they need they bring
-torch, transformers and matplotlib, ~3.5 s of start-up for every command (python -X importtime -c
+torch, transformers and matplotlib, ~2.7 s of start-up for every command (python -X importtime -c
 'import allspark.viz.grouping, allspark.models').
 """
 from __future__ import annotations

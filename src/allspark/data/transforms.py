@@ -40,8 +40,8 @@ class TrainTransform:
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
-        # imported here, not at the top: normalize_image and every CLI command load this module,
-        # and only training needs albumentations (about a second to import)
+        # here, not at the top: predict, eval, export and viz load this module for normalize_image and never
+        # augment; albumentations adds ~0.5 s to their start (python -X importtime, after torch)
         import albumentations as A
         import cv2
 

@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 
 from allspark.config import load_config
+from allspark.data.splits import make_split
+from allspark.data.synthetic import generate_synthetic
+from allspark.engine.trainer import train
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
 
 
 def prepare_demo_data(data: Path, num_classes: int) -> None:
     """Generate the synthetic set and its labeled/unlabeled split under `data` unless already there."""
-    from allspark.data.splits import make_split
-    from allspark.data.synthetic import generate_synthetic
-
     if not (data / "val.txt").is_file():
         print(f"generating the synthetic dataset in {data} ...")
         generate_synthetic(data, num_train=NUM_TRAIN, num_val=NUM_VAL, size=IMAGE_SIZE, seed=0,
@@ -40,8 +40,6 @@ def demo_overrides(method: str, out: Path, data: Path, iters: int | None) -> lis
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"),
              iters: int | None = None) -> dict[str, dict]:
     """Train SupBaseline and AllSpark on the demo set, print the mIoU table; returns {method: result}."""
-    from allspark.engine.trainer import train
-
     prepare_demo_data(data, load_config("demo").model.num_classes)
     results = {}
     for method in ("sup", "allspark"):

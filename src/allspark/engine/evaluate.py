@@ -9,12 +9,16 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from allspark.data.layouts import class_names_and_palette
+from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
+from allspark.models.segmenter import AllSparkSegmenter
+from allspark.models.weights import read_weights, resolve_weights
 
 
 def eval_window(cfg: Config) -> int:
@@ -54,11 +58,6 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
     "fp16") runs the forward passes under autocast, as `train.amp` does."""
-    from allspark.data.loaders import build_val_loader
-    from allspark import distributed as dist_utils
-    from allspark.models.weights import read_weights, resolve_weights
-    from allspark.models.segmenter import AllSparkSegmenter
-
     info = dist_utils.init_distributed(device)
     try:
         weights = resolve_weights(checkpoint)

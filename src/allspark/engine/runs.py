@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 import yaml
+from torch.utils.tensorboard import SummaryWriter
 
 from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml
 from allspark.models.weights import atomic_write
@@ -120,8 +121,6 @@ class MetricsWriter:
     """Appends one JSON line per record to metrics.jsonl and mirrors the scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, class_names: list[str] | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.path = Path(run_dir) / "metrics.jsonl"
         self.class_names = class_names
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from allspark import distributed as dist_utils
 from allspark.config import Config, ConfigError
 from allspark.data.layouts import class_names_and_palette
+from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
 from allspark.engine.amp import autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -26,6 +27,7 @@ from allspark.engine.losses import labeled_loss, unlabeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
+from allspark.models import build_model
 from allspark.models.weights import checkpoint_paths, read_weights, save_weights
 
 
@@ -42,8 +44,6 @@ class Trainer:
     checkpoints, evaluation and logs."""
 
     def __init__(self, cfg: Config, info: DistInfo | None = None, *, total: int):
-        from allspark.models import build_model
-
         self.cfg = cfg
         self.info = info or DistInfo()
         self.device = self.info.device
@@ -237,8 +237,6 @@ class Position:
 
 def _loaders(cfg: Config, info: DistInfo):
     """This rank's (labeled, unlabeled or None for `sup`, validation) loaders."""
-    from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
-
     unlabeled = build_unlabeled_loader(cfg, info.rank, info.world_size) if cfg.method != "sup" else None
     length = len(unlabeled.dataset) if unlabeled is not None else None
     labeled = build_labeled_loader(cfg, info.rank, info.world_size, length)
