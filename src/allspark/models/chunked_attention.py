@@ -2,7 +2,7 @@
 
 CPU SDPA has no fused kernel with dropout: it falls back to the math path, which writes the whole map, a float
 Bernoulli mask and the dropped map to DRAM and keeps them for backward (with the memory on, one AllSpark step
-cost 2.2x a SemiBaseline step, issue #6). Here each chunk of the map (~1 MiB) goes through scores, softmax,
+cost 2.2x a SemiBaseline step, BENCHMARKS.md). Here each chunk of the map (~1 MiB) goes through scores, softmax,
 dropout and A @ V before the next; backward recomputes the map from the saved logsumexp (flash-style). Only
 the dropout mask is kept, one byte per entry: drawing it again in backward would cost more than reading it
 (the CPU generator is serial). The mask takes 16 random bits per entry, 4 entries per int64 draw of the
