@@ -183,13 +183,14 @@ def concurrent_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | 
 
 
 def force_config_cases(root: Path, tmp: Path, timeout: float) -> list[tuple[Case, int | str, int, str]]:
-    """A rejected --force-config (other crop), then the original command, which must still run."""
+    """A rejected --force-config (another encoder: the checkpoint cannot load), then the original command,
+    which must still run."""
     run_dir = tmp / "runs" / "forced"
     original = tiny_train(root, run_dir)
     subprocess.run([sys.executable, "-m", "allspark", *original], capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
     rows = []
-    for case in (Case("train: --force-config model.crop_size=96", [*original, "model.crop_size=96", "--force-config"]),
+    for case in (Case("train: --force-config model.encoder=mit_b1", [*original, "model.encoder=mit_b1", "--force-config"]),
                  Case("train: original command after that", original, expect="ok")):
         rows.append((case, *run_case(case, timeout)))
     return rows
