@@ -1,4 +1,4 @@
-"""bf16 autocast and torch.compile on the CPU through the trainer: losses fall, the attention maps and the
+"""bf16 and fp16 autocast and torch.compile on the CPU through the trainer: losses fall, the attention maps and the
 Semantic Memory stay fp32 (spec 6), an interrupted run resumes; `allspark eval --amp bf16`."""
 import json
 
@@ -64,10 +64,11 @@ def interrupt_then_resume(cfg, monkeypatch) -> tuple[list[int], dict]:
     return seen, result
 
 
-def test_bf16_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("amp,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypatch, amp, dtype):
     torch.manual_seed(0)
-    trainer = Trainer(make_cfg(data_root, tmp_path, "train.amp=bf16", "train.lr=0.01"), total=100)
-    assert not trainer.scaler.is_enabled()  # loss scaling is for fp16 only
+    trainer = Trainer(make_cfg(data_root, tmp_path, f"train.amp={amp}", "train.lr=0.01"), total=100)
+    assert trainer.scaler.is_enabled() == (amp == "fp16")  # loss scaling is for fp16 only
     map_dtypes, head_dtypes = [], []
     chunked = allspark_module.chunked_dropout_attention
 
@@ -82,7 +83,7 @@ def test_bf16_loss_falls_with_fp32_maps_and_memory(data_root, tmp_path, monkeypa
     batch_u = next(iter(build_unlabeled_loader(trainer.cfg)))
     losses = [trainer.step(batch_l, batch_u, use_memory=True)["loss"] for _ in range(8)]
     assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses
-    assert set(head_dtypes) == {torch.bfloat16}  # autocast reached the head on the CPU
+    assert set(head_dtypes) == {dtype}  # autocast reached the head on the CPU
     assert map_dtypes and set(map_dtypes) == {(torch.float32,) * 3}
     queue = trainer.model.allspark.memory.queue
     assert queue.dtype == torch.float32 and not torch.equal(queue, memory_before)

@@ -62,7 +62,21 @@ def test_train_sampler_epochs_and_seeds():
     assert list(sampler) == first
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
-    assert list(TrainSampler(50, seed=1)) != first
+
+
+def test_labeled_and_unlabeled_orders_differ(synthetic):
+    """Spec 5: the two streams shuffle independently. Over the same images a shared seed would give the same
+    order, and the same augmentation seeds, in every epoch."""
+    (synthetic / "twin.txt").write_text((synthetic / "unlabeled.txt").read_text())
+    cfg = _cfg(synthetic, labeled_list="twin.txt")
+    labeled, unlabeled = build_labeled_loader(cfg, length=6), build_unlabeled_loader(cfg)
+    for epoch in range(3):
+        for loader in (labeled, unlabeled):
+            loader.sampler.set_epoch(epoch)
+        (order_l, seeds_l), (order_u, seeds_u) = (zip(*loader.sampler) for loader in (labeled, unlabeled))
+        assert sorted(order_l) == sorted(order_u) == list(range(6))
+        assert order_l != order_u, epoch
+        assert not set(seeds_l) & set(seeds_u)
 
 
 def test_train_batches(synthetic):
@@ -77,7 +91,6 @@ def test_train_batches(synthetic):
         assert batch_u["valid"].shape == (2, 32, 32) and batch_u["valid"].dtype == torch.bool
         assert "mask" not in batch_u
     assert not all(batch["valid"].all() for batch in unlabeled)  # 40x30 images scaled < 32 get padding
-    assert labeled.sampler.seed != unlabeled.sampler.seed  # spec 5: independent shuffles
     for loader in (labeled, unlabeled):
         loader.sampler.set_epoch(3)
         assert loader.sampler.epoch == 3
