@@ -1,5 +1,5 @@
-"""The trainer on tiny synthetic data (MiT-B0, crop 64, 2 + 2): losses fall, resume is exact,
-a SIGKILLed run resumes, NaN stops the run, eval modes agree, the CLI runs."""
+"""The trainer on tiny synthetic data (MiT-B0, crop 64, 2 + 2): losses fall, resume is exact, a SIGKILLed run
+resumes, NaN stops the run, the warm-up switch, OHEM and `best` behave, eval modes agree, the CLI runs."""
 import json
 import os
 import signal
@@ -15,10 +15,13 @@ from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine import trainer as trainer_module
 from allspark.engine.evaluate import evaluate
+from allspark.engine.losses import ce_loss, ohem_loss
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
-from allspark.models.weights import read_weights
+from allspark.models.allspark import AllSparkBottleneck
+from allspark.models.weights import read_weights, weights_metadata
 from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
 
 MEMORY = "allspark.memory.queue"
@@ -96,7 +99,7 @@ def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Ten
         iteration = self.iteration
         if iteration == stop_at:
             raise KeyboardInterrupt
-        batches[iteration] = [batch_l["image"], batch_l["mask"], batch_u["image"], batch_u["valid"]]
+        batches[iteration] = [batch[key] for batch in (batch_l, batch_u or {}) for key in sorted(batch)]
         return STEP(self, batch_l, batch_u, use_memory)
 
     monkeypatch.setattr(Trainer, "step", recording)
@@ -107,17 +110,21 @@ def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Ten
     return batches
 
 
-def test_resume_is_exact_with_loader_workers(data_root, tmp_path, monkeypatch):
-    """Stopped at iteration 7 and resumed from the checkpoint at 6 (mid-epoch): the same batches and the
-    same losses, step for step, as an uninterrupted run; augmentation runs in 2 loader workers."""
-    whole_cfg, parts_cfg = (make_cfg(data_root, tmp_path / name, "allspark", "data.workers=2")
-                            for name in ("whole", "parts"))
+@pytest.mark.parametrize("method,extra,stop_at,restart", [
+    ("allspark", ("data.workers=2",), 7, 6),  # 4 iterations per epoch: resumed mid-epoch 1, 2 loader workers
+    ("sup", ("train.epochs=4", "train.checkpoint_every=5"), 5, 5)])  # 2 per epoch: resumed mid-epoch 2
+def test_batch_order_after_a_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch, method, extra,
+                                                                 stop_at, restart):
+    """Stopped at `stop_at` and resumed from the checkpoint at `restart`: the same batches (images, masks, valid
+    maps) and the same losses and lr, step for step, as an uninterrupted run."""
+    whole_cfg, parts_cfg = (make_cfg(data_root, tmp_path / name, method, *extra) for name in ("whole", "parts"))
     whole = _train_recording(whole_cfg, monkeypatch)
-    first = _train_recording(parts_cfg, monkeypatch, stop_at=7)
-    assert sorted(first) == list(range(7)) and load_checkpoint(tmp_path / "parts")[1]["iteration"] == 6
+    first = _train_recording(parts_cfg, monkeypatch, stop_at=stop_at)
+    assert sorted(first) == list(range(stop_at)) and load_checkpoint(tmp_path / "parts")[1]["iteration"] == restart
     resumed = _train_recording(parts_cfg, monkeypatch)
-    assert sorted(resumed) == [6, 7]
+    assert sorted(resumed) == list(range(restart, len(whole))) and len(whole) == 8
     for iteration, tensors in resumed.items():
+        assert len(tensors) == len(whole[iteration])
         assert all(torch.equal(a, b) for a, b in zip(tensors, whole[iteration])), f"batch {iteration} differs"
 
     def losses(run):
@@ -125,7 +132,75 @@ def test_resume_is_exact_with_loader_workers(data_root, tmp_path, monkeypatch):
                 if r["split"] == "train"]
 
     assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
-    assert len(losses(tmp_path / "whole")) == 8
+
+
+def test_the_warm_up_switch_turns_the_memory_on(data_root, tmp_path, monkeypatch):
+    """train.warmup_epochs=1: the bottleneck attends to the unlabeled batch in epoch 0 and to the memory from
+    epoch 1 on, and the metrics say which; the memory is written from the first step."""
+    reads, sums = [], []
+    forward_semi = AllSparkBottleneck.forward_semi
+
+    def spy(self, x_l, x_u, teacher_logits_u, use_memory):
+        if self.training:
+            reads.append(use_memory)
+            sums.append(float(self.memory.queue.sum()))
+        return forward_semi(self, x_l, x_u, teacher_logits_u, use_memory)
+
+    monkeypatch.setattr(AllSparkBottleneck, "forward_semi", spy)
+    train(make_cfg(data_root, tmp_path / "run", "allspark", "train.warmup_epochs=1"), progress=False)
+    assert reads == [False] * 4 + [True] * 4
+    assert sums[0] != sums[1]  # the first step wrote the memory
+    logged = [r["use_memory"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert logged == [0] * 4 + [1] * 4
+
+
+@pytest.mark.parametrize("method", ["sup", "allspark"])
+def test_ohem_is_the_labeled_loss_through_the_trainer(data_root, tmp_path, method):
+    """train.labeled_loss=ohem reaches the step: the labeled term is OHEM of the student's labeled logits, which
+    here (few hard pixels kept) differs from plain CE."""
+    cfg = make_cfg(data_root, tmp_path / "run", method, "train.labeled_loss=ohem", "train.ohem_thresh=0.1",
+                   "train.ohem_min_kept=100")
+    trainer = Trainer(cfg, total=8)
+    logits = []
+    trainer.model.register_forward_hook(lambda module, args, out: logits.append(out[0] if method != "sup" else out))
+    batch_l = next(iter(build_labeled_loader(cfg)))
+    batch_u = next(iter(build_unlabeled_loader(cfg))) if method != "sup" else None
+    record = trainer.step(batch_l, batch_u, use_memory=False)
+    student = logits[-1].detach()  # (B, K, S, S) of the labeled images
+    t = cfg.train
+    assert record["loss_l"] == pytest.approx(float(ohem_loss(student, batch_l["mask"], t.ohem_thresh,
+                                                             t.ohem_min_kept)), rel=1e-5)
+    assert record["loss_l"] != pytest.approx(float(ce_loss(student, batch_l["mask"])), rel=1e-3)
+
+
+def test_best_is_written_only_when_the_miou_improves(data_root, tmp_path, monkeypatch):
+    """Three evaluations scoring 0.3, 0.2, 0.4: `best` is written at the first and the third, never at the
+    second, and the state keeps the best score."""
+    scores, seen = iter([0.3, 0.2, 0.4]), []
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+
+    class Scored:
+        def __init__(self, miou):
+            self.value = miou
+
+        def miou(self):
+            return self.value
+
+        def iou(self):
+            return torch.full((4,), self.value)
+
+    def scripted(*args, **kwargs):
+        seen.append(weights_metadata(best) if best.is_file() else None)  # best as it stands before this score
+        return Scored(next(scores))
+
+    monkeypatch.setattr(trainer_module, "evaluate", scripted)
+    train(make_cfg(data_root, tmp_path / "run", "sup", "train.epochs=3"), progress=False)  # 2 iterations per epoch
+    assert seen[0] is None
+    assert (seen[1]["iteration"], float(seen[1]["miou"])) == ("2", 0.3)
+    assert (seen[2]["iteration"], float(seen[2]["miou"])) == ("2", 0.3)  # 0.2 did not replace it
+    final = weights_metadata(best)
+    assert (final["iteration"], float(final["miou"])) == ("6", 0.4)
+    assert load_checkpoint(tmp_path / "run")[1]["best_miou"] == 0.4
 
 
 def test_sigkill_mid_epoch_then_resume(data_root, tmp_path):
