@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=686, help="iterations of every run (7 passes over 394 images)")
+    p.add_argument("--extra", nargs="*", default=[], metavar="key=value",
+                   help="more overrides for our side, e.g. model.grouping=logits (give them their own --out)")
     p.add_argument("--table-only", action="store_true", help="print the table of the JSONs already in --out")
     return p.parse_args()
 
@@ -75,7 +77,7 @@ def ours_overrides(args: argparse.Namespace, method: str, seed: int, run_dir: Pa
                  f"train.checkpoint_every={args.iters}", "data.workers=0"]
     if method != "allspark":
         overrides.append("model.ablation=none")
-    return overrides
+    return overrides + list(args.extra)
 
 
 def run_ours(args: argparse.Namespace, method: str, seed: int, out_json: Path) -> None:
