@@ -4,8 +4,8 @@
 
 Draws N augmented labeled crops from each side (the release's own SemiDataset through the CPU harness of
 `../shared/reference/harness`; ours `ListDataset` + `TrainTransform`) and prints per-image statistics,
-mean and standard error: padded fraction, brightness and contrast (0..255), sharpness (mean |horizontal
-difference| between valid neighbours), grey images, class fractions. A statistic that differs by several
+mean and standard error: padded fraction, brightness, contrast and saturation (0..255), sharpness (mean
+|horizontal difference| between valid neighbours), grey images, class fractions. A statistic that differs by several
 standard errors marks a pipeline difference.
 """
 from __future__ import annotations
@@ -45,14 +45,14 @@ def image_stats(image: torch.Tensor, mask: torch.Tensor) -> list[float]:
     values = pixels[:, valid]  # (3, V)
     pairs = valid[:, 1:] & valid[:, :-1]
     sharpness = (pixels[:, :, 1:] - pixels[:, :, :-1]).abs().mean(0)[pairs].mean()
-    grey = float((values.max(0).values - values.min(0).values).max() < 1.0)
+    chroma = values.max(0).values - values.min(0).values  # (V,) 0 on grey pixels
     classes = [float((mask[valid] == c).float().mean()) for c in range(NUM_CLASSES)]
-    return [1 - float(valid.float().mean()), float(values.mean()), float(values.std()), float(sharpness), grey,
-            *classes]
+    return [1 - float(valid.float().mean()), float(values.mean()), float(values.std()), float(chroma.mean()),
+            float(sharpness), float(chroma.max() < 1.0), *classes]
 
 
-NAMES = ["padded fraction", "brightness", "contrast (std)", "sharpness", "grey images",
-         *(f"class {c} fraction" for c in range(NUM_CLASSES))]
+NAMES = ["padded fraction", "brightness", "contrast (std)", "saturation (max - min channel)", "sharpness",
+         "grey images", *(f"class {c} fraction" for c in range(NUM_CLASSES))]
 
 
 def release_samples(args) -> list[list[float]]:
