@@ -35,8 +35,8 @@ def _seed_steps(compose, seed: int) -> None:
 class TrainTransform:
     """Random long-side rescale 0.5..2.0, pad (image 0, mask 255) + random crop, flip; colour ops if `colour`.
 
-    Works on uint8 arrays; images are resized bilinearly, masks nearest-neighbour with pixel centres
-    aligned (as PIL's NEAREST in the release; OpenCV's plain INTER_NEAREST is off by up to one pixel).
+    Works on uint8 arrays; the rescale is the release's (`rescale.LongSideRescale`: PIL bilinear with
+    antialiasing for images, PIL nearest for masks).
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
@@ -45,9 +45,10 @@ class TrainTransform:
         import albumentations as A
         import cv2
 
+        from allspark.data.rescale import LongSideRescale
+
         steps = [
-            A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+            LongSideRescale(ratio_range=(0.5, 2.0)),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
                           border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
             A.RandomCrop(crop_size, crop_size),
