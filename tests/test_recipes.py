@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import ConfigError, load_config
+from allspark.config import ConfigError, RecipeConfig, list_presets, load_config
 from allspark.data import build_labeled_loader, build_unlabeled_loader
 from allspark.data.transforms import TrainTransform, normalize_image
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, set_poly_lr
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, student_view
-from allspark.engine.runs import read_metrics
+from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer, train
 from allspark.models.allspark import SemanticMemory
 from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
@@ -344,3 +344,20 @@ def test_sup_refuses_a_recipe():
     load_config("demo", ["method=sup", "model.ablation=none"])
     with pytest.raises(ConfigError, match="'recipe.teacher' has no effect for method 'sup'"):
         load_config("demo", ["method=sup", "model.ablation=none", "recipe.teacher=ema"])
+
+
+def test_recipe_presets_change_only_the_recipe():
+    """Each protocol's `recipe` preset is its `allspark` preset plus one recipe shared by the protocol's splits;
+    every other preset keeps the paper's loop."""
+    names = set(list_presets())
+    siblings = {name: name.rsplit("/", 1)[0] + "/allspark" for name in names if name.endswith("/recipe")}
+    siblings["demo_recipe"] = "demo"
+    assert {name.rsplit("/", 1)[0] + "/recipe" for name in names if name.endswith("/allspark")} <= set(siblings)
+    by_family = {}
+    for name, sibling in siblings.items():
+        cfg, paper = load_config(name), load_config(sibling)
+        assert {line.split(":")[0].rsplit(".", 1)[0] for line in config_diff(paper, cfg)} == {"recipe", "run_dir"}
+        assert "allspark" in cfg.run_dir and cfg.run_dir != paper.run_dir
+        by_family.setdefault(name.split("/")[0], set()).add(str(cfg.recipe))
+    assert all(len(recipes) == 1 for recipes in by_family.values()), by_family
+    assert all(load_config(name).recipe == RecipeConfig() for name in names - set(siblings))
