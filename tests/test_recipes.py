@@ -14,11 +14,10 @@ from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, set_poly_lr
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, student_view
 from allspark.engine.runs import config_diff, read_metrics
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.trainer import Trainer
 from allspark.models.allspark import SemanticMemory
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
 
-STEP = Trainer.step
 FULL = ["recipe.strong_views=true", "recipe.cutmix_prob=0.5", "recipe.threshold=0.3", "recipe.teacher=ema",
         "recipe.ema_momentum=0.9", "recipe.unlabeled_weight=1.5"]
 
@@ -281,19 +280,6 @@ def test_ema_update_is_exact():
     assert torch.equal(restored.model.memory.queue, student.memory.queue)
 
 
-def _train_until(cfg, monkeypatch, stop_at=None):
-    def step(self, batch_l, batch_u, iteration, total, use_memory):
-        if iteration == stop_at:
-            raise KeyboardInterrupt
-        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
-
-    monkeypatch.setattr(Trainer, "step", step)
-    try:
-        train(cfg, progress=False)
-    except KeyboardInterrupt:
-        pass
-
-
 @pytest.mark.parametrize("method, ablation, extra, workers", [
     ("allspark", "full", FULL, 2),
     ("semi", "none", FULL, 0),
@@ -310,16 +296,17 @@ def test_every_recipe_trains_and_resumes_exactly(data_root, tmp_path, monkeypatc
         return make_cfg(data_root, tmp_path / name, method, f"model.ablation={ablation}", f"data.workers={workers}",
                         *extra)
 
-    _train_until(cfg("whole"), monkeypatch)
-    _train_until(cfg("parts"), monkeypatch, stop_at=7)
+    train_until(cfg("whole"), monkeypatch)
+    train_until(cfg("parts"), monkeypatch, stop_at=7)
     assert load_checkpoint(tmp_path / "parts")[1]["iteration"] == 6
-    _train_until(cfg("parts"), monkeypatch)
+    train_until(cfg("parts"), monkeypatch)
 
     def losses(run):
         return [(r["iter"], r["loss"], r["loss_l"], r["loss_u"]) for r in read_metrics(run) if r["split"] == "train"]
 
     assert len(losses(tmp_path / "whole")) == 8 and losses(tmp_path / "parts") == losses(tmp_path / "whole")
-    (whole_model, whole), (parts_model, parts) = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
+    whole_model, whole = load_checkpoint(tmp_path / "whole")
+    parts_model, parts = load_checkpoint(tmp_path / "parts")
     assert all(torch.equal(whole_model[k], parts_model[k]) for k in whole_model)
     assert ("ema" in whole) == ("recipe.teacher=ema" in extra)
     assert all(torch.equal(whole["ema"][k], parts["ema"][k]) for k in whole.get("ema", {}))
