@@ -5,6 +5,9 @@ import torch
 from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
+from allspark.engine.trainer import Trainer, train
+
+STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 
 ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
 
@@ -29,3 +32,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_until(cfg, monkeypatch, stop_at=None, on_step=None) -> None:
+    """Train `cfg` as a run killed at iteration `stop_at` would (KeyboardInterrupt before that step), calling
+    on_step(iteration, batch_l, batch_u) before each step."""
+    def step(self, batch_l, batch_u, iteration, total, use_memory):
+        if iteration == stop_at:
+            raise KeyboardInterrupt
+        if on_step:
+            on_step(iteration, batch_l, batch_u)
+        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    try:
+        train(cfg, progress=False)
+    except KeyboardInterrupt:
+        pass

@@ -18,10 +18,9 @@ from allspark.engine.checkpoint import load_checkpoint, read_weights
 from allspark.engine.evaluate import evaluate
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
 
 MEMORY = "allspark.memory.queue"
-STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +88,10 @@ def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Ten
     """Train `cfg`, recording each iteration's batch tensors; raise KeyboardInterrupt at iteration `stop_at`."""
     batches = {}
 
-    def recording(self, batch_l, batch_u, iteration, total, use_memory):
-        if iteration == stop_at:
-            raise KeyboardInterrupt
+    def record(iteration, batch_l, batch_u):
         batches[iteration] = [batch_l["image"], batch_l["mask"], batch_u["image"], batch_u["valid"]]
-        return STEP(self, batch_l, batch_u, iteration, total, use_memory)
 
-    monkeypatch.setattr(Trainer, "step", recording)
-    try:
-        train(cfg, progress=False)
-    except KeyboardInterrupt:
-        pass
+    train_until(cfg, monkeypatch, stop_at, record)
     return batches
 
 

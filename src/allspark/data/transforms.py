@@ -23,13 +23,25 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
-def _seed_steps(compose, seed: int) -> None:
+def seed_steps(compose, seed: int) -> None:
     """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
     every step the same seed, so e.g. flip and blur would always fire together)."""
     compose.set_random_seed(seed)
     children = np.random.SeedSequence(seed).generate_state(len(compose.transforms))
     for step, child in zip(compose.transforms, children.tolist()):
         step.set_random_seed(child)
+
+
+def colour_steps() -> list:
+    """The colour part of the augmentation (spec 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
+    get it after the geometric part, and so do the strong views of unlabeled images (recipe.strong_views)."""
+    import albumentations as A  # see TrainTransform
+
+    return [
+        A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
+        A.ToGray(p=0.2),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
+    ]
 
 
 class TrainTransform:
@@ -55,17 +67,13 @@ class TrainTransform:
             A.HorizontalFlip(p=0.5),
         ]
         if colour:
-            steps += [
-                A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
-                A.ToGray(p=0.2),
-                A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
-            ]
+            steps += colour_steps()
         self.compose = A.Compose(steps, seed=seed)
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from `seed`; the training loaders do so per sample, so a sample's
         augmentation depends on its seed alone."""
-        _seed_steps(self.compose, seed)
+        seed_steps(self.compose, seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> image (S, S, 3) uint8, mask (S, S) uint8 with 255 on padding.

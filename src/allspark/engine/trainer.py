@@ -2,7 +2,8 @@
 
 Per iteration: teacher pass (eval mode, no gradient) on the unlabeled batch -> pseudo-labels and the
 logits that feed grouping; student pass (train mode) on [labeled; unlabeled]; (CE_l + CE_u) / 2;
-SGD with the poly lr set before the step. Resumable from `latest` at any iteration.
+SGD with the poly lr set before the step. Resumable from `latest` at any iteration. The `recipe`
+section changes the teacher, the student's unlabeled view and the unlabeled term (engine/recipes.py).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from allspark.engine import distributed as dist_utils
 from allspark.engine.checkpoint import checkpoint_paths, load_checkpoint, read_weights, save_checkpoint, save_weights
 from allspark.engine.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
-from allspark.engine.losses import labeled_loss, unlabeled_loss
+from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, set_poly_lr
+from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, student_view
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 
@@ -63,7 +65,9 @@ class Trainer:
                 self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         self.student = torch.compile(student) if cfg.train.compile else student
-        self.teacher = torch.compile(self.model) if cfg.train.compile else self.model
+        self.ema = EmaTeacher(self.model, cfg.recipe.ema_momentum) if cfg.recipe.teacher == "ema" else None
+        teacher = self.ema.model if self.ema else self.model
+        self.teacher = torch.compile(teacher) if cfg.train.compile else teacher
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
@@ -81,18 +85,20 @@ class Trainer:
                 logits_l = self.student(images_l)
             loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
             return {"loss": loss_l, "loss_l": loss_l, "loss_u": torch.zeros_like(loss_l)}
-        images_u = batch_u["image"]
-        self.model.eval()
+        self.model.eval()  # the student as its own teacher; an EMA teacher is always in eval mode
         with torch.no_grad(), self._autocast():
-            teacher_logits = self.teacher(images_u).float()  # (B, K, S, S)
+            teacher_logits = self.teacher(batch_u["image"]).float()  # (B, K, S, S), on the weak view
         self.model.train()
-        pseudo = teacher_logits.argmax(1)  # (B, S, S)
+        # the memory is written from this pass: the student's channels of its own view, grouped by the
+        # teacher's probabilities carried through the same CutMix boxes
+        images_u, teacher_logits, valid = student_view(batch_u, teacher_logits)
         with self._autocast():
             logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
                                               use_memory=use_memory)
         loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
-        loss_u = unlabeled_loss(logits_u, pseudo, batch_u["valid"])
-        return {"loss": (loss_l + loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
+        recipe = self.cfg.recipe
+        loss_u = pseudo_label_loss(logits_u, teacher_logits, valid, recipe.threshold)
+        return {"loss": (loss_l + recipe.unlabeled_weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
 
     def step(self, batch_l: dict, batch_u: dict | None, iteration: int, total: int, use_memory: bool) -> dict[str, float]:
         """One optimisation step at `iteration` of `total`; returns the rank-averaged losses and lr.
@@ -111,21 +117,28 @@ class Trainer:
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model, iteration)
         return {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "lr": lr}
 
     def state(self, epoch: int, epoch_iter: int, iteration: int, best: float, miou: float) -> dict:
-        """Training state for `latest.state.pt`: plain types and tensors only."""
-        return {"epoch": epoch, "epoch_iter": epoch_iter, "iteration": iteration, "best_miou": best, "miou": miou,
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "world_size": self.info.world_size,
-                "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
+        """Training state for `latest.state.pt`: plain types and tensors only (with the EMA teacher's, if any)."""
+        state = {"epoch": epoch, "epoch_iter": epoch_iter, "iteration": iteration, "best_miou": best, "miou": miou,
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "world_size": self.info.world_size,
+                 "rng": dist_utils.all_gather_object(dist_utils.get_rng_state())}  # a collective: all ranks call it
+        if self.ema:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, this rank's RNG.
+        """Restore a `latest` checkpoint: weights and memory, EMA teacher, optimizer, scaler, this rank's RNG.
         The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
         checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
         self._check_fits(model_state)
         self.model.load_state_dict(model_state)
+        if self.ema:
+            self.ema.load_state_dict(self.model, state.get("ema"))
         wanted = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, wanted):
