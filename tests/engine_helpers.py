@@ -5,6 +5,10 @@ import torch
 from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
+from allspark.engine.trainer import Trainer, train
+
+STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
+
 
 def make_train_data(root):
     """12 training images (4 labeled, 8 unlabeled: 4 iterations per epoch at batch 2) and 2 validation images."""
@@ -26,3 +30,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_until(cfg, monkeypatch, stop_at=None, on_step=None) -> None:
+    """Train `cfg` as a run killed at iteration `stop_at` would (KeyboardInterrupt before that step), calling
+    on_step(iteration, batch_l, batch_u) before each step."""
+    def step(self, batch_l, batch_u, use_memory):
+        if self.iteration == stop_at:
+            raise KeyboardInterrupt
+        if on_step:
+            on_step(self.iteration, batch_l, batch_u)
+        return STEP(self, batch_l, batch_u, use_memory)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    try:
+        train(cfg, progress=False)
+    except KeyboardInterrupt:
+        pass

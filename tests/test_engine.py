@@ -14,18 +14,17 @@ import torch
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
-from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine import trainer as trainer_module
+from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import ce_loss, ohem_loss
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.weights import read_weights, weights_metadata
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
 
 MEMORY = "allspark.memory.queue"
-STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +94,10 @@ def _train_recording(cfg, monkeypatch, stop_at=None) -> dict[int, list[torch.Ten
     """Train `cfg`, recording each iteration's batch tensors; raise KeyboardInterrupt at iteration `stop_at`."""
     batches = {}
 
-    def recording(self, batch_l, batch_u, use_memory):
-        iteration = self.iteration
-        if iteration == stop_at:
-            raise KeyboardInterrupt
+    def record(iteration, batch_l, batch_u):
         batches[iteration] = [batch[key] for batch in (batch_l, batch_u or {}) for key in sorted(batch)]
-        return STEP(self, batch_l, batch_u, use_memory)
 
-    monkeypatch.setattr(Trainer, "step", recording)
-    try:
-        train(cfg, progress=False)
-    except KeyboardInterrupt:
-        pass
+    train_until(cfg, monkeypatch, stop_at, record)
     return batches
 
 

@@ -151,20 +151,30 @@ def test_metrics_of_a_run_without_them(tmp_path):
 
 
 @pytest.mark.parametrize("iters", [None, 700])
-def test_demo_gives_both_methods_the_same_budget(tmp_path, iters):
+def test_demo_gives_every_run_the_same_budget(tmp_path, iters):
     from allspark.config import Config
     from allspark.engine import demo
 
     base = load_config("demo")
     budgets = {}
-    for method in ("sup", "allspark"):
-        cfg: Config = load_config("demo", demo.demo_overrides(method, tmp_path, tmp_path / "data", iters))
-        assert cfg.method == method and cfg.run_dir == str(tmp_path / method)
-        labeled = demo.NUM_LABELED if method == "sup" else demo.NUM_TRAIN - demo.NUM_LABELED
+    for run, (preset, _) in demo.DEMO_RUNS.items():
+        cfg: Config = load_config(preset, demo.demo_overrides(run, tmp_path, tmp_path / "data", iters))
+        assert cfg.run_dir == str(tmp_path / run)
+        labeled = demo.NUM_LABELED if run == "sup" else demo.NUM_TRAIN - demo.NUM_LABELED
         per_epoch = labeled // base.train.batch_size
         assert cfg.train.epochs * per_epoch >= cfg.train.max_iters  # the epochs never cut the budget short
-        budgets[method] = cfg.train.max_iters
-    assert budgets["sup"] == budgets["allspark"] == (iters or budgets["sup"])
+        budgets[run] = cfg.train.max_iters
+    assert len(set(budgets.values())) == 1 and budgets["sup"] == (iters or budgets["sup"])
+
+
+def test_demo_runs_are_labels_alone_the_papers_loop_and_the_recipe(tmp_path):
+    from allspark.engine import demo
+
+    cfgs = {run: load_config(preset, demo.demo_overrides(run, tmp_path, tmp_path / "data", 10))
+            for run, (preset, _) in demo.DEMO_RUNS.items()}
+    assert cfgs["sup"].method == "sup" and cfgs["allspark"].method == cfgs["allspark_recipe"].method == "allspark"
+    assert cfgs["allspark"].recipe == load_config("demo").recipe  # the paper's loop
+    assert cfgs["allspark_recipe"].recipe.teacher == "ema" and cfgs["allspark_recipe"].recipe.threshold > 0
 
 
 def test_every_amp_mode_has_its_dtype_and_autocast():
@@ -173,4 +183,3 @@ def test_every_amp_mode_has_its_dtype_and_autocast():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "off"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
-

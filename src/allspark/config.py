@@ -31,6 +31,7 @@ EVAL_MODES = ("whole", "sliding", "center")  # eval.mode and `eval --mode`
 WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pixel: `predict --mode`
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
+TEACHERS = ("student", "ema")
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 
@@ -124,6 +125,18 @@ class EvalConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """How unlabeled images teach (README, recipes); the defaults are the paper's loop exactly."""
+
+    strong_views: bool = False  # the student learns on a colour-jittered, grey, blurred copy of the teacher's view
+    cutmix_prob: float = 0.0  # per unlabeled image: chance of a box pasted from the next image of the batch
+    threshold: float = 0.0  # pseudo-labels with teacher confidence below it are left out (0: none)
+    unlabeled_weight: float = 1.0  # loss = (labeled + unlabeled_weight * unlabeled) / 2
+    teacher: str = "student"  # student (the paper) | ema (an exponential moving average of the student)
+    ema_momentum: float = 0.999  # teacher = m * teacher + (1 - m) * student after each step
+
+
+@dataclass
 class Config:
     method: str = "allspark"  # sup (SupBaseline) | semi (SemiBaseline) | allspark
     run_dir: str = "runs/default"
@@ -131,6 +144,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
 _CHOICES = {
@@ -144,6 +158,7 @@ _CHOICES = {
     "eval.mode": EVAL_MODES,
     "eval.window_placement": WINDOW_PLACEMENTS,
     "eval.miou_over": MIOU_OVER,
+    "recipe.teacher": TEACHERS,
 }
 
 
@@ -240,11 +255,12 @@ _RANGES = (
       "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
      lambda v: v > 0, "positive"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
-    (("train.weight_decay",), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
+    (("train.weight_decay", "recipe.unlabeled_weight"), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
     (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed"), lambda v: v >= 0,
      "zero or positive"),
     (("train.momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
-    (("train.ohem_thresh",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("train.ohem_thresh", "recipe.cutmix_prob", "recipe.threshold", "recipe.ema_momentum"), lambda v: 0 <= v <= 1,
+     "in [0, 1]"),
     (("eval.stride_ratio",), lambda v: 0 < v <= 1, "in (0, 1]"),
 )
 
@@ -268,6 +284,12 @@ def validate(cfg: Config) -> None:
     if cfg.method in ("sup", "semi") and cfg.model.ablation != "none":
         raise ConfigError(f"key 'model.ablation' must be 'none' for method '{cfg.method}' (the baselines have no "
                           f"AllSpark module); got {cfg.model.ablation!r}", "model.ablation", "method")
+    changed = [f"recipe.{name}" for name, value in dataclasses.asdict(cfg.recipe).items()
+               if value != getattr(RecipeConfig, name)]
+    if cfg.method == "sup" and changed:
+        raise ConfigError(f"key '{changed[0]}' has no effect for method 'sup' (it trains on labeled images "
+                          "only); leave the recipe section at its defaults or use method semi or allspark",
+                          changed[0], "method")
     if cfg.method == "allspark" and cfg.model.ablation == "none":
         raise ConfigError("key 'model.ablation' is 'none' but method is 'allspark'; use method=semi for the "
                           "baseline or one of cca, cca_mem, full", "model.ablation", "method")

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="synthetic data, SupBaseline vs AllSpark on CPU in a few minutes")
-    p.add_argument("--out", default="runs/demo", help="parent of the two run directories")
+    p.add_argument("--out", default="runs/demo", help="parent of the run directories (one per row of the table)")
     p.add_argument("--data", default="demo_data", help="synthetic dataset folder (generated if missing)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: the preset)")
     add_threads_option(p)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from allspark.data.io import IGNORE_INDEX, DataError, load_sample, read_list
 from allspark.data.transforms import TrainTransform, normalize_image
+from allspark.data.views import UnlabeledViews
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,15 @@ class ListDataset(Dataset):
     """Samples of a list file (`image_path [mask_path]` per line, relative to `root`).
 
     labeled: {"image" (3,S,S), "mask" (S,S) int64}; unlabeled: {"image", "valid" (S,S) bool};
-    val: full size {"image" (3,H,W), "mask" (H,W) int64, "name"}. Each sample passes the checks of
+    val: full size {"image" (3,H,W), "mask" (H,W) int64, "name"}; `views` adds the recipes' keys to
+    unlabeled samples, from the augmented image (data/views.py). Each sample passes the checks of
     `io.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and
     replaced (training) or left out of the metric with an all-ignore mask (validation).
     """
 
     def __init__(self, root: str | Path, list_path: str | Path, mode: str, num_classes: int,
                  transform: TrainTransform | None = None, convert_mask: Callable | None = None,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, views: UnlabeledViews | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if mode != "val" and transform is None:
@@ -38,6 +40,7 @@ class ListDataset(Dataset):
         self.entries = read_list(self.list_path, need_masks=mode != "unlabeled")
         self.mode, self.num_classes = mode, num_classes
         self.transform, self.convert_mask, self.skip_bad = transform, convert_mask, skip_bad
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -68,6 +71,8 @@ class ListDataset(Dataset):
             sample["mask"] = torch.from_numpy(mask.astype(np.int64))  # (S, S)
         else:
             sample["valid"] = torch.from_numpy(mask != IGNORE_INDEX)  # (S, S), False on padding
+            if self.views is not None:
+                sample.update(self.views(image))
         return sample
 
     def _ignored(self, index: int) -> dict:

@@ -13,6 +13,7 @@ from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
 from allspark.data.splits import splits_command
 from allspark.data.transforms import TrainTransform
+from allspark.data.views import UnlabeledViews
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
 
@@ -64,6 +65,8 @@ class SeededListDataset(ListDataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         self.transform.reseed(seed)
+        if self.views is not None:
+            self.views.reseed(seed)
         return super().__getitem__(index)
 
 
@@ -85,7 +88,7 @@ def _stream_seed(cfg: Config, stream: int, rank: int) -> int:
 
 
 def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
-             kind: type[ListDataset] = ListDataset) -> ListDataset:
+             kind: type[ListDataset] = ListDataset, views: UnlabeledViews | None = None) -> ListDataset:
     list_path = getattr(cfg.data, key)
     if not list_path:
         raise ConfigError(f"key 'data.{key}' is empty; set it to a list file (`allspark splits` makes "
@@ -100,7 +103,7 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
     if mismatch:
         raise ConfigError(mismatch, "model.num_classes")
     return kind(root, root / list_path, mode, cfg.model.num_classes, transform,
-                convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples)
+                convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples, views=views)
 
 
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
@@ -113,7 +116,11 @@ def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config
 def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     seed = _stream_seed(cfg, stream, rank)
     transform = TrainTransform(cfg.model.crop_size, colour=mode == "labeled", seed=seed)
-    dataset = _dataset(cfg, key, mode, transform, SeededListDataset)
+    recipe = cfg.recipe
+    views = None
+    if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
+        views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
+    dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
     sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
     if len(sampler) < cfg.train.batch_size:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
@@ -128,7 +135,8 @@ def build_labeled_loader(cfg: Config, rank: int = 0, world_size: int = 1, length
 
 
 def build_unlabeled_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Unlabeled batches {"image" (B,3,S,S), "valid" (B,S,S) bool}; geometric augmentation only."""
+    """Unlabeled batches {"image" (B,3,S,S), "valid" (B,S,S) bool}: geometric augmentation only (the weak view);
+    with recipe.strong_views also "strong" (B,3,S,S), with recipe.cutmix_prob > 0 "box" (B,S,S) bool."""
     return _train_loader(cfg, "unlabeled_list", "unlabeled", _UNLABELED, rank, world_size, None)
 
 

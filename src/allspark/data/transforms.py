@@ -23,7 +23,7 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
-def _seed_steps(compose, seed: int) -> None:
+def seed_steps(compose, seed: int) -> None:
     """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
     every step the same seed, so e.g. flip and blur would always fire together)."""
     compose.set_random_seed(seed)
@@ -32,39 +32,48 @@ def _seed_steps(compose, seed: int) -> None:
         step.set_random_seed(child)
 
 
+def colour_steps() -> list:
+    """The colour part of the augmentation (spec 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
+    get it after the geometric part, and so do the strong views of unlabeled images (recipe.strong_views)."""
+    import albumentations as A  # see TrainTransform
+
+    return [
+        A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
+        A.ToGray(p=0.2),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
+    ]
+
+
 class TrainTransform:
     """Random long-side rescale 0.5..2.0, pad (image 0, mask 255) + random crop, flip; colour ops if `colour`.
 
-    Works on uint8 arrays; images are resized bilinearly, masks nearest-neighbour with pixel centres
-    aligned (as PIL's NEAREST in the release; OpenCV's plain INTER_NEAREST is off by up to one pixel).
+    Works on uint8 arrays; the rescale is the release's (`rescale.LongSideRescale`: PIL bilinear with
+    antialiasing for images, PIL nearest for masks).
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
         # here, not at the top: predict, eval, export and viz load this module for normalize_image and never
-        # augment; albumentations adds ~0.5 s to their start (python -X importtime, after torch)
+        # augment; albumentations (rescale builds on it) adds ~0.5 s to their start (python -X importtime)
         import albumentations as A
         import cv2
 
+        from allspark.data.rescale import LongSideRescale
+
         steps = [
-            A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+            LongSideRescale(ratio_range=(0.5, 2.0)),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
                           border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
             A.RandomCrop(crop_size, crop_size),
             A.HorizontalFlip(p=0.5),
         ]
         if colour:
-            steps += [
-                A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
-                A.ToGray(p=0.2),
-                A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
-            ]
+            steps += colour_steps()
         self.compose = A.Compose(steps, seed=seed)
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from `seed`; the training loaders do so per sample, so a sample's
         augmentation depends on its seed alone."""
-        _seed_steps(self.compose, seed)
+        seed_steps(self.compose, seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> image (S, S, 3) uint8, mask (S, S) uint8 with 255 on padding.

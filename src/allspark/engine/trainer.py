@@ -2,7 +2,8 @@
 
 Per iteration: teacher pass (eval mode, no gradient) on the unlabeled batch -> pseudo-labels and the
 logits that feed grouping; student pass (train mode) on [labeled; unlabeled]; (CE_l + CE_u) / 2;
-SGD with the poly lr set before the step. Resumable from `latest` at any iteration.
+SGD with the poly lr set before the step. Resumable from `latest` at any iteration. The `recipe`
+section changes the teacher, the student's unlabeled view and the unlabeled term (engine/recipes.py).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from allspark.distributed import DistInfo
 from allspark.engine.amp import autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
-from allspark.engine.losses import labeled_loss, unlabeled_loss
+from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
+from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, student_view
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 from allspark.models import build_model
@@ -65,7 +67,9 @@ class Trainer:
                 self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         self.student = torch.compile(student) if cfg.train.compile else student
-        self.teacher = torch.compile(self.model) if cfg.train.compile else self.model
+        self.ema = EmaTeacher(self.model, cfg.recipe.ema_momentum) if cfg.recipe.teacher == "ema" else None
+        teacher = self.ema.model if self.ema else self.model
+        self.teacher = torch.compile(teacher) if cfg.train.compile else teacher
 
     @property
     def iteration(self) -> int:
@@ -85,18 +89,20 @@ class Trainer:
                 logits_l = self.student(images_l)
             loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
             return {"loss": loss_l, "loss_l": loss_l, "loss_u": torch.zeros_like(loss_l)}
-        images_u = batch_u["image"]
-        self.model.eval()
+        self.model.eval()  # the student as its own teacher; an EMA teacher is always in eval mode
         with torch.no_grad(), autocast(self.device, self.cfg.train.amp):
-            teacher_logits = self.teacher(images_u).float()  # (B, K, S, S)
+            teacher_logits = self.teacher(batch_u["image"]).float()  # (B, K, S, S), on the weak view
         self.model.train()
-        pseudo = teacher_logits.argmax(1)  # (B, S, S)
+        # the memory is written from this pass: the student's channels of its own view, grouped by the
+        # teacher's probabilities carried through the same CutMix boxes
+        images_u, teacher_logits, valid = student_view(batch_u, teacher_logits)
         with autocast(self.device, self.cfg.train.amp):
             logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
                                               use_memory=use_memory)
         loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
-        loss_u = unlabeled_loss(logits_u, pseudo, batch_u["valid"])
-        return {"loss": (loss_l + loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
+        recipe = self.cfg.recipe
+        loss_u = pseudo_label_loss(logits_u, teacher_logits, valid, recipe.threshold)
+        return {"loss": (loss_l + recipe.unlabeled_weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
         """One optimisation step at the schedule's lr (spec 5: set before the step); returns the rank-averaged
@@ -117,19 +123,26 @@ class Trainer:
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model, self.iteration)
         self.scheduler.step()
         return {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "lr": lr}
 
     def state_dict(self) -> dict:
-        """The optimizer's and loss scaler's state, for `latest.state.pt` (the schedule follows the iteration)."""
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        """The optimizer's, loss scaler's and EMA teacher's (if any) state, for `latest.state.pt` (the schedule
+        follows the iteration)."""
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        return {**state, "ema": self.ema.state_dict()} if self.ema else state
 
     def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, optimizer, scaler, schedule position, this rank's RNG.
+        """Restore a `latest` checkpoint: weights and memory, EMA teacher, optimizer, scaler, schedule position,
+        this rank's RNG.
         The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
         checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
         self._check_fits(model_state)
         self.model.load_state_dict(model_state)
+        if self.ema:
+            self.ema.load_state_dict(self.model, state.get("ema"))
         wanted = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, wanted):

@@ -1,6 +1,8 @@
 """SegFormer's Mix Transformer (MiT-B0..B5) from `transformers`: sizes, config and the four stages."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
@@ -28,6 +30,26 @@ def mit_config(name: str) -> SegformerConfig:
     )
 
 
+@torch.no_grad()
+def mit_init(module: nn.Module) -> None:
+    """The original MiT's random init, for training from scratch: Linear N(0, 0.02) truncated at +-2 (timm's
+    absolute bounds) with zero bias, LayerNorm 1 / 0, Conv2d N(0, sqrt(2 / fan_out)) with fan_out = kh * kw *
+    out / groups and zero bias. transformers gives every conv N(0, 0.02): about 24x too small for the
+    depthwise 3x3 convs of the Mix-FFN, which made from-scratch training trail the release's."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class MiTEncoder(nn.Module):
     """The four MiT stages; returns c1..c4 at strides 4, 8, 16, 32. Parameter names are those of
     `SegformerModel` in transformers 5.x (`stages.N.blocks.M.attention.q_proj`, ...)."""
@@ -44,6 +66,7 @@ class MiTEncoder(nn.Module):
             for block in stage.blocks:
                 block.layernorm_before.eps = self.config.layer_norm_eps
                 block.layernorm_after.eps = self.config.layer_norm_eps
+        self.stages.apply(mit_init)  # pretrained weights, when given, are loaded over these
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         feats = []

@@ -15,7 +15,7 @@ from allspark.models.encoders import MiTEncoder
 
 class DecodeHead(nn.Module):
     """SegFormer's all-MLP head (spec 1): per-stage Linear to E, resize to c1, concat c4..c1,
-    1x1 conv + BN + ReLU, Dropout2d(0.1), 1x1 conv to K classes."""
+    1x1 conv + BN + ReLU, Dropout2d(0.1), 1x1 conv to K classes; initialised as the release's."""
 
     def __init__(self, in_channels: Sequence[int], embed_dim: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
@@ -24,6 +24,9 @@ class DecodeHead(nn.Module):
         self.linear_c3 = nn.Linear(in_channels[2], embed_dim)
         self.linear_c4 = nn.Linear(in_channels[3], embed_dim)
         self.fuse = nn.Conv2d(4 * embed_dim, embed_dim, kernel_size=1, bias=False)
+        # the release's conv + BN + ReLU block (mmcv ConvModule) draws its conv kaiming-normal over fan_out:
+        # std sqrt(2 / E), about 5x torch's default for E = 256; the other layers keep torch's defaults, as there
+        nn.init.kaiming_normal_(self.fuse.weight, mode="fan_out", nonlinearity="relu")
         self.fuse_bn = nn.BatchNorm2d(embed_dim)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, kernel_size=1)

@@ -1,0 +1,95 @@
+"""The recipes beyond the paper's loop (config section `recipe`): CutMix of the student's view, a confidence
+threshold on the pseudo-labels, an EMA teacher. With the defaults every function here returns its input or the
+paper's loss unchanged, so the default run is the paper's loop bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from allspark.data.io import IGNORE_INDEX
+from allspark.engine.losses import unlabeled_loss
+from allspark.models.allspark import SemanticMemory
+
+
+def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """x (B, ..., H, W) with the pixels of sample i inside box[i] (B, H, W) taken from sample (i + 1) % B."""
+    mask = box.view(box.shape[0], *([1] * (x.dim() - 3)), *box.shape[1:])
+    return torch.where(mask, x.roll(-1, 0), x)
+
+
+def student_view(batch_u: dict, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, teacher logits, valid) the student learns from: the strong view if the batch has one, else the
+    teacher's own (weak) view; with CutMix boxes, the images, the teacher's logits (so pseudo-labels, confidence
+    and the grouping's probabilities) and the padding mask are all mixed by the same boxes, pixel for pixel."""
+    images, valid = batch_u.get("strong", batch_u["image"]), batch_u["valid"]
+    if "box" in batch_u:
+        box = batch_u["box"]
+        images, teacher_logits, valid = cutmix(images, box), cutmix(teacher_logits, box), cutmix(valid, box)
+    return images, teacher_logits, valid
+
+
+def pseudo_label_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor,
+                      threshold: float) -> torch.Tensor:
+    """CE of the student's logits (B, K, H, W) against the teacher's argmax, on valid (unpadded) pixels.
+    threshold > 0: pixels where the teacher's top probability is below it add nothing, and the sum is still
+    divided by all valid pixels, so the term shrinks as the teacher's confidence does; 0: the paper's loss."""
+    pseudo = teacher_logits.argmax(1)  # (B, H, W)
+    if threshold == 0:
+        return unlabeled_loss(logits, pseudo, valid)
+    confident = teacher_logits.float().softmax(1).amax(1) >= threshold  # (B, H, W)
+    target = pseudo.masked_fill(~valid, IGNORE_INDEX)
+    pixels = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    return (pixels * confident).sum() / valid.sum().clamp(min=1)
+
+
+class EmaTeacher:
+    """A copy of the student, in eval mode, whose parameters and BatchNorm statistics follow the student's as an
+    exponential moving average (recipe.teacher=ema). Its Semantic Memory, pointers and BatchNorm counters are
+    never read (the teacher predicts image by image, spec 1.3) and stay as copied."""
+
+    def __init__(self, student: nn.Module, momentum: float):
+        self.momentum = momentum
+        self.model = copy.deepcopy(student).eval().requires_grad_(False)
+        self.names = _averaged_names(student)
+        self._own = self._tensors(self.model)
+
+    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        state = model.state_dict(keep_vars=True)
+        return [state[name].detach() for name in self.names]
+
+    def momentum_at(self, iteration: int) -> float:
+        """The momentum of the update after step `iteration` (0-based): min(m, i / (i + 1)), so the teacher is
+        the plain mean of the student's states so far until that mean moves slower than the EMA would."""
+        return min(self.momentum, iteration / (iteration + 1))
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, iteration: int) -> None:
+        """teacher = m * teacher + (1 - m) * student, tensor by tensor, after the optimiser's step `iteration`."""
+        m = self.momentum_at(iteration)
+        torch._foreach_mul_(self._own, m)
+        torch._foreach_add_(self._own, self._tensors(student), alpha=1 - m)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged tensors, for the training state of a checkpoint."""
+        return {name: tensor.clone() for name, tensor in zip(self.names, self._own)}
+
+    @torch.no_grad()
+    def load_state_dict(self, student: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+        """Restart from a copy of `student` (the resumed weights), then take the averaged tensors of `state`
+        when the checkpoint has them (a run switched to an EMA teacher on resume starts from the student)."""
+        self.model.load_state_dict(student.state_dict())
+        if state is not None:
+            for name, tensor in zip(self.names, self._own):
+                tensor.copy_(state[name])
+
+
+def _averaged_names(model: nn.Module) -> list[str]:
+    """State-dict names of the parameters and floating-point buffers, less the Semantic Memory's."""
+    memory = {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+              if isinstance(module, SemanticMemory) for name, _ in module.named_buffers()}
+    names = [name for name, _ in model.named_parameters()]
+    return names + [name for name, b in model.named_buffers() if b.is_floating_point() and name not in memory]
