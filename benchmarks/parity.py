@@ -74,9 +74,7 @@ def ours_overrides(args: argparse.Namespace, method: str, seed: int, run_dir: Pa
                  f"train.seed={seed}", f"train.max_iters={args.iters}", f"train.epochs={epochs}",
                  f"train.eval_every={epochs}", f"train.batch_size={BATCH}", f"train.lr={LR}",
                  f"train.lr_multi={LR_MULTI}", f"train.warmup_epochs={WARMUP_EPOCHS}",
-                 f"train.checkpoint_every={args.iters}", "data.workers=0"]
-    if method != "allspark":
-        overrides.append("model.ablation=none")
+                 f"train.checkpoint_every={args.iters}", "data.workers=0"]  # model.ablation follows the method
     return overrides + list(args.extra)
 
 
