@@ -241,6 +241,19 @@ def test_pretrained_from_our_checkpoint_takes_its_encoder_only(tmp_path):
     assert not torch.equal(model.head.classifier.weight, sup.head.classifier.weight)
 
 
+def test_pretrained_from_a_checkpoint_with_other_classes(tmp_path):
+    """An encoder pretrained on another labeled set (here 7 classes) starts a 4-class model; its head is left out."""
+    torch.manual_seed(2)
+    source_cfg = ModelConfig(encoder="mit_b0", num_classes=7, crop_size=CROP, ablation="none")
+    source = build_model(source_cfg)
+    save_weights(tmp_path / "source.safetensors", source.state_dict(), Config(method="sup", model=source_cfg))
+    model = build_model(ModelConfig(encoder="mit_b0", num_classes=4, crop_size=CROP, ablation="full",
+                                    pretrained=str(tmp_path / "source.safetensors")))
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
+    assert model.head.classifier.weight.shape[0] == 4 and source.head.classifier.weight.shape[0] == 7
+
+
 def test_load_model_never_reads_the_pretrained_source(tmp_path):
     """A weights file holds every weight: a `model.pretrained` that no longer exists (or a hub id offline) is not read."""
     cfg = Config(method="semi", model=tiny_cfg("none", pretrained=str(tmp_path / "gone" / "mit_b0.pth")))
