@@ -1,7 +1,7 @@
 """A competent encoder for the demo study: SupBaseline trained with labels on the synthetic source set
 (SOURCE_SHAPES: other shapes, hues and textures than the demo's classes), never on the demo's images.
 
-    python benchmarks/pretrain_source.py [--out /work/source_pretrain] [--iters 1500]
+    python benchmarks/pretrain_source.py [--out runs/source_pretrain] [--iters 1500]
     allspark train demo model.pretrained=<the printed path> ...   # a demo row starting from that encoder
 
 Generates OUT/data (3000 train / 200 val images at 128 px, seeded) when missing, then trains `allspark train
@@ -29,7 +29,7 @@ from parity import BATCH, CROP, LR, LR_MULTI, ROOT  # also puts this checkout's 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="/work/source_pretrain", help="data, run directory and result.json")
+    p.add_argument("--out", default="runs/source_pretrain", help="data, run directory and result.json")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/source_pretrain"),
                    help="where the run's small files are copied (never the checkpoints)")
     p.add_argument("--iters", type=int, default=1500)
