@@ -1,5 +1,7 @@
 """The recipe switches: the defaults are the paper's loop step for step; each switch changes its own part and
 nothing else (views, CutMix, threshold, weight, EMA teacher); every recipe trains and resumes exactly."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from allspark.data.transforms import TrainTransform, normalize_image
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor
-from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, student_view
+from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_view
 from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.models.allspark import SemanticMemory
@@ -314,7 +316,30 @@ def test_every_recipe_trains_and_resumes_exactly(data_root, tmp_path, monkeypatc
     assert all(torch.equal(whole["ema"][k], parts["ema"][k]) for k in whole.get("ema", {}))
 
 
+def test_rampup_follows_mean_teachers_curve_then_stays_at_one():
+    assert rampup_factor(0, 0) == rampup_factor(10**6, 0) == 1.0
+    assert rampup_factor(0, 100) == pytest.approx(math.exp(-5))
+    assert rampup_factor(50, 100) == pytest.approx(math.exp(-1.25))
+    assert rampup_factor(100, 100) == rampup_factor(101, 100) == 1.0
+    factors = [rampup_factor(i, 100) for i in range(101)]
+    assert factors == sorted(factors)
+
+
+def test_rampup_scales_only_the_unlabeled_term_by_the_step(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path, "allspark", "recipe.rampup_iters=8")
+    batch_l, batch_u = _batches(cfg)
+    trainer = _trainer(cfg)
+    for step in (0, 4, 8):
+        trainer.scheduler.last_epoch = step
+        torch.manual_seed(1)
+        terms = {k: v.item() for k, v in trainer.losses(batch_l, batch_u, use_memory=True).items()}
+        expected = (terms["loss_l"] + rampup_factor(step, 8) * terms["loss_u"]) / 2
+        assert terms["loss"] == pytest.approx(expected, rel=1e-6)
+        assert terms["loss_u"] > 0
+
+
 @pytest.mark.parametrize("override, key", [
+    ("recipe.rampup_iters=-1", "recipe.rampup_iters"),
     ("recipe.threshold=1.5", "recipe.threshold"),
     ("recipe.cutmix_prob=-0.1", "recipe.cutmix_prob"),
     ("recipe.ema_momentum=2", "recipe.ema_momentum"),

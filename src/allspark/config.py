@@ -134,6 +134,7 @@ class RecipeConfig:
     unlabeled_weight: float = 1.0  # loss = (labeled + unlabeled_weight * unlabeled) / 2
     teacher: str = "student"  # student (the paper) | ema (an exponential moving average of the student)
     ema_momentum: float = 0.999  # teacher = m * teacher + (1 - m) * student after each step
+    rampup_iters: int = 0  # the unlabeled weight rises over these first steps (Mean Teacher's curve); 0: from step 0
 
 
 @dataclass
@@ -256,7 +257,7 @@ _RANGES = (
      lambda v: v > 0, "positive"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
     (("train.weight_decay", "recipe.unlabeled_weight"), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
-    (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed"), lambda v: v >= 0,
+    (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed", "recipe.rampup_iters"), lambda v: v >= 0,
      "zero or positive"),
     (("train.momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
     (("train.ohem_thresh", "recipe.cutmix_prob", "recipe.threshold", "recipe.ema_momentum"), lambda v: 0 <= v <= 1,

@@ -5,6 +5,7 @@ paper's loss unchanged, so the default run is the paper's loop bit for bit.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,15 @@ def student_view(batch_u: dict, teacher_logits: torch.Tensor) -> tuple[torch.Ten
         box = batch_u["box"]
         images, teacher_logits, valid = cutmix(images, box), cutmix(teacher_logits, box), cutmix(valid, box)
     return images, teacher_logits, valid
+
+
+def rampup_factor(iteration: int, rampup_iters: int) -> float:
+    """The share of the unlabeled weight at step `iteration` (0-based): exp(-5 (1 - t)^2) with t = iteration /
+    rampup_iters, then 1 (the sigmoid-shaped ramp-up of Mean Teacher); 1 throughout when rampup_iters is 0.
+    It keeps a from-scratch teacher's first guesses from weighing as much as the labels."""
+    if iteration >= rampup_iters:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - iteration / rampup_iters) ** 2)
 
 
 def pseudo_label_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor,

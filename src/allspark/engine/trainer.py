@@ -26,7 +26,7 @@ from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
-from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, student_view
+from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, rampup_factor, student_view
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 from allspark.models import build_model
@@ -102,7 +102,8 @@ class Trainer:
         loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
         recipe = self.cfg.recipe
         loss_u = pseudo_label_loss(logits_u, teacher_logits, valid, recipe.threshold)
-        return {"loss": (loss_l + recipe.unlabeled_weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
+        weight = recipe.unlabeled_weight * rampup_factor(self.iteration, recipe.rampup_iters)
+        return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
         """One optimisation step at the schedule's lr (spec 5: set before the step); returns the rank-averaged
