@@ -1,10 +1,13 @@
-"""Images per second of `allspark predict`'s work on a folder (decoded image -> class mask), on the CPU:
-PyTorch fp32, PyTorch under bf16 autocast, and the exported ONNX model under onnxruntime.
+"""Images per second of `allspark predict` on a folder, on the CPU: its two engines, PyTorch (fp32, and under
+bf16 autocast) and the `allspark export` graph under onnxruntime, then the command itself end to end.
 
-Each image goes through every variant in turn (so a shared machine slows them alike); decoding and writing
-files are left out. Masks are compared with the fp32 PyTorch ones (share of equal pixels). Without
---checkpoint a randomly initialised CamVid model (MiT-B0, 11 classes, AllSpark) is used: speed does not depend
-on the weights, agreement is stricter with trained ones (random logits have small margins).
+Per image: each image goes through every variant in turn (so a shared machine slows them alike); decoding and
+writing files are left out; masks are compared with the fp32 PyTorch ones (share of equal pixels). End to
+end: `allspark predict FOLDER --engine torch|onnx` in a fresh process each (start-up, model loading, reading
+and writing files included), outputs compared. The checkpoint is copied to a temporary folder and exported
+there (`allspark export`, default place), so a run directory is never written to. Without --checkpoint a
+randomly initialised CamVid model (MiT-B0, 11 classes, AllSpark) is used: speed does not depend on the weights,
+agreement is stricter with trained ones (random logits have small margins).
 
     .venv/bin/python benchmarks/bench_predict_throughput.py --threads 1          # ../shared/data/camvid-mini val
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +42,32 @@ def random_checkpoint(folder: Path) -> Path:
     return path
 
 
-def onnx_masks(session, batch: torch.Tensor) -> np.ndarray:
-    """Class masks (1, H, W) from the exported graph (input 'images', output 'logits')."""
-    from allspark.export import INPUT_NAME, OUTPUT_NAME
+def run_command(argv: list[str]) -> float:
+    """Seconds that `python -m allspark ARGV...` takes in a fresh process; its failure ends the benchmark."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "allspark", *argv], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"bench_predict_throughput: allspark {argv[0]} failed:\n{done.stderr}")
+    return time.perf_counter() - started
 
-    (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})
-    return logits.argmax(1)
+
+def end_to_end(files: list[Path], weights: Path, folder: Path, threads: int | None) -> None:
+    """`allspark predict FILES --mode whole` with each engine; prints images/s and the share of equal mask pixels."""
+    seconds, masks = {}, {}
+    for engine in ("torch", "onnx"):
+        out = folder / engine
+        seconds[engine] = run_command(["predict", *map(str, files), "--checkpoint", str(weights), "--out", str(out),
+                                       "--mode", "whole", "--device", "cpu", "--engine", engine,
+                                       *(["--threads", str(threads)] if threads else [])])
+        masks[engine] = [np.asarray(Image.open(out / f"{path.stem}.png")) for path in files]
+    equal = sum(int((a == b).sum()) for a, b in zip(masks["onnx"], masks["torch"]))
+    pixels = sum(m.size for m in masks["torch"])
+    print(f"\n`allspark predict --engine E` end to end, same images, a fresh process each (start-up, loading, "
+          "reading and writing files included):")
+    print("| engine | seconds | images/s | mask pixels equal to --engine torch |\n|---|---|---|---|")
+    for engine in seconds:
+        print(f"| {engine} | {seconds[engine]:.1f} | {len(files) / seconds[engine]:.1f} | "
+              f"{equal / pixels if engine == 'onnx' else 1:.4%} |")
 
 
 def main() -> None:
@@ -61,28 +86,23 @@ def main() -> None:
         sys.exit("bench_predict_throughput: onnxruntime is missing: pip install -e '.[export]'")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from allspark.data.transforms import normalize_image
-    from allspark.models.weights import load_model
-    from allspark.export import export_onnx
+    from allspark.models.weights import resolve_weights
     from allspark.predict import Predictor
 
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or random_checkpoint(Path(tmp))
-        predictor = Predictor(checkpoint, device="cpu", mode="whole")
-        started = time.perf_counter()
-        onnx_path = export_onnx(load_model(checkpoint)[0], predictor.cfg, Path(tmp) / "model.onnx")
-        export_seconds = time.perf_counter() - started
-        options = onnxruntime.SessionOptions()
-        if args.threads:
-            options.intra_op_num_threads = args.threads
-        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    if args.checkpoint:
+        weights = Path(shutil.copy(resolve_weights(args.checkpoint), tmp / "weights.safetensors"))
+    else:
+        weights = random_checkpoint(tmp)
+    export_seconds = run_command(["export", "--checkpoint", str(weights), "--no-check"])
+    engines = {name: Predictor(weights, device="cpu", mode="whole", engine=name) for name in ("torch", "onnx")}
 
     def pytorch(batch, amp=False):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            return predictor.predict_masks(list(batch))
+            return engines["torch"].predict_masks(list(batch))
 
     variants = {"PyTorch fp32": pytorch, "PyTorch bf16": lambda b: pytorch(b, amp=True),
-                "onnxruntime fp32": lambda b: onnx_masks(session, torch.stack([normalize_image(i) for i in b]))}
+                "onnxruntime fp32": lambda b: engines["onnx"].predict_masks(list(b))}
     images = [np.array(Image.open(path).convert("RGB")) for path in files]
     for fn in variants.values():  # warm-up
         fn(images[:1])
@@ -102,11 +122,13 @@ def main() -> None:
     print(f"{len(images)} images from {args.images} (first {w}x{h}), batch 1, whole image, "
           f"{'random weights' if not args.checkpoint else args.checkpoint}, {torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, load average {os.getloadavg()[0]:.1f}; "
-          f"export took {export_seconds:.1f} s")
+          f"`allspark export` took {export_seconds:.1f} s")
     print("| variant | images/s | ms/image | pixels equal to PyTorch fp32 |\n|---|---|---|---|")
     for name in variants:
         print(f"| {name} | {len(images) / seconds[name]:.1f} | {seconds[name] / len(images) * 1e3:.1f} | "
               f"{equal[name] / pixels:.4%} |")
+    end_to_end(files, weights, tmp, args.threads)
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,24 @@
 """Fixtures shared by the test modules."""
 import pytest
 
-from inference_helpers import tiny_checkpoint
+from inference_helpers import run_cli, tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A tiny randomly initialised AllSpark checkpoint (see inference_helpers.tiny_checkpoint)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """(weights, export): another tiny checkpoint and `allspark export`'s graph at its default place beside it.
+    One export for the session: tracing takes 20-60 s. Skipped without the optional `export` extra."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    from allspark.engine.onnx_engine import export_path
+
+    weights = tiny_checkpoint(tmp_path_factory.mktemp("export"))
+    # exit status 0 also means the built-in check (onnxruntime vs PyTorch at two sizes) passed
+    assert run_cli(["export", "--checkpoint", str(weights)]) == 0
+    return weights, export_path(weights)

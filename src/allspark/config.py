@@ -32,6 +32,7 @@ WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pi
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
+ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 

@@ -16,16 +16,17 @@ import torch
 
 from allspark.config import config_to_dict
 from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from allspark.engine.onnx_engine import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
 from allspark.models.weights import atomic_write
-
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int | None = None,
-                class_names: Sequence[str] | None = None, palette: np.ndarray | None = None) -> Path:
+                class_names: Sequence[str] | None = None, palette: np.ndarray | None = None,
+                source_sha256: str | None = None) -> Path:
     """Write `model` (on the CPU, eval mode) as ONNX: input "images" normalised float (1, 3, H, W),
     output "logits" (1, K, H, W), H and W dynamic. The metadata holds the config, the normalisation
-    (`mean`, `std` on 0..1 RGB: input = (pixel / 255 - mean) / std) and the class names and palette if given."""
+    (`mean`, `std` on 0..1 RGB: input = (pixel / 255 - mean) / std), and if given the class names, palette
+    and the SHA-256 of the weights file the model came from (SOURCE_KEY, checked by the predict engine)."""
     model = model.cpu().eval()
     side = example_size or cfg.model.crop_size
     example = torch.zeros(1, 3, side, side)
@@ -37,6 +38,8 @@ def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int 
         metadata["class_names"] = list(class_names)
     if palette is not None:
         metadata["palette"] = np.asarray(palette).tolist()
+    if source_sha256 is not None:
+        metadata[SOURCE_KEY] = source_sha256
     program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
     out = Path(out)
     atomic_write(out, lambda tmp: program.save(tmp))
@@ -46,16 +49,14 @@ def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int 
 @torch.no_grad()
 def max_onnx_difference(model: torch.nn.Module, path: str | Path, sizes: Sequence[tuple[int, int]], seed: int = 0) -> float:
     """Largest |onnxruntime - PyTorch| logit difference over random normalised images of `sizes`."""
-    import onnxruntime  # here: an optional dependency (the `export` extra), needed only for this check
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = OnnxModel(path)
     model = model.cpu().eval()
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for h, w in sizes:
         images = torch.randn(1, 3, h, w, generator=generator)
         expected = model(images).numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        got = graph(images).numpy()
         if got.shape != expected.shape:
             raise ValueError(f"{path}: ONNX logits have shape {got.shape} for a {h}x{w} input; expected {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))

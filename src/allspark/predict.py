@@ -17,13 +17,12 @@ from tqdm import tqdm
 from allspark.config import WHOLE_IMAGE_MODES
 from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image, rgb_array
-from allspark.data.layouts import IMAGE_EXTS, class_names_and_palette
+from allspark.data.layouts import IMAGE_EXTS
 from allspark.data.transforms import normalize_image
-from allspark.distributed import resolve_device
 from allspark.engine.evaluate import eval_window
 from allspark.engine.inference import predict_probs, window_stride
+from allspark.engine.onnx_engine import load_engine
 from allspark.engine.tiled import tiled_rows, window_grid
-from allspark.models.weights import load_model
 
 MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
@@ -44,7 +43,9 @@ class Predictor:
     training data (ImageNet mean/std); it returns the class-index mask (H, W) as numpy (uint8 for up to
     256 classes, else int64). `mode` is "whole" or "sliding" (default: the config's eval mode, "whole"
     for "center", whose prediction would not cover the image); `window` defaults to the eval crop size;
-    `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere.
+    `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere. `checkpoint` is a run
+    directory, a weights file or an `allspark export` .onnx file; `engine` (auto, torch, onnx) picks PyTorch or
+    that graph under onnxruntime (see `allspark.engine.onnx_engine.load_engine`); `engine_note` says which runs.
 
     Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
@@ -54,9 +55,9 @@ class Predictor:
     def __init__(self, checkpoint, device: str | torch.device = "auto", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
-                 max_pixels: int | None = None):
-        device = resolve_device(device)
-        model, cfg = load_model(checkpoint, which=which, device=device)
+                 max_pixels: int | None = None, engine: str = "auto"):
+        loaded = load_engine(checkpoint, engine, which, device)
+        model, cfg, device = loaded.model, loaded.cfg, loaded.device
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
         if mode not in WHOLE_IMAGE_MODES:
             raise ValueError(f"Predictor mode must be one of {', '.join(WHOLE_IMAGE_MODES)}; got {mode!r} "
@@ -69,7 +70,8 @@ class Predictor:
         whole_tile = window or max(TILE_WINDOW, cfg.model.crop_size)
         self.tile_window = self.options["window"] if mode == "sliding" else whole_tile
         self.tile, self.max_pixels = tile, max_pixels or DEFAULT_MAX_PIXELS
-        self.class_names, self.palette = class_names_and_palette(cfg)
+        self.class_names, self.palette = loaded.class_names, loaded.palette
+        self.engine, self.engine_note = loaded.name, loaded.note
 
     @property
     def num_classes(self) -> int:

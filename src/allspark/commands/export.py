@@ -1,4 +1,5 @@
-"""`allspark export OUT --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch."""
+"""`allspark export [OUT] --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch;
+by default beside the weights, where `allspark predict` finds it (`engine.onnx_engine.export_path`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,12 @@ from allspark.data.layouts import class_names_and_palette
 def run(args: argparse.Namespace) -> int:
     # here, not at the top: export brings torch and transformers, ~2.5 s of start-up for every command
     # (python -X importtime -c 'import allspark.export')
+    from allspark.engine.onnx_engine import export_path, file_sha256
     from allspark.export import export_onnx, max_onnx_difference
-    from allspark.models.weights import load_model
+    from allspark.models.weights import CheckpointError, load_model, resolve_weights
 
-    out = Path(args.out)
+    weights = resolve_weights(args.checkpoint, args.which)
+    out = Path(args.out) if args.out else export_path(weights)
     if args.format != "onnx":
         print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
         return 2
@@ -23,9 +26,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails before the slow export
-    model, cfg = load_model(args.checkpoint, which=args.which)
+    digest = file_sha256(weights)
+    model, cfg = load_model(weights)
+    if file_sha256(weights) != digest:  # e.g. a training run saved it meanwhile: the export must name its source
+        raise CheckpointError(f"{weights} changed while it was read; run the export again")
     names, palette = class_names_and_palette(cfg)
-    export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette)
+    export_onnx(model, cfg, out, args.example_size, class_names=names, palette=palette, source_sha256=digest)
     print(f"wrote {out}")
     if args.check:
         side = args.example_size or cfg.model.crop_size
@@ -40,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
-    parser.add_argument("out", metavar="OUT", help="output file, e.g. model.onnx")
+    parser.add_argument("out", metavar="OUT", nargs="?",
+                        help="output file (default: beside the weights, e.g. checkpoints/best.onnx, where "
+                             "`allspark predict` uses it)")
     add_checkpoint_options(parser)
     parser.add_argument("--format", default="onnx", help="only onnx")
     parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")

@@ -36,9 +36,10 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
-    """`--checkpoint RUN_OR_FILE` (required) and `--which best|latest`."""
-    parser.add_argument("--checkpoint", required=True, help="run directory or .safetensors weights file")
+def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file"
+                           ) -> None:
+    """`--checkpoint RUN_OR_FILE` (required; `what` it accepts) and `--which best|latest`."""
+    parser.add_argument("--checkpoint", required=True, help=what)
     parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
 
 

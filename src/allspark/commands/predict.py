@@ -7,7 +7,7 @@ from pathlib import Path
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
-from allspark.config import WHOLE_IMAGE_MODES
+from allspark.config import ENGINES, WHOLE_IMAGE_MODES
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
                           stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
-                          tile=args.tile, max_pixels=args.max_pixels)
+                          tile=args.tile, max_pixels=args.max_pixels, engine=args.engine)
+    print(f"allspark predict: {predictor.engine_note}", file=sys.stderr)
     written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
     if args.legend:
         write_legend(out, predictor.palette, predictor.class_names)
@@ -61,7 +62,7 @@ def register(sub) -> None:
                             description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
                                         "<stem>_overlay.png (image | blend) for every input image.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    add_checkpoint_options(parser)
+    add_checkpoint_options(parser, what="run directory, .safetensors weights or `allspark export` .onnx file")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--mode", choices=WHOLE_IMAGE_MODES, help="default: the config's eval mode")
     parser.add_argument("--window", type=int, help="sliding-window size (default: the eval/training crop), also the "
@@ -80,5 +81,9 @@ def register(sub) -> None:
                         help="also write legend.png and legend.json (class index, name and colour)")
     add_threads_option(parser)
     add_device_option(parser)
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="onnx: the graph `allspark export` wrote beside the weights (made from them, checked by "
+                             "SHA-256) under onnxruntime on the CPU, about 2x PyTorch; auto: onnx where it can run, "
+                             "else torch")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(run=run)
