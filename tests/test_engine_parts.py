@@ -177,6 +177,30 @@ def test_demo_runs_are_labels_alone_the_papers_loop_and_the_recipe(tmp_path):
     assert cfgs["allspark_recipe"].recipe.teacher == "ema" and cfgs["allspark_recipe"].recipe.threshold > 0
 
 
+def test_demo_rows_start_from_the_source_encoder(tmp_path, monkeypatch):
+    """The demo's encoder: SupBaseline on the generated source set (its own classes), found finished the second
+    time; every row's model.pretrained is that file, and its encoder loads into the 4-class demo model."""
+    from allspark.engine import demo
+    from allspark.models import build_model
+    from allspark.models.weights import read_weights
+
+    monkeypatch.setattr(demo, "SOURCE_TRAIN", 8)
+    monkeypatch.setattr(demo, "SOURCE_VAL", 2)
+    extra = ("model.crop_size=32", "train.batch_size=2")
+    weights = demo.pretrain_source_encoder(tmp_path, iters=2, extra=extra, progress=False)
+    assert (tmp_path / "source_data" / "train.txt").read_text().count("\n") == 8
+    trained = weights.stat().st_mtime_ns
+    assert demo.pretrain_source_encoder(tmp_path, iters=2, extra=extra, progress=False) == weights
+    assert weights.stat().st_mtime_ns == trained  # finished: not trained again
+    for run, (preset, _) in demo.DEMO_RUNS.items():
+        assert load_config(preset, demo.demo_overrides(run, tmp_path, tmp_path, 10, weights)).model.pretrained == str(weights)
+    source_state, _ = read_weights(weights)
+    model = build_model(load_config("demo", [f"model.pretrained={weights}"]).model)
+    encoder_keys = [k for k in model.state_dict() if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(model.state_dict()[k], source_state[k]) for k in encoder_keys)
+    assert model.head.classifier.out_channels == 4 != source_state["head.classifier.weight"].shape[0]
+
+
 def test_every_amp_mode_has_its_dtype_and_autocast():
     assert tuple(AMP_DTYPES) == AMP_MODES
     with autocast(torch.device("cpu"), "bf16"):
