@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 import allspark.models.allspark as allspark_module
 from allspark.cli import main
@@ -106,6 +107,42 @@ def test_compile_runs_writes_memory_and_resumes(data_root, tmp_path, monkeypatch
     assert state["iteration"] == 8 and model_state["allspark.memory.ptr"].sum() > 0  # the compiled step wrote it
     losses = [r["loss"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
     assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
+
+
+def without_module_dropout(trainer: Trainer) -> Trainer:
+    """Dropout, Dropout2d and drop-path at 0: inductor draws their masks from its own generator, not eager's.
+    The memory attention's dropout stays: it runs eagerly (a graph break) on the global generator."""
+    for module in trainer.model.modules():
+        if isinstance(module, (nn.Dropout, nn.Dropout2d)):
+            module.p = 0.0
+        if hasattr(module, "drop_prob"):  # transformers' stochastic depth
+            module.drop_prob = 0.0
+    return trainer
+
+
+@pytest.mark.slow  # inductor compiles the C++ kernels of every graph: minutes on a cold cache
+def test_compiled_steps_compute_what_eager_steps_do(data_root, tmp_path):
+    """Same weights, batches and seeds: compiled steps give eager's losses, weights, BatchNorm statistics, Semantic
+    Memory and pointers, before and after the memory becomes the keys (a lost or doubled buffer write, a stale
+    train/eval graph of the student-as-teacher would show here)."""
+    trainers = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        cfg = make_cfg(data_root, tmp_path / str(compiled), f"train.compile={str(compiled).lower()}")
+        trainers[compiled] = without_module_dropout(Trainer(cfg, total=100))
+    unlabeled = build_unlabeled_loader(cfg)
+    batches = list(zip(build_labeled_loader(cfg, length=len(unlabeled.dataset)), unlabeled))
+    for step, (batch_l, batch_u) in enumerate(batches):
+        records = {}
+        for compiled, trainer in trainers.items():
+            torch.manual_seed(step)
+            records[compiled] = trainer.step(batch_l, batch_u, use_memory=step >= 2)
+        for term in ("loss", "loss_l", "loss_u"):
+            assert records[True][term] == pytest.approx(records[False][term], rel=1e-4), (step, term)
+    eager, compiled = (trainer.model.state_dict() for trainer in trainers.values())
+    assert compiled["allspark.memory.ptr"].sum() > 0  # the memory was written
+    for name, value in eager.items():  # k_proj biases get no gradient (softmax ignores them): rounding noise
+        torch.testing.assert_close(compiled[name], value, rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_eval_command_amp_bf16(data_root, tmp_path):
