@@ -23,12 +23,18 @@ DEMO_RUNS = {"sup": ("demo", "SupBaseline"), "allspark": ("demo", "AllSpark, pap
              "allspark_recipe": ("demo_recipe", "AllSpark + recipe")}
 
 
+def _generate_unless_there(data: Path, what: str, progress: bool = True, **kwargs) -> None:
+    """generate_synthetic(data, size=IMAGE_SIZE, seed=0, **kwargs) unless a complete set (val.txt is written
+    last) is already in `data`."""
+    if not (data / "val.txt").is_file():
+        print(f"generating {what} in {data} ...")
+        generate_synthetic(data, size=IMAGE_SIZE, seed=0, progress=progress, **kwargs)
+
+
 def prepare_demo_data(data: Path, num_classes: int) -> None:
     """Generate the synthetic set and its labeled/unlabeled split under `data` unless already there."""
-    if not (data / "val.txt").is_file():
-        print(f"generating the synthetic dataset in {data} ...")
-        generate_synthetic(data, num_train=NUM_TRAIN, num_val=NUM_VAL, size=IMAGE_SIZE, seed=0,
-                           num_classes=num_classes, progress=True)
+    _generate_unless_there(data, "the synthetic dataset", num_train=NUM_TRAIN, num_val=NUM_VAL,
+                           num_classes=num_classes)
     if not (data / "splits" / "unlabeled.txt").is_file():
         make_split(data / "train.txt", data / "splits", count=NUM_LABELED, seed=0)
 
@@ -48,10 +54,9 @@ def pretrain_source_encoder(out: Path, iters: int = SOURCE_ITERS, extra: tuple[s
     """Train (or resume, or find finished) SupBaseline on the source set, generated under out/source_data if
     missing, in out/source_encoder; returns its weights file, whose encoder `model.pretrained` loads."""
     data, run_dir = out / "source_data", out / "source_encoder"
-    if not (data / "val.txt").is_file():
-        print(f"generating the source set (other shapes, hues and textures) in {data} ...")
-        generate_synthetic(data, num_train=SOURCE_TRAIN, num_val=SOURCE_VAL, size=IMAGE_SIZE, seed=0,
-                           num_classes=len(SOURCE_SHAPES) + 1, progress=progress, classes="source")
+    _generate_unless_there(data, "the source set (other shapes, hues and textures)", progress,
+                           num_train=SOURCE_TRAIN, num_val=SOURCE_VAL, num_classes=len(SOURCE_SHAPES) + 1,
+                           classes="source")
     cfg = load_config("demo", [*source_overrides(data, run_dir, iters), *extra])
     print(f"\n== the encoder: SupBaseline on {SOURCE_TRAIN} labeled source images, {iters} iterations: {run_dir}")
     train(cfg, device="cpu", progress=progress)
