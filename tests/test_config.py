@@ -75,6 +75,7 @@ def test_a_model_config_is_validated_without_a_method():
     ("nosection.x=1", "nosection"),                  # unknown section
     ("train.epochs=ten", "train.epochs"),            # wrong type
     ("train.batch_size=1.5", "train.batch_size"),     # wrong type
+    ("train.ohem_min_kept=2.5e0", "train.ohem_min_kept"),  # scientific notation, not a whole number
     ("model.encoder=resnet50", "model.encoder"),      # bad choice
     ("eval.mode=tiles", "eval.mode"),                 # bad choice
     ("train.epochs=0", "train.epochs"),               # out of range
@@ -126,3 +127,15 @@ def test_yaml_off_and_yes_stay_strings(tmp_path):
     assert cfg.train.amp == "off" and cfg.train.compile is True
     with pytest.raises(ConfigError, match="train.compile"):
         load_config(path, ["train.compile=yes"])
+
+
+def test_scientific_notation_is_a_number_on_the_command_line_and_in_files(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot before the exponent) as a string; float keys take it as people write it."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    cfg = load_config(path, ["train.lr_multi=1e1", "train.ohem_min_kept=2e5", "train.max_iters=1e6"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_multi) == (1e-3, 5e-4, 10.0)
+    assert (cfg.train.ohem_min_kept, cfg.train.max_iters) == (200000, 1000000)
+    assert isinstance(cfg.train.max_iters, int)
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config("demo", ["train.lr=-1e-3"])  # parsed, then the range check names it

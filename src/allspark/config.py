@@ -164,6 +164,20 @@ _CHOICES = {
 }
 
 
+# what YAML 1.1 leaves a string but people write for numbers: 1e-3, 5E4, 2e+5 (no dot before the exponent)
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _from_scientific(text: str, hint: type, key: str) -> float | int:
+    """`text` in scientific notation as a float, or as an int when `hint` is int and the value is whole (2e5)."""
+    value = float(text)
+    if hint is float:
+        return value
+    if not value.is_integer():
+        raise ConfigError(f"key '{key}' expects int, got {text!r} (not a whole number)", key)
+    return int(value)
+
+
 def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Return `value` converted to `hint` where lossless (int -> float), else raise ConfigError."""
     origin = typing.get_origin(hint)
@@ -182,6 +196,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         raise errors[0]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float) and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return _from_scientific(value.strip(), hint, key)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"key '{key}' expects {hint.__name__}, got {value!r}", key)
     if not isinstance(value, hint):
