@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from allspark.config import DEVICES
+from allspark.threads import busy_cores, default_threads, usable_cores
 
 
 def positive_int(text: str) -> int:
@@ -20,15 +23,27 @@ def positive_int(text: str) -> int:
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """`--threads N` (read by `set_threads`)."""
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: the cores not busy at start, shared by this host's ranks)")
 
 
 def set_threads(args: argparse.Namespace) -> None:
-    """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
-    if args.threads:
-        import torch  # here, not at the top: torch adds ~0.7 s to the start of every command (python -X importtime)
+    """torch's CPU threads: `--threads N`, else OMP_NUM_THREADS when set, else the cores free at start split among
+    this host's ranks (one thread more than the free cores makes every step wait for the busy one); says so in one
+    line when that is fewer than all cores."""
+    import torch  # here, not at the top: torch adds ~0.7 s to the start of every command (python -X importtime)
 
+    if args.threads:
         torch.set_num_threads(args.threads)
+        return
+    if os.environ.get("OMP_NUM_THREADS"):
+        return  # torch already reads it
+    cores, busy = usable_cores(), busy_cores()
+    threads = default_threads(cores, busy, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads < cores:
+        print(f"allspark: {threads} CPU thread(s) of {cores} cores ({busy:.1f} busy at start, shared by this host's "
+              "processes); --threads N to choose", file=sys.stderr)
+    torch.set_num_threads(threads)
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
