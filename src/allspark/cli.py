@@ -64,4 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         print(line, file=sys.stderr)
         _log_to_new_files(line, handlers)
         code = getattr(err, "exit_status", 1)  # a non-finite training loss exits with 3 (commands.train)
+    except KeyboardInterrupt as err:  # Ctrl-C outside training, or a second stop signal during it (engine/stop.py)
+        if debug:
+            raise
+        line = f"allspark {args.command}: {err or 'interrupted'}"
+        print(line, file=sys.stderr)
+        _log_to_new_files(line, handlers)
+        code = getattr(err, "exit_status", 130)
     sys.exit(code or 0)

@@ -1,6 +1,7 @@
 """Data loaders of spec 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +107,18 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
                 convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples, views=views)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A worker's init: ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group); the training process
+    finishes its step on them, saves, and shuts its workers down itself (engine/stop.py)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
     workers = cfg.data.workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), worker_init_fn=_leave_stop_signals_to_the_trainer)
 
 
 def _train_loader(cfg, key, mode, stream, rank, world_size, length):

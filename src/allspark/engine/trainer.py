@@ -27,6 +27,7 @@ from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, rampup_factor, student_view
+from allspark.engine.stop import StopRequest, TrainingInterrupted
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
 from allspark.models import build_model
@@ -275,6 +276,7 @@ class _Run:
         dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.at = Position()
         self.writer = None
+        self.stop, self.stopping = None, False
 
     def resume(self) -> None:
         """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
@@ -298,10 +300,20 @@ class _Run:
                    disable=not (self.progress and info.is_main))
         started = time.time()
         try:
-            while at.iteration < self.total and at.epoch < cfg.train.epochs:
-                self.train_one_epoch(bar)
-                at.epoch, at.epoch_iter = at.epoch + 1, 0
-                self.end_epoch()
+            with StopRequest() as self.stop:
+                while at.iteration < self.total and at.epoch < cfg.train.epochs and not self.stopping:
+                    self.train_one_epoch(bar)
+                    if self.stopping:
+                        break
+                    if at.epoch_iter >= self.iters_per_epoch:  # a budget (max_iters) may end an epoch part-way
+                        at.epoch, at.epoch_iter = at.epoch + 1, 0
+                    self.end_epoch()
+                if self.stopping:
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"stopped by {self.stop.name} at iteration {at.iteration} (epoch {at.epoch}, batch "
+                        f"{at.epoch_iter}); saved {self.run_dir / 'checkpoints' / 'latest.safetensors'}, run the "
+                        "same command to continue", self.stop.signum)
         except NonFiniteLossError as err:
             self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
                            self.run_dir / "checkpoints" / "latest.safetensors")
@@ -313,6 +325,11 @@ class _Run:
         self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", at.iteration, time.time() - started,
                       at.best_miou * 100)
         return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
+
+    def agree_on_stop(self) -> None:
+        """After a step: `stopping` becomes True on every rank once any rank got a stop signal, so all ranks stop
+        after the same step."""
+        self.stopping = dist_utils.any_rank(self.stop.signum is not None)
 
     def batches(self):
         """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
@@ -338,6 +355,9 @@ class _Run:
             if self.writer and (at.iteration % cfg.train.log_every == 0 or at.iteration == 1):
                 self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
                                    "use_memory": int(use_memory)})
+            self.agree_on_stop()
+            if self.stopping:
+                return
             if at.iteration % cfg.train.checkpoint_every == 0 and at.iteration < self.total:
                 self.save()
 

@@ -1,0 +1,58 @@
+"""Stopping a training cleanly on SIGINT (Ctrl-C) or SIGTERM (what schedulers send before they kill).
+
+The first signal is only noted: the loop finishes its step, every rank agrees to stop at the same
+iteration, `latest` is saved and the run ends with TrainingInterrupted (exit status 128 + the signal's
+number). A second signal stops at once with StoppedAtOnce, leaving the last saved checkpoint as it was."""
+from __future__ import annotations
+
+import signal
+import threading
+
+from allspark.config import InputError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(InputError):
+    """The run stopped on a signal after saving `latest`; run the same command to continue."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop now, without saving."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the last saved checkpoint is kept")
+        self.exit_status = 128 + signum
+
+
+class StopRequest:
+    """While entered (on the main thread), SIGINT and SIGTERM set `signum` instead of raising; the second one
+    raises StoppedAtOnce. The previous handlers come back on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise StoppedAtOnce(signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
