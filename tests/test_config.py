@@ -108,15 +108,20 @@ def test_yaml_base_merges(tmp_path):
 
 
 def test_run_dir_refuses_other_config(tmp_path):
-    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}"])
+    """Only a run with a checkpoint to continue from refuses a config that changes the result."""
+    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path}"])
     write_run_config(cfg)
-    other = load_config("demo", [f"run_dir={tmp_path / 'run'}", "train.lr=0.5"])
+    other = load_config("demo", [f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path}", "train.lr=0.5"])
     assert config_diff(cfg, other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]
+    assert check_run_dir(other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]  # no checkpoint yet: accepted
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "latest.state.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="train.lr"):
         check_run_dir(other)
     check_run_dir(other, force_config=True)
-    write_run_config(other)
+    write_run_config(other, iteration=7)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
+    assert yaml.safe_load((tmp_path / "run" / "config.7.yaml").read_text())["train"]["lr"] == cfg.train.lr
 
 
 def test_yaml_off_and_yes_stay_strings(tmp_path):

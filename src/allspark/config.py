@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -258,6 +259,21 @@ def _related(key: str, other: str) -> bool:
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """A copy of `cfg` with `run_dir`, `data.root` and a local `model.pretrained` absolute, relative ones read
+    against `base` (the current folder): what a run stores, so that its folder works from any folder. List paths
+    stay as they are: they are relative to `data.root`."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.join(Path.cwd() if base is None else base, path))
+
+    pretrained = cfg.model.pretrained
+    if pretrained and Path(absolute(pretrained)).exists():  # a hub id such as nvidia/mit-b0 is not a local path
+        pretrained = absolute(pretrained)
+    return dataclasses.replace(cfg, run_dir=absolute(cfg.run_dir),
+                               data=dataclasses.replace(cfg.data, root=absolute(cfg.data.root)),
+                               model=dataclasses.replace(cfg.model, pretrained=pretrained))
 
 
 def _get(cfg: Config, key: str) -> Any:

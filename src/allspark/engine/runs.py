@@ -15,9 +15,13 @@ from typing import IO
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml
+from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
+from allspark.engine.checkpoint import has_checkpoint
 from allspark.models.weights import atomic_write
 
+# keys a run may change on resume without --force-config: they cannot change what it computes (resume is exact
+# whatever the loader workers; logging and checkpoint intervals only say when lines and files are written)
+RESULT_NEUTRAL_KEYS = ("data.workers", "train.log_every", "train.checkpoint_every")
 LOCK_FILE = ".lock"  # holds the pid, host and start time of the training that has the run directory
 _HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
 
@@ -49,23 +53,36 @@ def config_diff(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def check_run_dir(cfg: Config, force_config: bool = False) -> None:
-    """Refuse a run directory whose config.yaml differs from `cfg` (naming the differing keys) unless
-    `force_config`; writes nothing, so a start that fails later leaves the directory as it was."""
+def check_run_dir(cfg: Config, force_config: bool = False) -> list[str]:
+    """The lines 'key: old -> new' where `cfg` differs from the run directory's config.yaml. A difference is
+    refused (naming the keys) only when the run has a checkpoint to continue from, a key can change the result
+    (not one of RESULT_NEUTRAL_KEYS) and `force_config` is not given. Writes nothing, so a start that fails later
+    leaves the directory as it was."""
     saved = Path(cfg.run_dir) / "config.yaml"
     if not saved.is_file():
-        return
-    old = config_from_dict(load_yaml(saved.read_text()), where=str(saved))
+        return []
+    # an older run may hold relative paths: they were typed in the folder the run is continued from
+    old = with_absolute_paths(config_from_dict(load_yaml(saved.read_text()), where=str(saved)))
     diff = config_diff(old, cfg)
-    if diff and not force_config:
+    blocking = [line for line in diff if line.split(":")[0] not in RESULT_NEUTRAL_KEYS]
+    if blocking and not force_config and has_checkpoint(cfg.run_dir):
         raise ConfigError(f"run directory {cfg.run_dir} was started with a different config; differing keys:\n  "
-                          + "\n  ".join(diff) + "\nuse another run_dir, or pass --force-config to continue anyway")
+                          + "\n  ".join(blocking) + "\nuse another run_dir, or pass --force-config to continue "
+                          "anyway")
+    return diff
 
 
-def write_run_config(cfg: Config) -> None:
-    """Write run_dir/config.yaml (atomically), once the run has been built and its checkpoint accepted."""
+def write_run_config(cfg: Config, iteration: int = 0) -> None:
+    """Write run_dir/config.yaml (atomically), once the run has been built and its checkpoint accepted; a
+    different config.yaml already there is kept as config.<iteration>.yaml, the iteration it applied up to."""
+    path = Path(cfg.run_dir) / "config.yaml"
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    atomic_write(Path(cfg.run_dir) / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    if path.is_file() and path.read_text() != text:
+        kept, number = path.with_name(f"config.{iteration}.yaml"), 1
+        while kept.exists():
+            kept, number = path.with_name(f"config.{iteration}.{number}.yaml"), number + 1
+        os.replace(path, kept)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def lock_run_dir(run_dir: str | Path) -> IO[str]:
@@ -90,6 +107,13 @@ def lock_run_dir(run_dir: str | Path) -> IO[str]:
     return handle
 
 
+class _RunLogHandler(logging.FileHandler):
+    """train.log: a line that cannot be written (a full disk) is dropped quietly; stderr still shows it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger:
     """Logger writing to run_dir/train.log (when given) and to stderr."""
     logger = logging.getLogger(name)
@@ -101,7 +125,7 @@ def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler()]
     if run_dir is not None:
-        handlers.append(logging.FileHandler(Path(run_dir) / "train.log"))
+        handlers.append(_RunLogHandler(Path(run_dir) / "train.log"))
     for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)

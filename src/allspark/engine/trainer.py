@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, ConfigError
+from allspark.config import Config, ConfigError, with_absolute_paths
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
@@ -192,8 +192,10 @@ def _set_epoch(loader, epoch: int) -> None:
 
 
 def train(cfg: Config, force_config: bool = False, device: str = "auto", progress: bool = True) -> dict:
-    """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one.
-    Works single-process and under torchrun. Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one; relative paths are
+    read against the current folder and stored absolute. Works single-process and under torchrun.
+    Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
     owns_group = not dist_utils.is_initialized()  # a caller's process group is left to the caller
     info = dist_utils.init_distributed(device)
     try:
@@ -225,10 +227,13 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
     succeeded, so a failed or refused start leaves the directory as it was."""
     lock = _on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
-        _on_main(info, lambda: check_run_dir(cfg, force_config))
+        changed = _on_main(info, lambda: check_run_dir(cfg, force_config))
         run = _Run(cfg, info, progress)
         run.resume()
-        _on_main(info, lambda: write_run_config(cfg))
+        if changed:
+            run.log.info("config.yaml replaced at iteration %d (the old one kept as config.%d.yaml): %s",
+                         run.at.iteration, run.at.iteration, "; ".join(changed))
+        _on_main(info, lambda: write_run_config(cfg, run.at.iteration))
         return run.fit()
     finally:
         if lock is not None:

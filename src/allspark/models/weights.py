@@ -2,9 +2,11 @@
 in its metadata, the full resolved Config, so a single file is enough to rebuild the model."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +23,10 @@ class CheckpointError(InputError):
     """A checkpoint file that is not ours, is damaged, or does not match its run."""
 
 
+class DiskFullError(InputError):
+    """A file could not be written for want of space; the file it was to replace is intact."""
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it into place,
     so a run killed mid-write never leaves a truncated checkpoint behind. The file gets the
@@ -34,9 +40,25 @@ def atomic_write(path: str | Path, write) -> None:
         write(str(tmp))
         os.chmod(tmp, mode)  # safetensors writes a fresh file of mode 0600 over ours
         os.replace(tmp, path)
+    except Exception as err:
+        full = _disk_full(err, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(f"{path}: no space left on its device ({free / 2**20:.1f} MiB free in {path.parent}); "
+                                f"{'the previous file is kept, ' if path.exists() else ''}free some space and run "
+                                "again") from None
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or a writer that hides it (safetensors names os error 28,
+    torch.save only an 'unexpected pos') while under a MiB is left."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "os error 28" in str(err) or shutil.disk_usage(folder).free < 2**20
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
