@@ -8,8 +8,9 @@ from allspark.engine import checkpoint as checkpoint_module
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import train
+from allspark.errors import DiskFullError
 from allspark.models import weights as weights_module
-from allspark.models.weights import DiskFullError, atomic_write, checkpoint_paths
+from allspark.models.weights import atomic_write, checkpoint_paths
 from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from allspark.cli import build_parser, main
-from allspark.config import DEVICES, ConfigError, load_config
+from allspark.config import DEVICES, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
 from allspark.distributed import resolve_device
+from allspark.errors import ConfigError, DeviceError
 from allspark.models import build_model
 from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
@@ -205,5 +206,5 @@ def test_resolve_device():
     if torch.cuda.is_available():
         assert resolve_device("cuda", 0) == torch.device("cuda", 0)
     else:
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda")

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from allspark.errors import ConfigError, InputError  # noqa: F401 (InputError: the name other modules import)
+
 PRESETS_DIR = Path(__file__).parent / "configs"
 
 ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
@@ -34,24 +36,8 @@ WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
 ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
+MIN_CROP = 32  # the smallest crop or window MiT can encode: its first attention reduces 8x8 tokens at stride 4
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
-
-
-class InputError(ValueError):
-    """An input the user can fix (a config value, a data file, a checkpoint): `allspark` reports it in one line
-    and exits with `exit_status`; the subclasses live with what they check."""
-
-    exit_status = 1
-
-
-class ConfigError(InputError):
-    """A configuration value is missing, unknown, of the wrong type or out of range; `keys` name it."""
-
-    exit_status = 2
-
-    def __init__(self, message: str, *keys: str):
-        super().__init__(message)
-        self.keys = keys
 
 
 class _Loader(yaml.SafeLoader):
@@ -285,9 +271,11 @@ def _get(cfg: Config, key: str) -> Any:
 
 # (keys, test, what the value must be): ranges checked by `validate`; a null value is not checked
 _RANGES = (
-    (("model.num_classes", "model.crop_size", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
-      "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
+    (("model.num_classes", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
+      "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every"),
      lambda v: v > 0, "positive"),
+    (("model.crop_size", "eval.crop_size"), lambda v: v >= MIN_CROP,
+     f"at least {MIN_CROP} (the encoder's first stage reduces 8x8 tokens of a 32 px crop)"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
     (("train.weight_decay", "recipe.unlabeled_weight"), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
     (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed", "recipe.rampup_iters"), lambda v: v >= 0,

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from allspark.errors import DeviceError
+
 
 @dataclass
 class DistInfo:
@@ -36,7 +38,8 @@ def resolve_device(device: str | torch.device = "auto", index: int | None = None
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+            reason = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceError(f"--device {device}: CUDA is not available ({reason}); use --device cpu or auto")
         if index is not None:
             resolved = torch.device("cuda", index)
     return resolved

@@ -6,9 +6,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from allspark.config import ConfigError, load_config
-from allspark.data.io import DataError, check_pair, read_image, read_list, read_mask
+from allspark.config import load_config
+from allspark.data.io import check_pair, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
+from allspark.errors import ConfigError, DataError
 
 
 def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,

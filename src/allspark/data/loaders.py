@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from allspark.config import Config, ConfigError
+from allspark.config import Config
 from allspark.data.checks import class_count_problem
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
 from allspark.data.splits import splits_command
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
+from allspark.errors import ConfigError
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from allspark.config import Config
-from allspark.models.weights import (CheckpointError, atomic_write, checkpoint_paths, read_weights, save_weights,
-                                     weights_metadata)
+from allspark.errors import CheckpointError
+from allspark.models.weights import atomic_write, checkpoint_paths, read_weights, save_weights, weights_metadata
 
 KEPT = "previous"  # the pair kept while `latest` is rewritten
 

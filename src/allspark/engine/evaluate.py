@@ -10,13 +10,14 @@ import torch
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from allspark.config import Config, apply_overrides, config_from_dict, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
 from allspark.engine.inference import center_crop_box, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
+from allspark.errors import ConfigError
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import read_weights, resolve_weights
 

@@ -15,8 +15,9 @@ from typing import IO
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from allspark.config import Config, ConfigError, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
+from allspark.config import Config, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
 from allspark.engine.checkpoint import has_checkpoint
+from allspark.errors import ConfigError
 from allspark.models.weights import atomic_write
 
 # keys a run may change on resume without --force-config: they cannot change what it computes (resume is exact

@@ -8,25 +8,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from allspark.config import InputError
+from allspark.errors import StoppedAtOnce
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class TrainingInterrupted(InputError):
-    """The run stopped on a signal after saving `latest`; run the same command to continue."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_status = 128 + signum
-
-
-class StoppedAtOnce(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM: stop now, without saving."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the last saved checkpoint is kept")
-        self.exit_status = 128 + signum
 
 
 class StopRequest:

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, ConfigError, with_absolute_paths
+from allspark.config import Config, with_absolute_paths
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
@@ -27,15 +27,12 @@ from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, rampup_factor, student_view
-from allspark.engine.stop import StopRequest, TrainingInterrupted
+from allspark.engine.stop import StopRequest
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
+from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
 from allspark.models.weights import checkpoint_paths, read_weights, save_weights
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and `latest` keeps the last good state."""
 
 
 def _to(batch: dict, device: torch.device) -> dict:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from allspark.errors import ConversionError
+
 # Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
 # {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
 _MIT_RULES = [
@@ -49,10 +51,6 @@ _RELEASE_DECODER_RULES = [
 ]
 
 _LIST_LIMIT = 20
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model: keys left over, keys missing, or shapes that differ."""
 
 
 @dataclass

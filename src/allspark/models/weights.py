@@ -13,18 +13,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from allspark.config import Config, InputError, config_from_dict, config_to_dict
+from allspark.config import Config, config_from_dict, config_to_dict
+from allspark.errors import CheckpointError, DiskFullError
 from allspark.models.segmenter import AllSparkSegmenter
 
 FORMAT = "allspark-seg/1"
-
-
-class CheckpointError(InputError):
-    """A checkpoint file that is not ours, is damaged, or does not match its run."""
-
-
-class DiskFullError(InputError):
-    """A file could not be written for want of space; the file it was to replace is intact."""
 
 
 def atomic_write(path: str | Path, write) -> None:
