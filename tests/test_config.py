@@ -67,7 +67,7 @@ def test_a_model_config_is_validated_without_a_method():
     assert model_config_from_dict({"ablation": "cca"}).ablation == "cca"
     with pytest.raises(ConfigError, match="'model.ablation' must be one of"):
         model_config_from_dict({"ablation": "plain"})
-    with pytest.raises(ConfigError, match="'model.crop_size' must be positive"):
+    with pytest.raises(ConfigError, match="'model.crop_size' must be at least 32"):
         model_config_from_dict({"crop_size": 0})
 
 
@@ -145,3 +145,27 @@ def test_scientific_notation_is_a_number_on_the_command_line_and_in_files(tmp_pa
     assert isinstance(cfg.train.max_iters, int)
     with pytest.raises(ConfigError, match="train.lr"):
         load_config("demo", ["train.lr=-1e-3"])  # parsed, then the range check names it
+
+
+def test_a_preset_typo_suggests_the_closest_names():
+    with pytest.raises(ConfigError) as err:
+        load_config("camvid/allspak")
+    assert "did you mean camvid/allspark" in str(err.value) and "pascal/" not in str(err.value)
+
+
+def test_base_may_name_a_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: camvid/allspark\ntrain:\n  max_iters: 50\n")
+    cfg, preset = load_config(path), load_config("camvid/allspark")
+    assert cfg.train.max_iters == 50 and cfg.model == preset.model and cfg.train.lr == preset.train.lr
+
+
+def test_sup_takes_no_unlabeled_list():
+    assert load_config("camvid/sup", ["data.unlabeled_list=null"]).data.unlabeled_list is None
+
+
+def test_a_built_in_layout_and_num_classes_must_agree(tmp_path):
+    from allspark.data.checks import class_count_problem
+
+    assert class_count_problem("camvid", tmp_path, 11) is None
+    assert "layout 'camvid' has 11 classes but model.num_classes is 12" in class_count_problem("camvid", tmp_path, 12)

@@ -219,3 +219,26 @@ def main_status(argv) -> int:
     with pytest.raises(SystemExit) as code:
         main(argv)
     return code.value.code
+
+
+def test_a_resumed_run_logs_no_tensorboard_step_twice(data_root, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _stop_at(monkeypatch, 3)  # the last checkpoint is at 2: steps 3 is logged, then logged again after the resume
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=2"), progress=False)
+    monkeypatch.setattr(Trainer, "step", STEP)
+    train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=2"), progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_images_in_both_training_lists_are_named_once(data_root, tmp_path):
+    both = tmp_path / "both.txt"
+    both.write_text((data_root / "splits" / "labeled.txt").read_text()
+                    + (data_root / "splits" / "unlabeled.txt").read_text())
+    train(make_cfg(data_root, tmp_path / "run", "semi", "train.max_iters=1", f"data.unlabeled_list={both}"),
+          progress=False)
+    warnings = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "in both" in line]
+    assert len(warnings) == 1 and "WARNING 4 image(s) are in both" in warnings[0]

@@ -5,6 +5,7 @@ Every error names the key (and the file) at fault, so a typo in a 60-line YAML i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -76,7 +77,7 @@ class DataConfig:
     layout: str = "folder"  # pascal | cityscapes | coco | camvid | folder | synthetic
     root: str = ""
     labeled_list: str = ""  # "image mask" lines, paths relative to root
-    unlabeled_list: str = ""  # "image [mask]" lines; the mask, if any, is not used
+    unlabeled_list: str | None = ""  # "image [mask]" lines; the mask, if any, is not used; none for method sup
     val_list: str = ""
     workers: int = 2
     skip_bad_samples: bool = False  # log and skip unreadable samples instead of stopping
@@ -353,7 +354,9 @@ def resolve_source(source: str | Path) -> Path:
     for candidate in (PRESETS_DIR / f"{source}.yaml", PRESETS_DIR / str(source)):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config '{source}' is neither a file nor a preset; presets: {', '.join(list_presets())}")
+    close = difflib.get_close_matches(str(source), list_presets(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "`allspark presets` lists them"
+    raise ConfigError(f"config '{source}' is neither a file nor a preset; {hint}")
 
 
 def list_presets() -> list[str]:
@@ -361,7 +364,8 @@ def list_presets() -> list[str]:
 
 
 def load_yaml_with_base(path: Path) -> dict:
-    """Read a YAML file; a top-level `base: other.yaml` (relative to the file) is merged underneath."""
+    """Read a YAML file; a top-level `base: other.yaml` (relative to the file) or `base: camvid/allspark` (a
+    preset) is merged underneath."""
     try:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -371,7 +375,8 @@ def load_yaml_with_base(path: Path) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return _merge(load_yaml_with_base((path.parent / base).resolve()), data)
+    beside = (path.parent / str(base)).resolve()
+    return _merge(load_yaml_with_base(beside if beside.is_file() else resolve_source(base)), data)
 
 
 def _merge(base: dict, top: dict) -> dict:

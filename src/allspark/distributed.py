@@ -75,13 +75,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is True on any (the flag itself single-process)."""
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value`, on every rank (`value` itself single-process)."""
     if not is_initialized():
-        return flag
-    box = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        return value
+    box = torch.tensor([value], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
-    return bool(box.item())
+    return int(box.item())
 
 
 def broadcast_object(obj, src: int = 0):

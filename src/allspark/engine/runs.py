@@ -115,8 +115,8 @@ class _RunLogHandler(logging.FileHandler):
         pass
 
 
-def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger:
-    """Logger writing to run_dir/train.log (when given) and to stderr."""
+def setup_logger(run_dir: Path | None, name: str = "allspark", console: bool = True) -> logging.Logger:
+    """Logger writing to run_dir/train.log (when given) and, with `console` (rank 0 of a torchrun), to stderr."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -124,10 +124,10 @@ def setup_logger(run_dir: Path | None, name: str = "allspark") -> logging.Logger
         logger.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers = [logging.StreamHandler()]
+    handlers = [logging.StreamHandler()] if console else []
     if run_dir is not None:
         handlers.append(_RunLogHandler(Path(run_dir) / "train.log"))
-    for handler in handlers:
+    for handler in handlers or [logging.NullHandler()]:  # no handler at all would print warnings anyway
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
@@ -145,10 +145,12 @@ def json_safe(value):
 class MetricsWriter:
     """Appends one JSON line per record to metrics.jsonl and mirrors the scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, class_names: list[str] | None = None):
+    def __init__(self, run_dir: Path, class_names: list[str] | None = None, purge_after: int = 0):
+        """`purge_after`: the iteration a run resumes from; TensorBoard drops its events past it, as
+        truncate_metrics does for metrics.jsonl, so a resumed run logs no step twice."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.class_names = class_names
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_after + 1 if purge_after else None)
 
     def write(self, record: dict) -> None:
         """record: {'split': 'train'|'val', 'iter', 'epoch', ...scalars, optional 'iou': list}."""

@@ -36,7 +36,3 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous = {}
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-

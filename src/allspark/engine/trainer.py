@@ -8,6 +8,7 @@ section changes the teacher, the student's unlabeled view and the unlabeled term
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -260,14 +261,24 @@ def _loaders(cfg: Config, info: DistInfo):
     return labeled, unlabeled, build_val_loader(cfg, info.rank, info.world_size)
 
 
+def _warn_about_overlap(log, labeled, unlabeled) -> None:
+    """One warning when images are in both training lists (they would teach with labels and pseudo-labels)."""
+    both = sorted({image for image, _ in labeled.entries} & {image for image, _ in unlabeled.entries})
+    if both:
+        log.warning("%d image(s) are in both %s and %s (first: %s); `allspark check-data` lists them", len(both),
+                    labeled.list_path, unlabeled.list_path, both[0])
+
+
 class _Run:
     """One training in its run directory: trainer, loaders and position; epochs, evaluation, checkpoints, logs."""
 
     def __init__(self, cfg: Config, info: DistInfo, progress: bool):
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = Path(cfg.run_dir)
-        self.log = setup_logger(self.run_dir if info.is_main else None)
+        self.log = setup_logger(self.run_dir if info.is_main else None, console=info.is_main)
         self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
+        if self.unlabeled is not None:
+            _warn_about_overlap(self.log, self.labeled.dataset, self.unlabeled.dataset)
         self.iters_per_epoch = min(len(self.labeled), len(self.unlabeled)) if self.unlabeled else len(self.labeled)
         if self.iters_per_epoch == 0:
             raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
@@ -278,7 +289,7 @@ class _Run:
         dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.at = Position()
         self.writer = None
-        self.stop, self.stopping = None, False
+        self.stop, self.stop_signal = None, 0
 
     def resume(self) -> None:
         """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
@@ -295,7 +306,7 @@ class _Run:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
         cfg, at, info = self.cfg, self.at, self.info
         names, _ = class_names_and_palette(cfg)
-        self.writer = MetricsWriter(self.run_dir, names) if info.is_main else None
+        self.writer = MetricsWriter(self.run_dir, names, purge_after=at.iteration) if info.is_main else None
         self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
                       self.iters_per_epoch, info.world_size, info.device)
         bar = tqdm(total=self.total, initial=at.iteration, desc=cfg.method, dynamic_ncols=True,
@@ -303,19 +314,19 @@ class _Run:
         started = time.time()
         try:
             with StopRequest() as self.stop:
-                while at.iteration < self.total and at.epoch < cfg.train.epochs and not self.stopping:
+                while at.iteration < self.total and at.epoch < cfg.train.epochs and not self.stop_signal:
                     self.train_one_epoch(bar)
-                    if self.stopping:
+                    if self.stop_signal:
                         break
                     if at.epoch_iter >= self.iters_per_epoch:  # a budget (max_iters) may end an epoch part-way
                         at.epoch, at.epoch_iter = at.epoch + 1, 0
                     self.end_epoch()
-                if self.stopping:
+                if self.stop_signal:
                     self.save()
                     raise TrainingInterrupted(
-                        f"stopped by {self.stop.name} at iteration {at.iteration} (epoch {at.epoch}, batch "
-                        f"{at.epoch_iter}); saved {self.run_dir / 'checkpoints' / 'latest.safetensors'}, run the "
-                        "same command to continue", self.stop.signum)
+                        f"stopped by {signal.Signals(self.stop_signal).name} at iteration {at.iteration} (epoch "
+                        f"{at.epoch}, batch {at.epoch_iter}); saved {checkpoint_paths(self.run_dir)[0]}, run the "
+                        "same command to continue", self.stop_signal)
         except NonFiniteLossError as err:
             self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
                            self.run_dir / "checkpoints" / "latest.safetensors")
@@ -329,9 +340,9 @@ class _Run:
         return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
 
     def agree_on_stop(self) -> None:
-        """After a step: `stopping` becomes True on every rank once any rank got a stop signal, so all ranks stop
+        """After a step: `stop_signal` becomes the signal any rank got (0: none), on every rank, so all ranks stop
         after the same step."""
-        self.stopping = dist_utils.any_rank(self.stop.signum is not None)
+        self.stop_signal = dist_utils.max_over_ranks(self.stop.signum or 0)
 
     def batches(self):
         """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
@@ -358,7 +369,7 @@ class _Run:
                 self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
                                    "use_memory": int(use_memory)})
             self.agree_on_stop()
-            if self.stopping:
+            if self.stop_signal:
                 return
             if at.iteration % cfg.train.checkpoint_every == 0 and at.iteration < self.total:
                 self.save()
