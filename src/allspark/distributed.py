@@ -102,9 +102,20 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def derive_seeds(count: int, *parts: int) -> np.ndarray:
+    """`count` 32-bit seeds from any parts (run seed, stream, rank, epoch, iteration): NumPy's SeedSequence hashes
+    them, so unlike sums (seed 1 + rank 0 = seed 0 + rank 1) different parts never share a stream."""
+    return np.random.SeedSequence([int(part) for part in parts]).generate_state(count)
+
+
+def derive_seed(*parts: int) -> int:
+    """One seed from `parts`, as derive_seeds: the one rule for every child seed of the package."""
+    return int(derive_seeds(1, *parts)[0])
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, NumPy and torch with `seed + rank`: reproducible, and ranks draw different crops."""
-    value = seed + rank
+    """Seed Python, NumPy and torch with derive_seed(seed, rank): reproducible, and ranks draw different crops."""
+    value = derive_seed(seed, rank)
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)

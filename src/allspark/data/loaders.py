@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -15,6 +14,7 @@ from allspark.data.layouts import mask_converter
 from allspark.data.splits import splits_command
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
+from allspark.distributed import derive_seed, derive_seeds
 from allspark.errors import ConfigError
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
@@ -43,7 +43,7 @@ class TrainSampler(Sampler[int]):
         return self.length // self.world_size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         rounds = -(-self.length // self.num_items)
         order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(rounds)])
         order = order[: len(self) * self.world_size]
@@ -56,7 +56,7 @@ class AugmentedSampler(TrainSampler):
     run resumed, which makes resume exact."""
 
     def __iter__(self):
-        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(self) * self.world_size)
+        seeds = derive_seeds(len(self) * self.world_size, self.seed, self.epoch)
         return zip(super().__iter__(), seeds[self.rank::self.world_size].tolist())
 
 
@@ -86,7 +86,7 @@ class ShardSampler(Sampler[int]):
 
 
 def _stream_seed(cfg: Config, stream: int, rank: int) -> int:
-    return int(np.random.SeedSequence([cfg.train.seed, stream, rank]).generate_state(1)[0])
+    return derive_seed(cfg.train.seed, stream, rank)
 
 
 def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
@@ -130,7 +130,7 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
         views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
-    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
+    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=derive_seed(cfg.train.seed, stream))
     if len(sampler) < cfg.train.batch_size:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
                           f"({dataset.list_path}, {world_size} processes) is fewer than train.batch_size "

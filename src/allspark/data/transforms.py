@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from allspark.data.io import IGNORE_INDEX
+from allspark.distributed import derive_seeds
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +28,7 @@ def seed_steps(compose, seed: int) -> None:
     """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
     every step the same seed, so e.g. flip and blur would always fire together)."""
     compose.set_random_seed(seed)
-    children = np.random.SeedSequence(seed).generate_state(len(compose.transforms))
+    children = derive_seeds(len(compose.transforms), seed)
     for step, child in zip(compose.transforms, children.tolist()):
         step.set_random_seed(child)
 

@@ -154,7 +154,7 @@ class Trainer:
         if len(rngs) == self.info.world_size:
             dist_utils.set_rng_state(rngs[self.info.rank])
         else:
-            dist_utils.seed_everything(self.cfg.train.seed + 7919 * state["iteration"], self.info.rank)
+            dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
 
     def _check_fits(self, model_state: dict) -> None:
         """Raise ConfigError, naming the model keys that changed, when the checkpoint's tensors do not fit."""
