@@ -44,20 +44,27 @@ def worker(root: str, run_dir: str, out: str) -> None:
     dist_utils.cleanup()
 
 
-@pytest.mark.slow
-def test_two_processes_gloo(tmp_path):
+def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Two ranks of this file's worker (`mode`: none, or "stop") on fresh synthetic data: (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
-    from allspark.engine.checkpoint import load_checkpoint
-    from allspark.engine.runs import read_metrics
 
     root = generate_synthetic(tmp_path / "data", num_train=20, num_val=3, size=64, seed=0, num_classes=4)
     make_split(root / "train.txt", root / "splits", count=4, seed=0)
-    run, out = tmp_path / "run", tmp_path / "result.json"
+    run, out = tmp_path / "run", tmp_path / "result"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               __file__, str(root), str(run), str(out)]
+               __file__, *mode, str(root), str(run), str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run, out, done
+
+
+@pytest.mark.slow
+def test_two_processes_gloo(tmp_path):
+    from allspark.engine.checkpoint import load_checkpoint
+    from allspark.engine.runs import read_metrics
+
+    run, out, done = _torchrun(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count(" INFO method allspark, 8 iterations") == 1  # rank 0 alone logs to the console
     result = json.loads(out.read_text())
@@ -105,17 +112,9 @@ def stop_worker(root: str, run_dir: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    from allspark.data.splits import make_split
-    from allspark.data.synthetic import generate_synthetic
     from allspark.engine.checkpoint import load_checkpoint
 
-    root = generate_synthetic(tmp_path / "data", num_train=20, num_val=3, size=64, seed=0, num_classes=4)
-    make_split(root / "train.txt", root / "splits", count=4, seed=0)
-    run, out = tmp_path / "run", tmp_path / "status"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               __file__, "stop", str(root), str(run), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run, out, done = _torchrun(tmp_path, "stop")
     assert [Path(f"{out}.{rank}").read_text() for rank in (0, 1)] == ["143", "143"], done.stderr[-3000:]
     _, state = load_checkpoint(run)
     assert state["iteration"] == 3 and len(state["rng"]) == 2
