@@ -256,14 +256,15 @@ def stop_case(root: Path, tmp: Path, signum: int, timeout: float) -> tuple[Case,
 def torn_pair_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
     """A run killed between the two writes of `latest` (the weights of the next iteration written, its state not):
     the same command resumes from the previous complete pair."""
-    from allspark.models.weights import checkpoint_paths, read_weights, save_weights
+    from allspark.models.weights import read_weights, save_weights
+    from allspark.run_folder import RunFolder
 
     run_dir = tmp / "runs" / "torn"
     case = Case("train: killed between the two checkpoint writes, rerun", tiny_train(root, run_dir, "train.epochs=3"),
                 expect="ok")
     run_case(case, timeout)  # finishes at iteration 2
-    weights, state = checkpoint_paths(run_dir)
-    kept_weights, kept_state = checkpoint_paths(run_dir, "previous")
+    run = RunFolder(run_dir)
+    weights, state, kept_weights, kept_state = run.weights(), run.state(), run.weights("previous"), run.state("previous")
     shutil.copyfile(weights, kept_weights)
     shutil.copyfile(state, kept_state)
     tensors, cfg = read_weights(weights)

@@ -10,7 +10,8 @@ from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import train
 from allspark.errors import DiskFullError
 from allspark.models import weights as weights_module
-from allspark.models.weights import atomic_write, checkpoint_paths
+from allspark.models.weights import atomic_write
+from allspark.run_folder import RunFolder
 from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
 
 
@@ -65,7 +66,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_pair(data_root, tm
         main(["train", "demo", "method=sup", f"data.root={data_root}", f"run_dir={run}", "model.crop_size=64",
               "train.batch_size=2", "train.epochs=2", "train.checkpoint_every=3", "--no-progress"])
     assert code.value.code == 1
-    weights = checkpoint_paths(run)[0]
+    weights = RunFolder(run).weights()
     line = f"allspark train: error: {weights}: no space left on its device ("
     assert capsys.readouterr().err.splitlines()[-1].startswith(line)
     assert line.split("error: ")[1] in (run / "train.log").read_text().splitlines()[-1]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from allspark.config import DEVICES
+from allspark.run_folder import CHECKPOINTS
 from allspark.threads import busy_cores, default_threads, usable_cores
 
 
@@ -55,7 +56,7 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run dir
                            ) -> None:
     """`--checkpoint RUN_OR_FILE` (required; `what` it accepts) and `--which best|latest`."""
     parser.add_argument("--checkpoint", required=True, help=what)
-    parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
+    parser.add_argument("--which", default="best", choices=CHECKPOINTS, help="checkpoint of a run directory")
 
 
 def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,

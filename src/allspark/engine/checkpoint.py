@@ -11,9 +11,8 @@ import torch
 
 from allspark.config import Config
 from allspark.errors import CheckpointError
-from allspark.models.weights import atomic_write, checkpoint_paths, read_weights, save_weights, weights_metadata
-
-KEPT = "previous"  # the pair kept while `latest` is rewritten
+from allspark.models.weights import atomic_write, read_weights, save_weights, weights_metadata
+from allspark.run_folder import KEPT, RunFolder
 
 
 def _keep(source: Path, target: Path) -> None:
@@ -45,15 +44,15 @@ def _state_iteration(path: Path) -> int | None:
 
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether the run saved a training state it could continue from (a run that never took a step has none)."""
-    return any(checkpoint_paths(run_dir, name)[1].is_file() for name in ("latest", KEPT))
+    return any(RunFolder(run_dir).state(name).is_file() for name in ("latest", KEPT))
 
 
 def save_checkpoint(run_dir: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config, state: dict) -> None:
     """Write `latest`: weights (stamped with the iteration) then the training state, each atomically, keeping the
     previous complete pair until both are written. `state` holds plain types and tensors only (optimizer, epoch,
     iteration, RNG, best score)."""
-    weights, state_path = checkpoint_paths(run_dir)
-    kept_weights, kept_state = checkpoint_paths(run_dir, KEPT)
+    run = RunFolder(run_dir)
+    weights, state_path, kept_weights, kept_state = run.weights(), run.state(), run.weights(KEPT), run.state(KEPT)
     if weights.is_file() and state_path.is_file():
         stamp = _weights_iteration(weights)
         if stamp is not None and stamp == _state_iteration(state_path):  # complete: keep it meanwhile
@@ -68,7 +67,8 @@ def save_checkpoint(run_dir: str | Path, state_dict: dict[str, torch.Tensor], cf
 def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """(model state, training state) of the newest complete pair among `latest` and `previous`, or None when the
     run has no state file yet. A state file without weights of its iteration is an error naming both."""
-    pairs = [checkpoint_paths(run_dir, name) for name in ("latest", KEPT)]
+    run = RunFolder(run_dir)
+    pairs = [(run.weights(name), run.state(name)) for name in ("latest", KEPT)]
     states = {path: _state_iteration(path) for _, path in pairs if path.is_file()}
     if not states:
         return None
@@ -76,7 +76,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]
     complete = [(iteration, path) for path, iteration in states.items() if iteration is not None and iteration in stamps]
     if not complete:
         found = ", ".join(f"{path.name} (iteration {'unreadable' if i is None else i})" for path, i in states.items())
-        raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no complete checkpoint pair: {found}, weights at "
+        raise CheckpointError(f"{run.weights().parent}: no complete checkpoint pair: {found}, weights at "
                               f"iterations {sorted(i for i in stamps if i is not None) or 'none'}; delete the "
                               "checkpoints folder to restart the run")
     iteration, state_path = max(complete)

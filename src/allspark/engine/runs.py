@@ -19,11 +19,11 @@ from allspark.config import Config, config_from_dict, config_to_dict, load_yaml,
 from allspark.engine.checkpoint import has_checkpoint
 from allspark.errors import ConfigError
 from allspark.models.weights import atomic_write
+from allspark.run_folder import RunFolder
 
 # keys a run may change on resume without --force-config: they cannot change what it computes (resume is exact
 # whatever the loader workers; logging and checkpoint intervals only say when lines and files are written)
 RESULT_NEUTRAL_KEYS = ("data.workers", "train.log_every", "train.checkpoint_every")
-LOCK_FILE = ".lock"  # holds the pid, host and start time of the training that has the run directory
 _HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -59,7 +59,7 @@ def check_run_dir(cfg: Config, force_config: bool = False) -> list[str]:
     refused (naming the keys) only when the run has a checkpoint to continue from, a key can change the result
     (not one of RESULT_NEUTRAL_KEYS) and `force_config` is not given. Writes nothing, so a start that fails later
     leaves the directory as it was."""
-    saved = Path(cfg.run_dir) / "config.yaml"
+    saved = RunFolder(cfg.run_dir).config
     if not saved.is_file():
         return []
     # an older run may hold relative paths: they were typed in the folder the run is continued from
@@ -76,13 +76,13 @@ def check_run_dir(cfg: Config, force_config: bool = False) -> list[str]:
 def write_run_config(cfg: Config, iteration: int = 0) -> None:
     """Write run_dir/config.yaml (atomically), once the run has been built and its checkpoint accepted; a
     different config.yaml already there is kept as config.<iteration>.yaml, the iteration it applied up to."""
-    path = Path(cfg.run_dir) / "config.yaml"
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    run = RunFolder(cfg.run_dir)
+    path, text = run.config, yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     if path.is_file() and path.read_text() != text:
-        kept, number = path.with_name(f"config.{iteration}.yaml"), 1
-        while kept.exists():
-            kept, number = path.with_name(f"config.{iteration}.{number}.yaml"), number + 1
-        os.replace(path, kept)
+        number = 0
+        while run.replaced_config(iteration, number).exists():
+            number += 1
+        os.replace(path, run.replaced_config(iteration, number))
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -90,7 +90,7 @@ def lock_run_dir(run_dir: str | Path) -> IO[str]:
     """Hold an exclusive lock on `run_dir` until the returned file is closed or this process ends, however
     it ends (an flock on run_dir/.lock, so a killed run leaves no stale lock); if another process holds it,
     raise ConfigError naming that process (pid, host, start time)."""
-    path = Path(run_dir) / LOCK_FILE
+    path = RunFolder(run_dir).lock
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
     try:
@@ -126,7 +126,7 @@ def setup_logger(run_dir: Path | None, name: str = "allspark", console: bool = T
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler()] if console else []
     if run_dir is not None:
-        handlers.append(_RunLogHandler(Path(run_dir) / "train.log"))
+        handlers.append(_RunLogHandler(RunFolder(run_dir).log))
     for handler in handlers or [logging.NullHandler()]:  # no handler at all would print warnings anyway
         handler.setFormatter(fmt)
         logger.addHandler(handler)
@@ -148,9 +148,9 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, class_names: list[str] | None = None, purge_after: int = 0):
         """`purge_after`: the iteration a run resumes from; TensorBoard drops its events past it, as
         truncate_metrics does for metrics.jsonl, so a resumed run logs no step twice."""
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunFolder(run_dir).metrics
         self.class_names = class_names
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_after + 1 if purge_after else None)
+        self.tb = SummaryWriter(str(RunFolder(run_dir).tensorboard), purge_step=purge_after + 1 if purge_after else None)
 
     def write(self, record: dict) -> None:
         """record: {'split': 'train'|'val', 'iter', 'epoch', ...scalars, optional 'iou': list}."""
@@ -176,7 +176,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     object is an error naming it (file:line)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = RunFolder(path).metrics
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path} (expected a run directory or its metrics.jsonl)")
     records = []
@@ -195,7 +195,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
     """Drop records past `iteration` (written after the checkpoint a resumed run restarts from), if any."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if path.is_file():
         kept = [r for r in read_metrics(path) if r["iter"] <= iteration]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -33,7 +33,8 @@ from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, loc
                                  truncate_metrics, write_run_config)
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
-from allspark.models.weights import checkpoint_paths, read_weights, save_weights
+from allspark.models.weights import read_weights, save_weights
+from allspark.run_folder import RunFolder
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -165,7 +166,7 @@ class Trainer:
         problems += [f"{k} unexpected" for k in sorted(set(model_state) - set(own))]
         if not problems:
             return
-        _, saved = read_weights(checkpoint_paths(self.cfg.run_dir)[0])
+        _, saved = read_weights(RunFolder(self.cfg.run_dir).weights())
         changed = [line for line in config_diff(saved, self.cfg) if line.startswith("model.")]
         raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model ({'; '.join(changed)}): "
                           f"{'; '.join(problems[:3])}; use another run_dir for a different model")
@@ -275,6 +276,7 @@ class _Run:
     def __init__(self, cfg: Config, info: DistInfo, progress: bool):
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = Path(cfg.run_dir)
+        self.folder = RunFolder(cfg.run_dir)
         self.log = setup_logger(self.run_dir if info.is_main else None, console=info.is_main)
         self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
         if self.unlabeled is not None:
@@ -325,11 +327,11 @@ class _Run:
                     self.save()
                     raise TrainingInterrupted(
                         f"stopped by {signal.Signals(self.stop_signal).name} at iteration {at.iteration} (epoch "
-                        f"{at.epoch}, batch {at.epoch_iter}); saved {checkpoint_paths(self.run_dir)[0]}, run the "
+                        f"{at.epoch}, batch {at.epoch_iter}); saved {self.folder.weights()}, run the "
                         "same command to continue", self.stop_signal)
         except NonFiniteLossError as err:
             self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
-                           self.run_dir / "checkpoints" / "latest.safetensors")
+                           self.folder.weights())
             raise
         finally:
             bar.close()
@@ -393,7 +395,7 @@ class _Run:
         if at.miou > at.best_miou:
             at.best_miou = at.miou
             if info.is_main:
-                save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.trainer.model.state_dict(),
+                save_weights(self.folder.weights("best"), self.trainer.model.state_dict(),
                              self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}"})
 
     def save(self) -> None:
