@@ -56,6 +56,10 @@ class ConversionError(InputError):
     """A checkpoint does not fit the model: keys left over, keys missing, or shapes that differ."""
 
 
+class MissingDependencyError(InputError):
+    """An optional dependency (an extra of the package) is not installed."""
+
+
 class DiskFullError(InputError):
     """A file could not be written for want of space; the file it was to replace is intact."""
 
