@@ -1,7 +1,17 @@
 """Fixtures shared by the test modules."""
 import pytest
+import torch
 
 from inference_helpers import run_cli, tiny_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one torch thread: tiny models run faster so, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -21,14 +21,6 @@ from allspark.models.weights import read_weights, save_weights
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(argv) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -18,7 +18,7 @@ from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampu
 from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.models.allspark import SemanticMemory
-from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, train_until
 
 FULL = ["recipe.strong_views=true", "recipe.cutmix_prob=0.5", "recipe.threshold=0.3", "recipe.teacher=ema",
         "recipe.ema_momentum=0.9", "recipe.unlabeled_weight=1.5"]
