@@ -1,5 +1,5 @@
 """`allspark export [OUT] --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch;
-by default beside the weights, where `allspark predict` finds it (`engine.onnx_engine.export_path`)."""
+by default beside the weights, where `allspark predict` finds it (`inference.backends.export_path`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,9 @@ from allspark.data.layouts import class_names_and_palette
 
 def run(args: argparse.Namespace) -> int:
     # here, not at the top: export brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.export')
-    from allspark.engine.onnx_engine import export_path, file_sha256
-    from allspark.export import export_onnx, max_onnx_difference
+    # (python -X importtime -c 'import allspark.inference.export')
+    from allspark.inference.backends import export_path, file_sha256
+    from allspark.inference.export import export_onnx, max_onnx_difference
     from allspark.models.weights import CheckpointError, load_model, resolve_weights
 
     weights = resolve_weights(args.checkpoint, args.which)

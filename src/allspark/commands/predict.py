@@ -23,8 +23,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 def run(args: argparse.Namespace) -> int:
     # here, not at the top: the predictor brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.predict')
-    from allspark.predict import LEGEND_FILES, Predictor, expand_inputs, output_paths, run_predict, write_legend
+    # (python -X importtime -c 'import allspark.inference.predictor')
+    from allspark.inference.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
+    from allspark.inference.predictor import Predictor
 
     set_threads(args)
     files, problems = expand_inputs(args.inputs)

@@ -14,16 +14,11 @@ from allspark.config import Config, ConfigError, apply_overrides, config_from_di
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
-from allspark.engine.inference import center_crop_box, predict_probs
+from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import read_weights, resolve_weights
-
-
-def eval_window(cfg: Config) -> int:
-    """Sliding-window / centre-crop size: `eval.crop_size`, else the training crop."""
-    return cfg.eval.crop_size or cfg.model.crop_size
 
 
 @torch.no_grad()
