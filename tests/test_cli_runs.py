@@ -72,7 +72,7 @@ def test_eval_threads_sets_torch_threads(run_dir, tmp_path):
 
 def test_train_threads_sets_torch_threads(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr("allspark.engine.trainer.train", lambda cfg, **kw: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr("allspark.commands.train.train", lambda cfg, **kw: seen.append(torch.get_num_threads()))
     assert run_cli(["train", "demo", f"run_dir={tmp_path}", "--threads", "3"]) == 0
     assert seen == [3]
 
@@ -182,7 +182,7 @@ def test_camvid_preset_says_which_split_to_make(preset, tmp_path):
     (["viz", "grouping"], ["a.jpg", "--checkpoint", "run", "--out", "o.png"]),
     (["viz", "memory"], ["--checkpoint", "run", "--out", "o.png"])])
 def test_device_means_the_same_for_every_command(command, rest):
-    parser = build_parser()
+    parser = build_parser(command)
     assert parser.parse_args([*command, *rest]).device == "auto"
     for name in DEVICES:
         assert parser.parse_args([*command, "--device", name, *rest]).device == name

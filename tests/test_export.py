@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from allspark.data.transforms import normalize_image
+from allspark.data.normalize import normalize_image
 from allspark.inference.backends import SOURCE_KEY, file_sha256
 from allspark.models.weights import load_model
 from inference_helpers import PALETTE, run_cli

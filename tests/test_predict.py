@@ -8,7 +8,7 @@ from PIL import Image
 
 from allspark.inference import predictor as predictor_module
 from allspark.data.io import rgb_array
-from allspark.data.transforms import normalize_image
+from allspark.data.normalize import normalize_image
 from allspark.inference.windows import predict_probs
 from allspark.inference.tiled import tiled_rows
 from allspark.inference.predictor import Predictor

@@ -10,7 +10,8 @@ from torch import nn
 
 from allspark.config import ConfigError, RecipeConfig, list_presets, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-from allspark.data.transforms import TrainTransform, normalize_image
+from allspark.data.normalize import normalize_image
+from allspark.data.transforms import TrainTransform
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor

@@ -8,15 +8,12 @@ from pathlib import Path
 
 from allspark.commands.options import add_checkpoint_options
 from allspark.data.layouts import class_names_and_palette
+from allspark.inference.backends import export_path, file_sha256
+from allspark.inference.export import export_onnx, max_onnx_difference
+from allspark.models.weights import CheckpointError, load_model, resolve_weights
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: export brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.inference.export')
-    from allspark.inference.backends import export_path, file_sha256
-    from allspark.inference.export import export_onnx, max_onnx_difference
-    from allspark.models.weights import CheckpointError, load_model, resolve_weights
-
     weights = resolve_weights(args.checkpoint, args.which)
     out = Path(args.out) if args.out else export_path(weights)
     if args.format != "onnx":
@@ -45,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
+    parser = sub.add_parser("export")
     parser.add_argument("out", metavar="OUT", nargs="?",
                         help="output file (default: beside the weights, e.g. checkpoints/best.onnx, where "
                              "`allspark predict` uses it)")

@@ -44,7 +44,7 @@ def _load(args):
 
 def _images(inputs: list[str], limit: int | None = None):
     """(file, RGB uint8, normalised tensor) for each readable input; unreadable ones are reported."""
-    from allspark.data.transforms import normalize_image  # deferred: see the module docstring
+    from allspark.data.normalize import normalize_image  # deferred: see the module docstring
     from allspark.inference.outputs import expand_inputs  # deferred: see the module docstring
 
     files, problems = expand_inputs(inputs)

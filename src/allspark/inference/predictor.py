@@ -10,7 +10,7 @@ from PIL import Image
 
 from allspark.config import WHOLE_IMAGE_MODES
 from allspark.data.io import rgb_array
-from allspark.data.transforms import normalize_image
+from allspark.data.normalize import normalize_image
 from allspark.inference.backends import load_engine
 from allspark.inference.tiled import tiled_rows, window_grid
 from allspark.inference.windows import eval_window, predict_probs, window_stride
