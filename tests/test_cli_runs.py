@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from allspark.cli import build_parser, main
+from allspark.cli import build_parser
 from allspark.config import DEVICES, ConfigError, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
@@ -18,13 +18,9 @@ from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
 from allspark.models.weights import read_weights, save_weights
 
+from inference_helpers import run_cli
+
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
-
-
-def run_cli(argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +195,24 @@ def test_resolve_device():
     else:
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_eval_which_picks_the_run_checkpoint(run_dir, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("allspark.commands.evaluate.run_evaluation", lambda *args, **kwargs: seen.update(kwargs))
+    assert run_cli(["eval", "--checkpoint", str(run_dir), "--which", "latest"]) == 0
+    assert seen["which"] == "latest"
+    assert run_cli(["eval", "--checkpoint", str(run_dir)]) == 0
+    assert seen["which"] == "best"
+
+
+def test_eval_without_checkpoint_is_a_usage_error(capsys):
+    assert run_cli(["eval", "demo", "train.lr=0.1"]) == 2
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
+
+
+def test_export_checks_the_format_before_reading_anything(tmp_path, capsys):
+    missing = tmp_path / "absent.safetensors"
+    assert run_cli(["export", str(tmp_path / "out.onnx"), "--checkpoint", str(missing), "--format", "tflite"]) == 2
+    err = capsys.readouterr().err
+    assert "'tflite'" in err and "absent.safetensors" not in err and not (tmp_path / "out.onnx").exists()

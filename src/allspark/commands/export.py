@@ -16,9 +16,6 @@ from allspark.models.weights import CheckpointError, load_model, resolve_weights
 def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.checkpoint, args.which)
     out = Path(args.out) if args.out else export_path(weights)
-    if args.format != "onnx":
-        print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
-        return 2
     if out.exists() and not args.force:
         print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
@@ -47,7 +44,7 @@ def register(sub) -> None:
                         help="output file (default: beside the weights, e.g. checkpoints/best.onnx, where "
                              "`allspark predict` uses it)")
     add_checkpoint_options(parser)
-    parser.add_argument("--format", default="onnx", help="only onnx")
+    parser.add_argument("--format", default="onnx", choices=("onnx",), help="only onnx")
     parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="compare onnxruntime with PyTorch at two sizes after exporting")

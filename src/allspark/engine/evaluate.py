@@ -48,14 +48,15 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off") -> dict:
+                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
     (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
-    "fp16") runs the forward passes under autocast, as `train.amp` does."""
+    "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
+    (best or latest)."""
     info = dist_utils.init_distributed(device)
     try:
-        weights = resolve_weights(checkpoint)
+        weights = resolve_weights(checkpoint, which)
         state, saved_cfg = read_weights(weights)
         if cfg is None:
             cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
