@@ -1,4 +1,6 @@
 """allspark-seg: semi-supervised semantic segmentation with AllSpark (CVPR 2024)."""
+import importlib
+
 __version__ = "0.1.0"
 
 # Public names resolve on first use: every `allspark` command imports this package first, and the models and
@@ -8,7 +10,5 @@ _LAZY = {"build_model": "allspark.models", "load_official": "allspark.models", "
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'allspark' has no attribute {name!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from allspark.config import DEVICES
 
 
@@ -26,8 +28,6 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 def set_threads(args: argparse.Namespace) -> None:
     """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
     if args.threads:
-        import torch  # here, not at the top: torch adds ~0.7 s to the start of every command (python -X importtime)
-
         torch.set_num_threads(args.threads)
 
 
