@@ -23,7 +23,7 @@ from allspark.engine.trainer import Trainer, train
 from allspark.errors import ConfigError, NonFiniteLossError
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.weights import read_weights, weights_metadata
-from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, train_until
 
 MEMORY = "allspark.memory.queue"
 

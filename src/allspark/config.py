@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from allspark.errors import ConfigError, InputError  # noqa: F401 (InputError: the name other modules import)
+from allspark.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 

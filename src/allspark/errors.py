@@ -64,6 +64,13 @@ class DiskFullError(InputError):
     """A file could not be written for want of space; the file it was to replace is intact."""
 
 
+class EngineError(InputError):
+    """The ONNX engine cannot run this request (no onnxruntime, no matching export, a CUDA device); with
+    `--engine onnx` a usage error (exit 2), with `--engine auto` the reason PyTorch runs instead."""
+
+    exit_status = 2
+
+
 class NonFiniteLossError(InputError):
     """The loss became NaN or infinite; the run stops and `latest` keeps the last good state (exit 3)."""
 

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from allspark.config import DEVICES
 from allspark.run_folder import CHECKPOINTS
 from allspark.threads import busy_cores, default_threads, usable_cores
@@ -32,8 +34,6 @@ def set_threads(args: argparse.Namespace) -> None:
     """torch's CPU threads: `--threads N`, else OMP_NUM_THREADS when set, else the cores free at start split among
     this host's ranks (one thread more than the free cores makes every step wait for the busy one); says so in one
     line when that is fewer than all cores."""
-    import torch  # here, not at the top: torch adds ~0.7 s to the start of every command (python -X importtime)
-
     if args.threads:
         torch.set_num_threads(args.threads)
         return
@@ -52,17 +52,19 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file"
-                           ) -> None:
-    """`--checkpoint RUN_OR_FILE` (required; `what` it accepts) and `--which best|latest`."""
-    parser.add_argument("--checkpoint", required=True, help=what)
+def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file",
+                           required: bool = True) -> None:
+    """`--checkpoint RUN_OR_FILE` (`what` it accepts; a config command checks it with `required`, see
+    `add_config_command`) and `--which best|latest`."""
+    parser.add_argument("--checkpoint", required=required, help=what)
     parser.add_argument("--which", default="best", choices=CHECKPOINTS, help="checkpoint of a run directory")
 
 
 def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,
-                       **kwargs) -> None:
+                       required: tuple[str, ...] = (), **kwargs) -> None:
     """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
-    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed).
+    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed, and the
+    `required` options, e.g. "--checkpoint", are checked after both parts).
     With `config_optional`, CONFIG may be left out (args.config None) and the first argument is an override."""
     p = sub.add_parser(name, parents=[options], **kwargs)
     p.add_argument("config", nargs="?" if config_optional else None,
@@ -76,6 +78,9 @@ def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, co
         bad = [item for item in extra if "=" not in item or item.startswith("-")]
         if bad:
             p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
+        missing = [option for option in required if getattr(args, option.lstrip("-").replace("-", "_")) is None]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)}")
         args.overrides = extra
         return run(args)
 

@@ -3,7 +3,6 @@
 source is either placed or reported; nothing is dropped silently."""
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +137,7 @@ def read_checkpoint(source: str | Path | dict) -> tuple[dict[str, torch.Tensor],
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except Exception as err:  # garbage bytes fail in many ways (unpickling, index, key, EOF, zip errors)
         raise ConversionError(f"{path}: not a PyTorch checkpoint loadable with weights_only=True ({err})") from None
     return unwrap_checkpoint(obj, str(path)), str(path)
 
