@@ -201,7 +201,7 @@ def test_resolve_device():
 
 def test_eval_which_picks_the_run_checkpoint(run_dir, monkeypatch):
     seen = {}
-    monkeypatch.setattr("allspark.commands.evaluate.run_evaluation", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr("allspark.commands.evaluate.run_evaluation", lambda *args, **kwargs: seen.update(kwargs) or {})
     assert run_cli(["eval", "--checkpoint", str(run_dir), "--which", "latest"]) == 0
     assert seen["which"] == "latest"
     assert run_cli(["eval", "--checkpoint", str(run_dir)]) == 0

@@ -48,6 +48,16 @@ class DataError(InputError):
         return f"{self.path}: {self.problem}"
 
 
+class UsageError(InputError):
+    """An argument the command cannot act on as given (an output that exists without --force)."""
+
+    exit_status = 2
+
+
+class CheckFailedError(InputError):
+    """A result failed the check the command runs on it (an export whose logits differ from PyTorch's)."""
+
+
 class CheckpointError(InputError):
     """A checkpoint file that is not ours, is damaged, or does not match its run."""
 

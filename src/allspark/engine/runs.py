@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from allspark.config import Config, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
 from allspark.engine.checkpoint import has_checkpoint
-from allspark.errors import ConfigError
+from allspark.errors import ConfigError, InputError
 from allspark.models.weights import atomic_write
 from allspark.run_folder import RunFolder
 
@@ -186,9 +186,9 @@ def read_metrics(path: str | Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object ({err})") from None
+            raise InputError(f"{path}:{number}: not a JSON object ({err})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     return records
 

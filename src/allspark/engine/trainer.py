@@ -330,9 +330,7 @@ class _Run:
                         f"{at.epoch}, batch {at.epoch_iter}); saved {self.folder.weights()}, run the "
                         "same command to continue", self.stop_signal)
         except NonFiniteLossError as err:
-            self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
-                           self.folder.weights())
-            raise
+            raise NonFiniteLossError(f"{err}; stopped, {self.folder.weights()} keeps the last good state") from None
         finally:
             bar.close()
             if self.writer:
