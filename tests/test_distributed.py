@@ -125,12 +125,22 @@ def test_nproc_relaunches_under_torchrun(monkeypatch):
     from allspark.commands import train as train_command
 
     calls = []
+
+    class Child:
+        def __init__(self, command):
+            calls.append(command)
+
+        def wait(self):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # Ctrl-C reaches torchrun itself
+            return 0
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(sys, "argv", ["pytest"])  # the relaunch reads main's argv, never the interpreter's
-    monkeypatch.setattr(train_command.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(train_command.subprocess, "Popen", Child)
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as code:
         main(["train", "demo", "--nproc", "2", "train.lr=0.1"])
-    assert code.value.code == 0
+    assert code.value.code == 0 and signal.getsignal(signal.SIGINT) == handler
     assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "allspark",
                             "train", "demo", "train.lr=0.1"]
 

@@ -40,9 +40,13 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     child = subprocess.Popen(command)
     # Ctrl-C reaches torchrun with the rest of the process group; a SIGTERM sent to this process is handed on, so
     # that the ranks stop after their step and save (engine/stop.py) instead of this process dying alone
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-    return child.wait()
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def register(sub) -> None:
