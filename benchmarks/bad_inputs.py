@@ -119,6 +119,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
              ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "a_file" / "pred")]),
         Case("export: OUT under a file",
              ["export", str(tmp / "a_file" / "m.onnx"), "--checkpoint", str(run), "--no-check"]),
+        Case("viz: --out under a file", ["viz", "curves", str(run), "--out", str(tmp / "a_file" / "c.png")]),
     ]
     odd = tmp / "odd"
     odd.mkdir()
@@ -271,6 +272,25 @@ def disk_full_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | s
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+def read_only_cases(tmp: Path, run: Path, timeout: float):
+    """export, eval and viz into a read-only file system (a read-only tmpfs; root only): each fails at once,
+    naming the folder, before the slow part."""
+    mount = tmp / "read_only"
+    mount.mkdir()
+    cases = [Case("export: OUT on a read-only file system", ["export", str(mount / "m.onnx"), "--checkpoint", str(run)]),
+             Case("eval: --out on a read-only file system", ["eval", "--checkpoint", str(run), "--out", str(mount)]),
+             Case("viz: --out on a read-only file system", ["viz", "curves", str(run), "--out", str(mount / "c.png")])]
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        yield from ((case, "skipped", 0, "needs root to mount a read-only tmpfs") for case in cases)
+        return
+    try:
+        for case in cases:
+            yield (case, *run_case(case, timeout))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
 def relative_paths_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
     """A run started with relative data.root and run_dir, evaluated by its absolute folder from another folder."""
     work = tmp / "work"
@@ -300,6 +320,7 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
         yield torn_pair_case(root, tmp, args.timeout)
     if args.only in "train: disk full while saving a checkpoint":
         yield disk_full_case(root, tmp, args.timeout)
+    yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
     if args.only in "eval: a run with relative paths, from another folder":
         yield relative_paths_case(root, tmp, args.timeout)
 

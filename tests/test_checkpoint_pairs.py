@@ -12,7 +12,7 @@ from allspark.errors import DiskFullError
 from allspark.models import weights as weights_module
 from allspark.models.weights import atomic_write
 from allspark.run_folder import RunFolder
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data
 
 
 @pytest.fixture(scope="module")
