@@ -1,6 +1,7 @@
 """Data loaders of spec 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -109,10 +110,11 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """A worker's init: ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group); the training process
-    finishes its step on them, saves, and shuts its workers down itself (engine/stop.py)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    """A worker's init: ignore SIGINT (Ctrl-C reaches the whole process group), which the training process answers
+    by finishing its step and saving (engine/stop.py); on SIGTERM (a scheduler's, or the loader's own shutdown)
+    exit with status 0, which the training process does not take for a crashed worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):

@@ -83,6 +83,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
                   "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}
         if info.is_main:
+            run.root.mkdir(parents=True, exist_ok=True)
             run.eval_json.write_text(json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
         return {**result, "written": run.eval_json if info.is_main else None}
     finally:

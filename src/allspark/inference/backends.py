@@ -22,7 +22,7 @@ from allspark.config import ENGINES, Config, config_from_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import resolve_device
 from allspark.errors import EngineError
-from allspark.models.weights import load_model, resolve_weights
+from allspark.models.weights import CONFIG_KEY, load_model, resolve_weights
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the graph's input (1, 3, H, W) and output (1, K, H, W)
 SOURCE_KEY = "source_sha256"  # metadata: SHA-256 of the weights file the graph was exported from
@@ -91,13 +91,13 @@ def _open_export(path: Path, weights: Path | None, device, explicit: bool) -> En
         made_by = f"; `allspark export --checkpoint {weights}` writes it" if weights else ""
         raise EngineError(f"no ONNX export at {path}{made_by}")
     model = OnnxModel(path)
-    if "allspark_config" not in model.metadata:
-        raise EngineError(f"{path}: not an `allspark export` graph (no allspark_config in its metadata)")
+    if CONFIG_KEY not in model.metadata:
+        raise EngineError(f"{path}: not an `allspark export` graph (no {CONFIG_KEY} in its metadata)")
     if weights is not None and model.metadata.get(SOURCE_KEY) != file_sha256(weights):
         raise EngineError(f"{path} was not exported from the current {weights} (the SHA-256 it records differs "
                           f"or is missing); "
                           f"`allspark export --force --checkpoint {weights}` renews it")
-    cfg = config_from_dict(model.metadata["allspark_config"], where=f"{path} (embedded config)")
+    cfg = config_from_dict(model.metadata[CONFIG_KEY], where=f"{path} (embedded config)")
     names, palette = class_names_and_palette(cfg)
     names = model.metadata.get("class_names", names)
     palette = np.asarray(model.metadata.get("palette", palette), dtype=np.uint8)

@@ -17,7 +17,7 @@ import torch
 from allspark.config import config_to_dict
 from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from allspark.inference.backends import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
-from allspark.models.weights import atomic_write
+from allspark.models.weights import CONFIG_KEY, atomic_write
 
 
 def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int | None = None,
@@ -33,7 +33,7 @@ def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int 
     height, width = torch.export.Dim("height"), torch.export.Dim("width")
     program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"images": {2: height, 3: width}}, verbose=False)
-    metadata = {"allspark_config": config_to_dict(cfg), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    metadata = {CONFIG_KEY: config_to_dict(cfg), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if class_names is not None:
         metadata["class_names"] = list(class_names)
     if palette is not None:

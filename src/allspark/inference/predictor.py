@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from allspark.config import WHOLE_IMAGE_MODES
+from allspark.config import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
 from allspark.inference.backends import load_engine
 from allspark.inference.tiled import tiled_rows, window_grid
 from allspark.inference.windows import eval_window, predict_probs, window_stride
 
-MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
 TILE_WINDOW = 512  # tile side for models predicted whole (at least their training crop)
 
@@ -69,7 +68,7 @@ class Predictor:
 
     def pixels(self, image) -> np.ndarray | torch.Tensor:
         """A uint8 array (H, W, 3) or a normalised float tensor (3, H, W), checked; raises ValueError
-        for wrong types and for images under MIN_SIDE px on a side (after the smallest scale, in whole mode)."""
+        for wrong types and for images under MIN_CROP px on a side (after the smallest scale, in whole mode)."""
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
                 raise ValueError(f"tensor images must be normalised float (3, H, W); got {image.dtype} "
@@ -87,9 +86,9 @@ class Predictor:
             pixels = image
         (h, w), scale = _size(pixels), min(self.options["scales"])
         scale = scale if self.options["mode"] == "whole" else 1  # sliding windows are padded to full size
-        if min(h, w) * scale < MIN_SIDE:
+        if min(h, w) * scale < MIN_CROP:
             at = f" at scale {scale:g}" if scale != 1 else ""
-            raise ValueError(f"image is {w}x{h} px{at}; the model needs at least {MIN_SIDE} px on each side")
+            raise ValueError(f"image is {w}x{h} px{at}; the model needs at least {MIN_CROP} px on each side")
         return pixels
 
     def tiling(self, height: int, width: int) -> int | None:

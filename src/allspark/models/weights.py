@@ -19,6 +19,7 @@ from allspark.models.segmenter import AllSparkSegmenter
 from allspark.run_folder import RunFolder
 
 FORMAT = "allspark-seg/1"
+CONFIG_KEY = "allspark_config"  # the metadata key holding the full Config as JSON (weights and ONNX exports)
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -47,18 +48,21 @@ def atomic_write(path: str | Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def ensure_writable(folder: str | Path) -> Path:
-    """Create `folder` if needed and prove a file can be written in it, before work that ends by writing there;
-    raise OSError naming the folder otherwise (not a hidden temporary file at the end)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".allspark-write-test.{secrets.token_hex(4)}"
+def ensure_writable(folder: str | Path) -> None:
+    """Prove, before work that ends by writing into `folder`, that it can be made and written: its nearest existing
+    ancestor is a folder that takes a file (probed, then removed). Creates nothing; raises OSError naming the
+    folder at fault (not a hidden temporary file at the end)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    probe = existing / f".allspark-write-test.{secrets.token_hex(4)}"
     try:
         probe.touch()
     except OSError as err:
-        raise OSError(err.errno, err.strerror, str(folder)) from None
+        raise OSError(err.errno, err.strerror, str(existing)) from None
     probe.unlink()
-    return folder
 
 
 def _disk_full(err: Exception, folder: Path) -> bool:
@@ -73,7 +77,7 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Con
                  extra: dict[str, str] | None = None) -> None:
     """Write `state_dict` (tensors only) with the config (and `extra` strings) in the metadata, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    metadata = {**(extra or {}), "format": FORMAT, "allspark_config": json.dumps(config_to_dict(cfg))}
+    metadata = {**(extra or {}), "format": FORMAT, CONFIG_KEY: json.dumps(config_to_dict(cfg))}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -88,10 +92,10 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err}); expected allspark weights "
                               "(.safetensors) or a run directory") from None
-    if metadata.get("format") != FORMAT or "allspark_config" not in metadata:
+    if metadata.get("format") != FORMAT or CONFIG_KEY not in metadata:
         raise CheckpointError(f"{path}: safetensors file without allspark-seg metadata (format {metadata.get('format')!r}); "
                               "convert release checkpoints with `allspark convert-official`")
-    cfg = config_from_dict(json.loads(metadata["allspark_config"]), where=f"{path} (embedded config)")
+    cfg = config_from_dict(json.loads(metadata[CONFIG_KEY]), where=f"{path} (embedded config)")
     return state, cfg
 
 
