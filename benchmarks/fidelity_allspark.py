@@ -177,7 +177,7 @@ def check_inference(report: Report, args, release, ours, g: torch.Generator) -> 
 
 @torch.no_grad()
 def check_sliding(report: Report, args, release, ours, g: torch.Generator) -> None:
-    """The release's sliding-window loop (Cityscapes) against `predict_probs` with its placement, and the aligned one."""
+    """The release's sliding-window loop (Cityscapes) against `predict_probs` with its placement and the aligned one."""
     from allspark.engine.inference import predict_probs
 
     worst, changed = 0.0, 0.0
@@ -231,7 +231,8 @@ def check_memory_update(report: Report, release, g: torch.Generator) -> None:
              "random classes, 8 images": (8, lambda b: torch.randint(0, classes, (b, channels), generator=g))}
     worst = 0.0
     for images, assign in cases.values():
-        queue, ptr = torch.randn(classes, channels, tokens, generator=g), torch.randint(0, channels, (classes,), generator=g)
+        queue = torch.randn(classes, channels, tokens, generator=g)
+        ptr = torch.randint(0, channels, (classes,), generator=g)
         written, assigned = torch.randn(images, tokens, channels, generator=g), assign(images)  # (B, d, C), (B, C)
         attn.kv_queue.copy_(queue), attn.queue_ptr.copy_(ptr)
         for b in range(images):
@@ -265,7 +266,8 @@ def student_pass(release, ours, batch, teacher_logits: torch.Tensor, use_memory:
     rel_l, rel_u = release(torch.cat([images_l, images_u])).split(images_l.shape[0])
     our_l, our_u = ours(images_l, images_u=images_u, teacher_logits_u=teacher_logits, use_memory=use_memory)
     rel_terms = (F.cross_entropy(rel_l, mask, ignore_index=IGNORE), F.cross_entropy(rel_u, pseudo, ignore_index=IGNORE))
-    our_terms = (labeled_loss(our_l, mask, "ce", 0.7, 200000), unlabeled_loss(our_u, pseudo, torch.ones_like(pseudo, dtype=torch.bool)))
+    everywhere = torch.ones_like(pseudo, dtype=torch.bool)
+    our_terms = (labeled_loss(our_l, mask, "ce", 0.7, 200000), unlabeled_loss(our_u, pseudo, everywhere))
     release.zero_grad(set_to_none=True), ours.zero_grad(set_to_none=True)
     (sum(rel_terms) / 2).backward()
     (sum(our_terms) / 2).backward()

@@ -75,7 +75,7 @@ def load_yaml(text: str):
 class ModelConfig:
     encoder: str = "mit_b0"  # mit_b0 .. mit_b5
     num_classes: int = 21
-    crop_size: int = 513  # training crop: fixes the memory's token count d (spec, notation)
+    crop_size: int = 513  # training crop: fixes the memory's token count d (METHODS.md 1)
     heads: int = 2
     embed_dim: int | None = None  # decode-head width E; None: 256 for b0/b1, 768 for b2..b5
     ablation: str = "full"  # none (plain SegFormer) | cca | cca_mem (no grouping) | full; a config file's default

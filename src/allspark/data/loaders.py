@@ -1,4 +1,4 @@
-"""Data loaders of spec 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
+"""Data loaders of METHODS.md 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -121,7 +121,7 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
         views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
-    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # spec 5
+    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # METHODS.md 5
     if len(sampler) < cfg.train.batch_size:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
                           f"({dataset.list_path}, {world_size} processes) is fewer than train.batch_size "

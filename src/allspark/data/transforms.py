@@ -1,4 +1,4 @@
-"""Training augmentation of the release (spec 2) with albumentations, and ImageNet normalisation."""
+"""Training augmentation of the release (METHODS.md 2) with albumentations, and ImageNet normalisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +33,7 @@ def seed_steps(compose, seed: int) -> None:
 
 
 def colour_steps() -> list:
-    """The colour part of the augmentation (spec 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
+    """The colour part of the augmentation (METHODS.md 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
     get it after the geometric part, and so do the strong views of unlabeled images (recipe.strong_views)."""
     import albumentations as A  # see TrainTransform
 

@@ -59,7 +59,7 @@ def pseudo_label_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, valid:
 class EmaTeacher:
     """A copy of the student, in eval mode, whose parameters and BatchNorm statistics follow the student's as an
     exponential moving average (recipe.teacher=ema). Its Semantic Memory, pointers and BatchNorm counters are
-    never read (the teacher predicts image by image, spec 1.3) and stay as copied."""
+    never read (the teacher predicts image by image, METHODS.md 1.3) and stay as copied."""
 
     def __init__(self, student: nn.Module, momentum: float):
         self.momentum = momentum

@@ -1,4 +1,4 @@
-"""One training loop for the three methods (spec 2): SupBaseline, SemiBaseline and AllSpark.
+"""One training loop for the three methods (METHODS.md 2): SupBaseline, SemiBaseline and AllSpark.
 
 Per iteration: teacher pass (eval mode, no gradient) on the unlabeled batch -> pseudo-labels and the
 logits that feed grouping; student pass (train mode) on [labeled; unlabeled]; (CE_l + CE_u) / 2;
@@ -60,7 +60,7 @@ class Trainer:
         student = self.model
         if self.info.distributed:
             # broadcast_buffers=False: the Semantic Memory is a buffer, and every rank already writes the
-            # channels of the global batch into it (the model gathers them from all ranks, spec 5), so
+            # channels of the global batch into it (the model gathers them from all ranks, METHODS.md 5), so
             # the buffers agree without a broadcast; the default broadcast would make rank 0's copy win
             # and cost a memory-sized transfer per step.
             student = DistributedDataParallel(
@@ -77,11 +77,11 @@ class Trainer:
         return self.scheduler.last_epoch
 
     def use_memory(self, epoch: int) -> bool:
-        """S-Mem is the key/value source once the warm-up epochs are over (spec 1.2), for cca_mem / full."""
+        """S-Mem is the key/value source once the warm-up epochs are over (METHODS.md 1.2), for cca_mem / full."""
         return self.cfg.model.ablation in ("cca_mem", "full") and epoch >= self.cfg.train.warmup_epochs
 
     def losses(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, torch.Tensor]:
-        """Forward passes and loss terms of one iteration (spec 2); batch_u is None for `sup`."""
+        """Forward passes and loss terms of one iteration (METHODS.md 2); batch_u is None for `sup`."""
         t = self.cfg.train
         images_l, masks = batch_l["image"], batch_l["mask"]
         if self.cfg.method == "sup":
@@ -106,7 +106,7 @@ class Trainer:
         return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
-        """One optimisation step at the schedule's lr (spec 5: set before the step); returns the rank-averaged
+        """One optimisation step at the schedule's lr (METHODS.md 5: set before the step); returns the rank-averaged
         losses and that lr. Raises NonFiniteLossError before touching the weights when the loss is NaN or
         infinite."""
         lr = self.optimizer.param_groups[0]["lr"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
-# (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (spec 1).
+# (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (METHODS.md 1).
 MIT_SIZES = {
     "mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
     "mit_b1": ((64, 128, 320, 512), (2, 2, 2, 2)),
