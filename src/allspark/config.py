@@ -32,6 +32,7 @@ WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pi
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
+BEST_OF = ("student", "ema")  # train.best_of: whose validation mIoU `best` follows
 ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
@@ -114,6 +115,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations
     log_every: int = 20  # iterations between scalar logs
     seed: int = 0
+    best_of: str = "student"  # student | ema: whose validation mIoU `best` follows (ema: recipe.teacher=ema)
 
 
 @dataclass
@@ -161,6 +163,7 @@ _CHOICES = {
     "eval.window_placement": WINDOW_PLACEMENTS,
     "eval.miou_over": MIOU_OVER,
     "recipe.teacher": TEACHERS,
+    "train.best_of": BEST_OF,
 }
 
 
@@ -295,6 +298,10 @@ def validate(cfg: Config) -> None:
     if cfg.method == "allspark" and cfg.model.ablation == "none":
         raise ConfigError("key 'model.ablation' is 'none' but method is 'allspark'; use method=semi for the "
                           "baseline or one of cca, cca_mem, full", "model.ablation", "method")
+    if cfg.train.best_of == "ema" and cfg.recipe.teacher != "ema":
+        raise ConfigError(f"key 'train.best_of' is 'ema' but recipe.teacher is {cfg.recipe.teacher!r}: only an EMA "
+                          "teacher is evaluated apart from the student; set recipe.teacher=ema or train.best_of=student",
+                          "train.best_of", "recipe.teacher")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
