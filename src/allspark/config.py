@@ -116,6 +116,8 @@ class TrainConfig:
     log_every: int = 20  # iterations between scalar logs
     seed: int = 0
     best_of: str = "student"  # student | ema: whose validation mIoU `best` follows (ema: recipe.teacher=ema)
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step: one GPU takes a multi-GPU batch
+    activation_checkpointing: bool = False  # recompute encoder blocks in the backward pass: less memory, more time
 
 
 @dataclass
@@ -257,7 +259,7 @@ def _get(cfg: Config, key: str) -> Any:
 # (keys, test, what the value must be): ranges checked by `validate`; a null value is not checked
 _RANGES = (
     (("model.num_classes", "model.crop_size", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
-      "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
+      "train.batch_size", "train.accumulate", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
      lambda v: v > 0, "positive"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
     (("train.weight_decay", "recipe.unlabeled_weight"), lambda v: 0 <= v < math.inf, "zero or positive and finite"),

@@ -41,6 +41,14 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def micro_batches(batch: dict | None, count: int) -> list[dict | None]:
+    """`batch` cut into `count` consecutive parts along the batch dimension (None stays None, count times)."""
+    if batch is None:
+        return [None] * count
+    parts = {k: v.tensor_split(count) if torch.is_tensor(v) else [v] * count for k, v in batch.items()}
+    return [{k: v[i] for k, v in parts.items()} for i in range(count)]
+
+
 class Trainer:
     """The model, optimizer, poly schedule over `total` iterations and one `step`; `_Run` adds loaders,
     checkpoints, evaluation and logs."""
@@ -50,6 +58,8 @@ class Trainer:
         self.info = info or DistInfo()
         self.device = self.info.device
         model = build_model(cfg)
+        if cfg.train.activation_checkpointing:
+            model.encoder.checkpoint_blocks()
         if self.info.distributed and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
@@ -108,21 +118,25 @@ class Trainer:
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
         """One optimisation step at the schedule's lr (METHODS.md 5: set before the step); returns the rank-averaged
-        losses (and, with unlabeled images, the share of their pixels the threshold keeps) and that lr. Raises
-        NonFiniteLossError before touching the weights when the loss is NaN or infinite."""
+        losses (and, with unlabeled images, the share of their pixels the threshold keeps) and that lr. With
+        `train.accumulate` N the batches hold N micro-batches, whose gradients add up before the one update
+        (README: what differs from one large batch). Raises NonFiniteLossError before touching the weights when
+        the loss is NaN or infinite."""
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        batch_l = _to(batch_l, self.device)
-        batch_u = _to(batch_u, self.device) if batch_u is not None else None
-        terms = self.losses(batch_l, batch_u, use_memory)
-        values = torch.stack([term.detach().float() for term in terms.values()])
-        values = dist_utils.all_reduce_sum(values) / self.info.world_size  # every rank sees a NaN anywhere
-        record = dict(zip(terms, values.tolist()))
+        self.optimizer.zero_grad(set_to_none=True)
+        count, total = self.cfg.train.accumulate, None
+        for part_l, part_u in zip(micro_batches(batch_l, count), micro_batches(batch_u, count)):
+            terms = self.losses(_to(part_l, self.device), _to(part_u, self.device) if part_u is not None else None,
+                                 use_memory)
+            self.scaler.scale(terms["loss"] / count).backward()
+            values = torch.stack([term.detach().float() for term in terms.values()]) / count
+            total = values if total is None else total + values
+        total = dist_utils.all_reduce_sum(total) / self.info.world_size  # every rank sees a NaN anywhere
+        record = dict(zip(terms, total.tolist()))
         if not math.isfinite(record["loss"]):
             raise NonFiniteLossError(f"loss is {record['loss']} at iteration {self.iteration} (labeled "
                                      f"{record['loss_l']}, unlabeled {record['loss_u']})")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema:
