@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's allspark
 # allspark before the harness: the harness's stand-in torchvision must not reach transformers
 from allspark.data.io import IGNORE_INDEX  # noqa: E402
 from allspark.data.datasets import ListDataset  # noqa: E402
-from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform  # noqa: E402
+from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from allspark.data.transforms import TrainTransform  # noqa: E402
 
 CROP, NUM_CLASSES = 97, 4
 

@@ -1,7 +1,17 @@
 """Fixtures shared by the test modules."""
 import pytest
+import torch
 
 from inference_helpers import run_cli, tiny_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one torch thread: tiny models run faster so, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +26,7 @@ def exported(tmp_path_factory):
     One export for the session: tracing takes 20-60 s. Skipped without the optional `export` extra."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(module)
-    from allspark.engine.onnx_engine import export_path
+    from allspark.inference.backends import export_path
 
     weights = tiny_checkpoint(tmp_path_factory.mktemp("export"))
     # exit status 0 also means the built-in check (onnxruntime vs PyTorch at two sizes) passed

@@ -1,7 +1,4 @@
 """Tiny synthetic training data and configs (MiT-B0, crop 64, batch 2) for the trainer tests."""
-import pytest
-import torch
-
 from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
@@ -21,15 +18,6 @@ def make_cfg(root, run_dir, method="allspark", *extra):
     return load_config("demo", [f"method={method}", f"data.root={root}",
                                 f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2", "train.epochs=2",
                                 "train.warmup_epochs=1", "train.log_every=1", "train.checkpoint_every=3", *extra])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train_until(cfg, monkeypatch, stop_at=None, on_step=None) -> None:

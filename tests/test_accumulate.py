@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from allspark.engine.trainer import Trainer, micro_batches
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (fixture)
+from engine_helpers import make_cfg, make_train_data
 
 
 @pytest.fixture(scope="module")

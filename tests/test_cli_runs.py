@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from allspark.cli import build_parser, main
+from allspark.cli import build_parser
 from allspark.config import DEVICES, ConfigError, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
@@ -18,21 +18,9 @@ from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
 from allspark.models.weights import read_weights, save_weights
 
+from inference_helpers import run_cli
+
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
-
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +68,7 @@ def test_eval_threads_sets_torch_threads(run_dir, tmp_path):
 
 def test_train_threads_sets_torch_threads(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr("allspark.engine.trainer.train", lambda cfg, **kw: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr("allspark.commands.train.train", lambda cfg, **kw: seen.append(torch.get_num_threads()))
     assert run_cli(["train", "demo", f"run_dir={tmp_path}", "--threads", "3"]) == 0
     assert seen == [3]
 
@@ -190,7 +178,7 @@ def test_camvid_preset_says_which_split_to_make(preset, tmp_path):
     (["viz", "grouping"], ["a.jpg", "--checkpoint", "run", "--out", "o.png"]),
     (["viz", "memory"], ["--checkpoint", "run", "--out", "o.png"])])
 def test_device_means_the_same_for_every_command(command, rest):
-    parser = build_parser()
+    parser = build_parser(command)
     assert parser.parse_args([*command, *rest]).device == "auto"
     for name in DEVICES:
         assert parser.parse_args([*command, "--device", name, *rest]).device == name
@@ -207,3 +195,24 @@ def test_resolve_device():
     else:
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_eval_which_picks_the_run_checkpoint(run_dir, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("allspark.commands.evaluate.run_evaluation", lambda *args, **kwargs: seen.update(kwargs))
+    assert run_cli(["eval", "--checkpoint", str(run_dir), "--which", "latest"]) == 0
+    assert seen["which"] == "latest"
+    assert run_cli(["eval", "--checkpoint", str(run_dir)]) == 0
+    assert seen["which"] == "best"
+
+
+def test_eval_without_checkpoint_is_a_usage_error(capsys):
+    assert run_cli(["eval", "demo", "train.lr=0.1"]) == 2
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
+
+
+def test_export_checks_the_format_before_reading_anything(tmp_path, capsys):
+    missing = tmp_path / "absent.safetensors"
+    assert run_cli(["export", str(tmp_path / "out.onnx"), "--checkpoint", str(missing), "--format", "tflite"]) == 2
+    err = capsys.readouterr().err
+    assert "'tflite'" in err and "absent.safetensors" not in err and not (tmp_path / "out.onnx").exists()

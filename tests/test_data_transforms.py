@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, normalize_image
+from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+from allspark.data.transforms import TrainTransform
 
 BLOCK = 12
 

@@ -80,10 +80,10 @@ def test_nproc_relaunches_under_torchrun(monkeypatch):
 
     calls = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(sys, "argv", ["allspark", "train", "demo", "--nproc", "2", "train.lr=0.1"])
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # the relaunch reads main's argv, never the interpreter's
     monkeypatch.setattr(train_command.subprocess, "call", lambda command: calls.append(command) or 0)
     with pytest.raises(SystemExit) as code:
-        main(sys.argv[1:])
+        main(["train", "demo", "--nproc", "2", "train.lr=0.1"])
     assert code.value.code == 0
     assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "allspark",
                             "train", "demo", "train.lr=0.1"]

@@ -22,7 +22,7 @@ from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import NonFiniteLossError, Trainer, train
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.weights import read_weights, weights_metadata
-from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, train_until
 
 MEMORY = "allspark.memory.queue"
 

@@ -3,46 +3,24 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from allspark.cli import main
 from allspark.config import ConfigError, load_config
 from allspark.data.io import DataError
 from allspark.data.splits import make_split
-from allspark.data.synthetic import generate_synthetic
+from allspark.data.synthetic import generate_synthetic, write_bad_samples
 from allspark.models.weights import CheckpointError
 
 from inference_helpers import run_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """Synthetic folder dataset, 3 classes, 64 px, with one list per kind of bad sample under bad/."""
+    """Synthetic folder dataset, 3 classes, 64 px, with one list per kind of bad sample under bad/ (BAD_SAMPLES)."""
     root = generate_synthetic(tmp_path_factory.mktemp("data"), num_train=6, num_val=2, size=64, num_classes=3)
     make_split(root / "train.txt", root / "splits", count=2, seed=0)
-    bad = root / "bad"
-    bad.mkdir()
-    image, mask_file = "images/train_00000.jpg", "masks/train_00000.png"
-    raw = (root / image).read_bytes()
-    (bad / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
-    mask = np.array(Image.open(root / mask_file))
-    Image.fromarray(np.full_like(mask, 7)).save(bad / "value7.png")
-    Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(bad / "rgb.png")
-    Image.fromarray(mask[:40]).save(bad / "short.png")
-    for name, line in {"truncated": f"bad/truncated.jpg {mask_file}", "value": f"{image} bad/value7.png",
-                       "rgb": f"{image} bad/rgb.png", "size": f"{image} bad/short.png",
-                       "missing": f"images/absent.jpg {mask_file}", "three": f"{image} {mask_file} extra"}.items():
-        (bad / f"{name}.txt").write_text(f"{line}\n{line}\n")
-    (bad / "empty.txt").write_text("\n")
+    write_bad_samples(root)
     return root
 
 

@@ -5,7 +5,7 @@ import torch
 
 from allspark.config import ConfigError, config_from_dict
 from allspark.engine.evaluate import evaluate
-from allspark.engine.inference import predict_probs, window_starts, window_stride
+from allspark.inference.windows import predict_probs, window_starts, window_stride
 from allspark.engine.metrics import ConfusionMatrix
 
 

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from allspark.data.transforms import normalize_image
-from allspark.engine.onnx_engine import SOURCE_KEY, file_sha256
+from allspark.data.normalize import normalize_image
+from allspark.inference.backends import SOURCE_KEY, file_sha256
 from allspark.models.weights import load_model
 from inference_helpers import PALETTE, run_cli
 

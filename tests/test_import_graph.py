@@ -13,8 +13,9 @@ LAYERS = (
     ("allspark.distributed",),
     ("allspark.config",),
     ("allspark.data", "allspark.models"),
+    ("allspark.inference",),
     ("allspark.engine",),
-    ("allspark.predict", "allspark.viz", "allspark.export"),
+    ("allspark.viz",),
     ("allspark.commands",),
     ("allspark.cli",),
     ("allspark.__main__", "allspark"),
@@ -182,3 +183,10 @@ def test_a_circle_is_found(tmp_path):
 def test_a_module_outside_every_layer_is_named():
     with pytest.raises(LookupError, match="toy.extra is in no layer"):
         room_of("toy.extra", (("toy.config",), ("toy.cli",)))
+
+
+def test_inference_sits_below_training():
+    """Evaluation uses the inference windows; inference never reaches back into training."""
+    graph = {"allspark.engine.evaluate": {"allspark.inference.windows"},
+             "allspark.inference.predictor": {"allspark.engine.evaluate"}, "allspark.inference.windows": set()}
+    assert upward_imports(graph, LAYERS) == ["allspark.inference.predictor -> allspark.engine.evaluate"]

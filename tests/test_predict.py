@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark import predict as predict_module
+from allspark.inference import predictor as predictor_module
 from allspark.data.io import rgb_array
-from allspark.data.transforms import normalize_image
-from allspark.engine.inference import predict_probs
-from allspark.engine.tiled import tiled_rows
-from allspark.predict import Predictor
+from allspark.data.normalize import normalize_image
+from allspark.inference.windows import predict_probs
+from allspark.inference.tiled import tiled_rows
+from allspark.inference.predictor import Predictor
 from inference_helpers import PALETTE, run_cli, write_images
 
 
@@ -152,7 +152,7 @@ def test_large_image_goes_through_bounded_windows_equal_to_whole_sliding(checkpo
             blocks.append((top, tuple(rows.shape)))
             yield top, rows
 
-    monkeypatch.setattr(predict_module, "tiled_rows", recorded_rows)
+    monkeypatch.setattr(predictor_module, "tiled_rows", recorded_rows)
     image = np.asarray(Image.open(path))
     probs = torch.from_numpy(predictor.predict_probs(image))
     assert inputs == [(1, 3, 64, 64)] * 35

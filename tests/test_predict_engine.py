@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.engine import onnx_engine
-from allspark.engine.onnx_engine import EngineError, export_path, load_engine
+from allspark.inference import backends
+from allspark.inference.backends import EngineError, export_path, load_engine
 from allspark.models.weights import read_weights, save_weights
-from allspark.predict import Predictor
+from allspark.inference.predictor import Predictor
 from inference_helpers import PALETTE, run_cli, write_images
 
 pytestmark = pytest.mark.slow  # the `exported` fixture traces the model once
@@ -76,7 +76,7 @@ def test_onnx_runs_on_the_cpu_only(exported, monkeypatch):
         load_engine(weights, "onnx", device="cuda")
     # on a CUDA machine, auto (engine and device) runs PyTorch on the GPU; --engine onnx runs on the CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(onnx_engine, "load_model", lambda path, device: (None, read_weights(path)[1]))
+    monkeypatch.setattr(backends, "load_model", lambda path, device: (None, read_weights(path)[1]))
     chosen = load_engine(weights, "auto", device="auto")
     assert (chosen.name, chosen.device.type) == ("torch", "cuda")
     chosen = load_engine(weights, "onnx", device="auto")

@@ -10,7 +10,8 @@ from torch import nn
 
 from allspark.config import ConfigError, RecipeConfig, list_presets, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-from allspark.data.transforms import TrainTransform, normalize_image
+from allspark.data.normalize import normalize_image
+from allspark.data.transforms import TrainTransform
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor
@@ -18,7 +19,7 @@ from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampu
 from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.models.allspark import SemanticMemory
-from engine_helpers import make_cfg, make_train_data, one_thread, train_until  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data, train_until
 
 FULL = ["recipe.strong_views=true", "recipe.cutmix_prob=0.5", "recipe.threshold=0.3", "recipe.teacher=ema",
         "recipe.ema_momentum=0.9", "recipe.unlabeled_weight=1.5"]

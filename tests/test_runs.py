@@ -16,7 +16,7 @@ from allspark.engine.optim import poly_factor
 from allspark.engine.runs import lock_run_dir, read_metrics
 from allspark.engine.trainer import Trainer, train
 from allspark.models.weights import atomic_write
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (an autouse fixture)
+from engine_helpers import make_cfg, make_train_data
 
 STEP = Trainer.step
 

@@ -11,7 +11,7 @@ from allspark.engine.recipes import confident_share
 from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import Trainer, train
 from allspark.models.weights import read_weights
-from engine_helpers import make_cfg, make_train_data, one_thread  # noqa: F401 (fixture)
+from engine_helpers import make_cfg, make_train_data
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The `allspark` command: builds the parser from `allspark.commands` and dispatches.
+"""The `allspark` command: builds the parser from `allspark.commands.COMMANDS` and dispatches.
 
 Expected failures (bad config, bad data, bad checkpoint, a path that cannot be read or written) end
 in one line, `allspark CMD: error: ...`, and a non-zero exit; `--debug` or ALLSPARK_DEBUG=1 shows
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import os
 import sys
 
-from allspark.commands import SUBCOMMANDS
+from allspark.commands import COMMANDS
 from allspark.config import InputError
 
 DEBUG_ENV = "ALLSPARK_DEBUG"
@@ -20,13 +21,24 @@ DEBUG_ENV = "ALLSPARK_DEBUG"
 FOLDER_PROBLEMS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a file stands where a folder is needed"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_name(argv: list[str]) -> str | None:
+    """The subcommand `argv` names: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser for `argv`: every subcommand's name and help, and the arguments of the one `argv` names, whose
+    module alone is imported."""
     parser = argparse.ArgumentParser(prog="allspark", description="Semi-supervised segmentation with AllSpark.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in SUBCOMMANDS:
-        command.register(sub)  # adds its subparser with set_defaults(run=fn); fn(args) returns the exit status
+    chosen = command_name(argv)
+    for name, (module, help_line) in COMMANDS.items():
+        if name == chosen:  # adds its subparser with set_defaults(run=fn); fn(args) returns the exit status
+            importlib.import_module(f"allspark.commands.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -50,7 +62,9 @@ def _log_to_new_files(line: str, before: set) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    args.argv = argv  # what `train --nproc` hands on to torchrun
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     handlers = set(logging.getLogger("allspark").handlers)
     try:

@@ -1,5 +1,18 @@
-"""The `allspark` subcommands, one module each: `register(sub)` adds its arguments, `run(args)` makes a thin call
-into the library and returns the exit status."""
-from allspark.commands import check_data, convert, demo, evaluate, export, predict, presets, splits, train, viz
+"""The `allspark` subcommands, one module each: `register(sub)` adds its arguments, `run(args)` parses what is left
+and calls into the library, returning the exit status.
 
-SUBCOMMANDS = (check_data, splits, train, evaluate, presets, demo, predict, viz, export, convert)  # the help's order
+COMMANDS names every subcommand with its module and one-line help, so the parser imports only the module of the
+command that runs: `allspark --help` and the light commands never load torch."""
+
+COMMANDS = {  # name: (module under allspark.commands, help in `allspark --help`), in the help's order
+    "check-data": ("check_data", "read every listed file and report each problem"),
+    "splits": ("splits", "make labeled/unlabeled lists from a training list"),
+    "train": ("train", "train (or resume) a run"),
+    "eval": ("evaluate", "evaluate a checkpoint: mIoU and per-class IoU"),
+    "presets": ("presets", "list the shipped config presets"),
+    "demo": ("demo", "synthetic data, SupBaseline vs AllSpark on CPU in a few minutes"),
+    "predict": ("predict", "segment images with a trained model"),
+    "viz": ("viz", "figures: features, grouping, memory, curves, confusion"),
+    "export": ("export", "export a trained model to ONNX (dynamic height/width)"),
+    "convert-official": ("convert", "convert a checkpoint of the authors' release into our weights format"),
+}

@@ -16,8 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("check-data", help="read every listed file and report each problem",
-                            description="Check a dataset: CONFIG_OR_ROOT is a YAML config or preset, or a directory "
+    parser = sub.add_parser("check-data", description="Check a dataset: CONFIG_OR_ROOT is a YAML config or preset, or a directory "
                                         "with train/val/labeled/unlabeled.txt lists or a layout's tree. One line per "
                                         "problem naming the file; exit status 1 if any.")
     parser.add_argument("source", metavar="CONFIG_OR_ROOT")

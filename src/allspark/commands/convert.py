@@ -6,13 +6,15 @@ import sys
 from pathlib import Path
 
 from allspark.config import apply_overrides, config_from_dict, load_config
+from allspark.models.convert import ConversionError
+from allspark.models.official import load_official
+from allspark.models.weights import save_weights
 
 
 def register(sub) -> None:
     """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
     parser = sub.add_parser(
-        "convert-official", help="convert a checkpoint of the authors' release into our weights format",
-        description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
+        "convert-official", description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
                     "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
                     "of the checkpoint, e.g. --config pascal/augmented/1_8/allspark, or model.encoder=mit_b5 "
                     "model.num_classes=21 model.crop_size=513.")
@@ -25,12 +27,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the models bring torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.models')
-    from allspark.models.convert import ConversionError
-    from allspark.models.official import load_official
-    from allspark.models.weights import save_weights
-
     dst = Path(args.dst)
     if dst.exists() and not args.force:
         print(f"allspark convert-official: {dst} exists; pass --force to overwrite it", file=sys.stderr)

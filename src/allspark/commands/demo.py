@@ -5,20 +5,17 @@ import argparse
 from pathlib import Path
 
 from allspark.commands.options import add_threads_option, set_threads
+from allspark.engine.demo import run_demo
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the trainer brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.engine.demo')
-    from allspark.engine.demo import run_demo
-
     set_threads(args)
     run_demo(out=Path(args.out), data=Path(args.data), iters=args.iters)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic data, SupBaseline vs AllSpark on CPU in a few minutes")
+    p = sub.add_parser("demo")
     p.add_argument("--out", default="runs/demo", help="parent of the run directories (one per row of the table)")
     p.add_argument("--data", default="demo_data", help="synthetic dataset folder (generated if missing)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: the preset)")

@@ -1,5 +1,5 @@
 """`allspark export [OUT] --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch;
-by default beside the weights, where `allspark predict` finds it (`engine.onnx_engine.export_path`)."""
+by default beside the weights, where `allspark predict` finds it (`inference.backends.export_path`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,20 +8,14 @@ from pathlib import Path
 
 from allspark.commands.options import add_checkpoint_options
 from allspark.data.layouts import class_names_and_palette
+from allspark.inference.backends import export_path, file_sha256
+from allspark.inference.export import export_onnx, max_onnx_difference
+from allspark.models.weights import CheckpointError, load_model, resolve_weights
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: export brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.export')
-    from allspark.engine.onnx_engine import export_path, file_sha256
-    from allspark.export import export_onnx, max_onnx_difference
-    from allspark.models.weights import CheckpointError, load_model, resolve_weights
-
     weights = resolve_weights(args.checkpoint, args.which)
     out = Path(args.out) if args.out else export_path(weights)
-    if args.format != "onnx":
-        print(f"allspark export: unsupported format {args.format!r}; supported: onnx", file=sys.stderr)
-        return 2
     if out.exists() and not args.force:
         print(f"allspark export: {out} already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
@@ -45,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("export", help="export a trained model to ONNX (dynamic height/width)")
+    parser = sub.add_parser("export")
     parser.add_argument("out", metavar="OUT", nargs="?",
                         help="output file (default: beside the weights, e.g. checkpoints/best.onnx, where "
                              "`allspark predict` uses it)")
     add_checkpoint_options(parser)
-    parser.add_argument("--format", default="onnx", help="only onnx")
+    parser.add_argument("--format", default="onnx", choices=("onnx",), help="only onnx")
     parser.add_argument("--example-size", type=int, help="side of the tracing example (default: model.crop_size)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="compare onnxruntime with PyTorch at two sizes after exporting")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from allspark.config import DEVICES
 
 
@@ -26,8 +28,6 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 def set_threads(args: argparse.Namespace) -> None:
     """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
     if args.threads:
-        import torch  # here, not at the top: torch adds ~0.7 s to the start of every command (python -X importtime)
-
         torch.set_num_threads(args.threads)
 
 
@@ -36,17 +36,19 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file"
-                           ) -> None:
-    """`--checkpoint RUN_OR_FILE` (required; `what` it accepts) and `--which best|latest`."""
-    parser.add_argument("--checkpoint", required=True, help=what)
+def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file",
+                           required: bool = True) -> None:
+    """`--checkpoint RUN_OR_FILE` (`what` it accepts; a config command checks it with `required`, see
+    `add_config_command`) and `--which best|latest`."""
+    parser.add_argument("--checkpoint", required=required, help=what)
     parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
 
 
 def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,
-                       **kwargs) -> None:
+                       required: tuple[str, ...] = (), **kwargs) -> None:
     """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
-    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed).
+    overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed, and the
+    `required` options, e.g. "--checkpoint", are checked after both parts).
     With `config_optional`, CONFIG may be left out (args.config None) and the first argument is an override."""
     p = sub.add_parser(name, parents=[options], **kwargs)
     p.add_argument("config", nargs="?" if config_optional else None,
@@ -60,6 +62,9 @@ def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, co
         bad = [item for item in extra if "=" not in item or item.startswith("-")]
         if bad:
             p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
+        missing = [option for option in required if getattr(args, option.lstrip("-").replace("-", "_")) is None]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)}")
         args.overrides = extra
         return run(args)
 

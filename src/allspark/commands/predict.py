@@ -8,6 +8,8 @@ from pathlib import Path
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
 from allspark.config import ENGINES, WHOLE_IMAGE_MODES
+from allspark.inference.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
+from allspark.inference.predictor import Predictor
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -22,10 +24,6 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the predictor brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.predict')
-    from allspark.predict import LEGEND_FILES, Predictor, expand_inputs, output_paths, run_predict, write_legend
-
     set_threads(args)
     files, problems = expand_inputs(args.inputs)
     out = Path(args.out)
@@ -58,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("predict", help="segment images with a trained model",
-                            description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
+    parser = sub.add_parser("predict", description="Write <stem>.png (class indices), <stem>_color.png (palette) and "
                                         "<stem>_overlay.png (image | blend) for every input image.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     add_checkpoint_options(parser, what="run directory, .safetensors weights or `allspark export` .onnx file")

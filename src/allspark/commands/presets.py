@@ -21,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("presets", help="list the shipped config presets")
+    p = sub.add_parser("presets")
     p.add_argument("-v", "--verbose", action="store_true", help="show method, encoder, crop and split list")
     p.set_defaults(run=run)

@@ -24,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("splits", help="make labeled/unlabeled lists from a training list",
-                            description="Choose labeled images from TRAIN_LIST (lines 'image mask', or a dataset "
+    parser = sub.add_parser("splits", description="Choose labeled images from TRAIN_LIST (lines 'image mask', or a dataset "
                                         "root read with --layout) and write OUT/labeled.txt and OUT/unlabeled.txt.")
     parser.add_argument("train_list", metavar="TRAIN_LIST")
     parser.add_argument("--out", required=True, help="output directory")

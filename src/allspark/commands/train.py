@@ -8,15 +8,12 @@ import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
 from allspark.config import load_config
+from allspark.engine.trainer import NonFiniteLossError, train
 
 
 def run(args: argparse.Namespace) -> int:
-    # here, not at the top: the trainer brings torch and transformers, ~2.5 s of start-up for every command
-    # (python -X importtime -c 'import allspark.engine.trainer')
-    from allspark.engine.trainer import NonFiniteLossError, train
-
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return relaunch_with_torchrun(args.nproc)
+        return relaunch_with_torchrun(args.nproc, args.argv)
     cfg = load_config(args.config, args.overrides)
     set_threads(args)
     try:
@@ -27,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def relaunch_with_torchrun(nproc: int) -> int:
-    """`allspark train --nproc N ...` -> `torchrun --nproc_per_node=N -m allspark train ...` (same arguments)."""
-    argv = sys.argv[1:]
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """`allspark train --nproc N ...` (`argv`, main's) -> `torchrun --nproc_per_node=N -m allspark train ...` (the
+    same arguments)."""
     rest, skip = [], False
     for item in argv:
         if skip:
@@ -54,6 +51,6 @@ def register(sub) -> None:
     options.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
     options.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_option(options)
-    add_config_command(sub, "train", options, run, help="train (or resume) a run",
+    add_config_command(sub, "train", options, run,
                        description="Train in cfg.run_dir; an existing run directory continues from its latest "
                                    "checkpoint. Multi-GPU: torchrun --nproc_per_node=N -m allspark train ...")

@@ -1,20 +1,16 @@
-"""`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each.
-
-The figures' modules are imported where a plot runs, not at the top: with the model they need they bring
-torch, transformers and matplotlib, ~2.7 s of start-up for every command (python -X importtime -c
-'import allspark.viz.grouping, allspark.models').
-"""
+"""`allspark viz features|grouping|memory|curves|confusion`: one PNG of the requested pixel size each, drawn by
+`allspark.viz`."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from allspark.commands.options import add_checkpoint_options, add_device_option
-from allspark.data.io import read_image
-from allspark.data.layouts import class_names_and_palette
+from allspark.engine.runs import read_metrics
+from allspark.viz.checkpoint_figures import features_figure, grouping_figure, memory_figure
+from allspark.viz.confusion import plot_confusion, read_eval
+from allspark.viz.curves import plot_curves
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -32,91 +28,28 @@ def _indices(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"channel indices must be comma-separated integers; got {text!r}") from None
 
 
-def _load(args):
-    """(model, cfg, device): --checkpoint loaded on --device."""
-    from allspark.distributed import resolve_device  # deferred: see the module docstring
-    from allspark.models.weights import load_model  # deferred: see the module docstring
-
-    device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, which=args.which, device=device)
-    return model, cfg, device
+def _features(args) -> list[str]:
+    return features_figure(args.checkpoint, args.image, args.out, args.size, args.channels, args.num_channels,
+                           args.which, args.device)
 
 
-def _images(inputs: list[str], limit: int | None = None):
-    """(file, RGB uint8, normalised tensor) for each readable input; unreadable ones are reported."""
-    from allspark.data.transforms import normalize_image  # deferred: see the module docstring
-    from allspark.predict import expand_inputs  # deferred: see the module docstring
-
-    files, problems = expand_inputs(inputs)
-    for line in problems:
-        print(f"allspark viz: warning: {line}", file=sys.stderr)
-    for path in files[:limit]:
-        try:
-            image = read_image(path)
-        except (OSError, ValueError) as err:
-            print(f"allspark viz: warning: {path}: skipped, {getattr(err, 'problem', err)}", file=sys.stderr)
-            continue
-        yield path, image, normalize_image(image)
+def _grouping(args) -> list[str]:
+    return grouping_figure(args.checkpoint, args.inputs, args.out, args.size, args.max_images, args.which, args.device)
 
 
-def _features(args) -> int:
-    from allspark.viz.features import feature_channels, pick_channels, plot_features  # deferred: see the docstring
-
-    model, _, device = _load(args)
-    found = list(_images([args.image], limit=1))
-    if not found:
-        print(f"allspark viz features: no readable image in {args.image}", file=sys.stderr)
-        return 1
-    path, image, tensor = found[0]
-    before, after = feature_channels(model, tensor.to(device))
-    channels = args.channels or pick_channels(before.shape[0], args.num_channels)
-    plot_features(image, before, after, channels, args.out, args.size, title=f"{path.name}: c4 before / after AllSpark")
-    return _done(args.out)
+def _memory(args) -> list[str]:
+    return memory_figure(args.checkpoint, args.out, args.size, args.channels, args.num_channels, args.which,
+                         args.device)
 
 
-def _grouping(args) -> int:
-    from allspark.viz.grouping import grouping_counts, plot_grouping  # deferred: see the module docstring
-
-    model, cfg, device = _load(args)
-    tensors = [tensor.to(device) for _, _, tensor in _images(args.inputs, args.max_images)]
-    if not tensors:
-        print("allspark viz grouping: no readable images among the inputs", file=sys.stderr)
-        return 1
-    counts = grouping_counts(model, tqdm(tensors, desc="grouping", unit="img", file=sys.stderr),
-                             cfg.model.num_classes, probs=cfg.model.grouping == "probs")
-    plot_grouping(counts, len(tensors), class_names_and_palette(cfg)[0], args.out, args.size)
-    return _done(args.out)
-
-
-def _memory(args) -> int:
-    from allspark.viz.features import pick_channels  # deferred: see the module docstring
-    from allspark.viz.memory import memory_maps, plot_memory  # deferred: see the module docstring
-
-    model, cfg, _ = _load(args)
-    maps = memory_maps(model)
-    channels = args.channels or pick_channels(maps.shape[1], args.num_channels)
-    plot_memory(maps, channels, class_names_and_palette(cfg)[0], args.out, args.size)
-    return _done(args.out)
-
-
-def _curves(args) -> int:
-    from allspark.engine.runs import read_metrics  # deferred: see the module docstring
-    from allspark.viz.curves import plot_curves  # deferred: see the module docstring
-
+def _curves(args) -> list[str]:
     plot_curves(read_metrics(args.run_dir), args.out, args.size, title=str(args.run_dir))
-    return _done(args.out)
+    return []
 
 
-def _confusion(args) -> int:
-    from allspark.viz.confusion import plot_confusion, read_eval  # deferred: see the module docstring
-
+def _confusion(args) -> list[str]:
     plot_confusion(read_eval(args.eval), args.out, args.size)
-    return _done(args.out)
-
-
-def _done(out) -> int:
-    print(f"wrote {out}")
-    return 0
+    return []
 
 
 def _common(parser: argparse.ArgumentParser, size: str, checkpoint: bool) -> None:
@@ -132,15 +65,20 @@ def _channel_options(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--num-channels", type=int, default=default, help="evenly spread channels if --channels is unset")
 
 
-def _guard(run):
-    """Errors about input files become one clear line and exit status 1."""
-    def wrapped(args) -> int:
+def _guard(draw):
+    """Draw the figure, warn of each skipped input and say where it went; errors about input files become one clear
+    line and exit status 1."""
+    def run(args) -> int:
         try:
-            return run(args)
+            problems = draw(args)
         except (OSError, ValueError) as err:
             print(f"allspark viz {args.plot}: {err}", file=sys.stderr)
             return 1
-    return wrapped
+        for line in problems:
+            print(f"allspark viz: warning: {line}", file=sys.stderr)
+        print(f"wrote {args.out}")
+        return 0
+    return run
 
 
 def register(sub) -> None:

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from allspark.data.io import IGNORE_INDEX, DataError, load_sample, read_list
-from allspark.data.transforms import TrainTransform, normalize_image
+from allspark.data.normalize import normalize_image
+from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
 
 log = logging.getLogger(__name__)

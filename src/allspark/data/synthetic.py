@@ -186,3 +186,31 @@ def generate_synthetic(root: str | Path, num_train: int = 200, num_val: int = 50
             lines.append(f"images/{stem}.jpg masks/{stem}.png\n")
         (root / f"{split}.txt").write_text("".join(lines))
     return root
+
+
+# What each list written by `write_bad_samples` holds, for the error tests and benchmarks/bad_inputs.py.
+BAD_SAMPLES = {"truncated": "truncated JPEG", "value": "mask value 7 of 3 classes", "rgb": "RGB mask",
+               "size": "mask size mismatch", "missing": "missing image file", "three": "three-field list line",
+               "empty": "empty list"}
+
+
+def write_bad_samples(root: str | Path) -> dict[str, str]:
+    """One list per kind of bad sample (BAD_SAMPLES) under ROOT/bad, beside a synthetic folder dataset of 3
+    classes: {kind: list path relative to root}. The bad pair is listed twice, so the first batch holds it."""
+    root = Path(root)
+    bad = root / "bad"
+    bad.mkdir()
+    image, mask_file = "images/train_00000.jpg", "masks/train_00000.png"
+    raw = (root / image).read_bytes()
+    (bad / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    mask = np.array(Image.open(root / mask_file))
+    Image.fromarray(np.full_like(mask, 7)).save(bad / "value7.png")
+    Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(bad / "rgb.png")
+    Image.fromarray(mask[:40]).save(bad / "short.png")
+    lines = {"truncated": f"bad/truncated.jpg {mask_file}", "value": f"{image} bad/value7.png",
+             "rgb": f"{image} bad/rgb.png", "size": f"{image} bad/short.png",
+             "missing": f"images/absent.jpg {mask_file}", "three": f"{image} {mask_file} extra"}
+    for kind, line in lines.items():
+        (bad / f"{kind}.txt").write_text(f"{line}\n{line}\n")
+    (bad / "empty.txt").write_text("\n")
+    return {kind: f"bad/{kind}.txt" for kind in BAD_SAMPLES}

@@ -1,27 +1,12 @@
-"""Training augmentation of the release (METHODS.md 2) with albumentations, and ImageNet normalisation."""
+"""Training augmentation of the release (METHODS.md 2) with albumentations (the model's normalisation: `data.normalize`)."""
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
-import torch
 
 from allspark.data.io import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_SCALE = (1 / (255 * np.array(IMAGENET_STD))).astype(np.float32)[:, None, None]  # (3, 1, 1)
-_SHIFT = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32)[:, None, None]
-
-
-def normalize_image(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet mean/std.
-
-    In NumPy, single-threaded: torch's intra-op threads made this 10x slower in a busy main process.
-    """
-    planes = image.transpose(2, 0, 1).astype(np.float32)  # (3, H, W), contiguous copy
-    planes *= _SCALE
-    planes += _SHIFT
-    return torch.from_numpy(planes)
-
+from allspark.data.rescale import LongSideRescale
 
 def seed_steps(compose, seed: int) -> None:
     """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
@@ -35,8 +20,6 @@ def seed_steps(compose, seed: int) -> None:
 def colour_steps() -> list:
     """The colour part of the augmentation (METHODS.md 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
     get it after the geometric part, and so do the strong views of unlabeled images (recipe.strong_views)."""
-    import albumentations as A  # see TrainTransform
-
     return [
         A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
         A.ToGray(p=0.2),
@@ -52,13 +35,6 @@ class TrainTransform:
     """
 
     def __init__(self, crop_size: int, colour: bool, seed: int | None = None):
-        # here, not at the top: predict, eval, export and viz load this module for normalize_image and never
-        # augment; albumentations (rescale builds on it) adds ~0.5 s to their start (python -X importtime)
-        import albumentations as A
-        import cv2
-
-        from allspark.data.rescale import LongSideRescale
-
         steps = [
             LongSideRescale(ratio_range=(0.5, 2.0)),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 
+import albumentations as A
 import numpy as np
 import torch
 
-from allspark.data.transforms import colour_steps, normalize_image, seed_steps
+from allspark.data.normalize import normalize_image
+from allspark.data.transforms import colour_steps, seed_steps
 
 BOX_AREA = (0.02, 0.4)  # a CutMix box covers this fraction of the crop, uniformly drawn
 BOX_ASPECT = (0.3, 1 / 0.3)  # its height / width, log-uniformly drawn
@@ -39,8 +41,6 @@ class UnlabeledViews:
     (S, S) bool, the CutMix box of the sample."""
 
     def __init__(self, crop_size: int, strong: bool, cutmix_prob: float):
-        import albumentations as A  # see TrainTransform
-
         self.crop_size, self.cutmix_prob = crop_size, cutmix_prob
         self.colour = A.Compose(colour_steps()) if strong else None
         self.rng = np.random.default_rng(0)

@@ -14,16 +14,11 @@ from allspark.config import Config, ConfigError, apply_overrides, config_from_di
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
-from allspark.engine.inference import center_crop_box, predict_probs
+from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.runs import config_diff, json_safe
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import read_weights, resolve_weights
-
-
-def eval_window(cfg: Config) -> int:
-    """Sliding-window / centre-crop size: `eval.crop_size`, else the training crop."""
-    return cfg.eval.crop_size or cfg.model.crop_size
 
 
 @torch.no_grad()
@@ -53,14 +48,15 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off") -> dict:
+                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
     (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
-    "fp16") runs the forward passes under autocast, as `train.amp` does."""
+    "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
+    (best or latest)."""
     info = dist_utils.init_distributed(device)
     try:
-        weights = resolve_weights(checkpoint)
+        weights = resolve_weights(checkpoint, which)
         state, saved_cfg = read_weights(weights)
         if cfg is None:
             cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),

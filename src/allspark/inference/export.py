@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from allspark.config import config_to_dict
-from allspark.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from allspark.engine.onnx_engine import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
+from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from allspark.inference.backends import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
 from allspark.models.weights import atomic_write
 
 

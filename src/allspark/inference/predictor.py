@@ -1,33 +1,23 @@
-"""Run a trained model on new images: the `Predictor` API, and the files `allspark predict` writes."""
+"""The `Predictor`: a trained model on new images, without the CLI; images too large for one piece go in tiles."""
 from __future__ import annotations
 
-import glob
-import json
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from allspark.config import WHOLE_IMAGE_MODES
-from allspark.data.colors import colorize, legend_entries, legend_image, overlay
-from allspark.data.io import read_image, rgb_array
-from allspark.data.layouts import IMAGE_EXTS
-from allspark.data.transforms import normalize_image
-from allspark.engine.evaluate import eval_window
-from allspark.engine.inference import predict_probs, window_stride
-from allspark.engine.onnx_engine import load_engine
-from allspark.engine.tiled import tiled_rows, window_grid
+from allspark.data.io import rgb_array
+from allspark.data.normalize import normalize_image
+from allspark.inference.backends import load_engine
+from allspark.inference.tiled import tiled_rows, window_grid
+from allspark.inference.windows import eval_window, predict_probs, window_stride
 
 MIN_SIDE = 32  # the encoder's coarsest stage is 1/32 of the input; its first attention needs >= 29 px
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
 TILE_WINDOW = 512  # tile side for models predicted whole (at least their training crop)
-LEGEND_FILES = ("legend.png", "legend.json")
 
 
 def _size(pixels: np.ndarray | torch.Tensor) -> tuple[int, int]:
@@ -45,12 +35,12 @@ class Predictor:
     for "center", whose prediction would not cover the image); `window` defaults to the eval crop size;
     `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere. `checkpoint` is a run
     directory, a weights file or an `allspark export` .onnx file; `engine` (auto, torch, onnx) picks PyTorch or
-    that graph under onnxruntime (see `allspark.engine.onnx_engine.load_engine`); `engine_note` says which runs.
+    that graph under onnxruntime (see `allspark.inference.backends.load_engine`); `engine_note` says which runs.
 
     Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
     larger of TILE_WINDOW and the training crop), one at a time, flip and scales applied per window,
-    so memory stays bounded whatever the image size (see `allspark.engine.tiled`)."""
+    so memory stays bounded whatever the image size (see `allspark.inference.tiled`)."""
 
     def __init__(self, checkpoint, device: str | torch.device = "auto", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
@@ -131,13 +121,17 @@ class Predictor:
         h, w = _size(pixels)
         return tiled_rows(predict_window, h, w, window, self.options["stride_ratio"])
 
+    def _checked(self, images: Sequence) -> tuple[list, tuple[int, int], int | None]:
+        """(checked pixels, (H, W), tile window or None) of images of one size: whether they go whole or in tiles."""
+        pixels = [self.pixels(image) for image in images]
+        size = _size(pixels[0])
+        return pixels, size, self.tiling(*size)
+
     def predict_probs_batch(self, images: Sequence) -> torch.Tensor:
         """Probabilities (N, K, H, W) for images of one size; inference is per image, so the
         batch never changes any image's result. Tiled images (see `tiling`) go one at a time,
         but the result holds every image's (K, H, W) floats."""
-        pixels = [self.pixels(image) for image in images]
-        h, w = _size(pixels[0])
-        window = self.tiling(h, w)
+        pixels, (h, w), window = self._checked(images)
         if window is None:
             batch = torch.stack([p if isinstance(p, torch.Tensor) else normalize_image(p) for p in pixels])
             return predict_probs(self.model, batch.to(self.device), **self.options).cpu()
@@ -160,9 +154,7 @@ class Predictor:
 
     def predict_masks(self, images: Sequence) -> list[np.ndarray]:
         """Class-index masks (H, W) of images of one size; tiled images never hold (K, H, W) floats."""
-        pixels = [self.pixels(image) for image in images]
-        h, w = _size(pixels[0])
-        window = self.tiling(h, w)
+        pixels, (h, w), window = self._checked(images)
         if window is None:
             return list(self.masks_from_probs(self.predict_probs_batch(pixels)))
         masks = []
@@ -176,95 +168,3 @@ class Predictor:
     def predict(self, image) -> np.ndarray:
         """Class-index mask (H, W)."""
         return self.predict_masks([image])[0]
-
-
-def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their image files, not recursive) and glob patterns -> (files, problems)."""
-    files, problems = [], []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-            if not found:
-                problems.append(f"{text}: folder has no image files ({', '.join(IMAGE_EXTS)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif glob.has_magic(text):
-            found = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-            if not found:
-                problems.append(f"{text}: pattern matches no files")
-            files.extend(found)
-        else:
-            problems.append(f"{text}: no such file or folder")
-    return files, problems
-
-
-def output_paths(out: Path, source: Path) -> dict[str, Path]:
-    return {kind: out / f"{source.stem}{suffix}.png" for kind, suffix in (("mask", ""), ("color", "_color"),
-                                                                           ("overlay", "_overlay"))}
-
-
-@dataclass
-class _Item:
-    path: Path
-    image: np.ndarray
-
-
-def _batches(items: Iterator[_Item], batch_size: int) -> Iterator[list[_Item]]:
-    """Consecutive images of equal size, at most batch_size at a time."""
-    batch: list[_Item] = []
-    for item in items:
-        if batch and (len(batch) == batch_size or item.image.shape != batch[0].image.shape):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
-def write_outputs(predictor: Predictor, item: _Item, mask: np.ndarray, out: Path, alpha: float) -> None:
-    paths = output_paths(out, item.path)
-    # uint8 masks give mode "L" PNGs; more than 256 classes give 32-bit mode "I"
-    Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.int32)).save(paths["mask"])
-    color = colorize(mask, predictor.palette)
-    Image.fromarray(color).save(paths["color"])
-    Image.fromarray(overlay(item.image, color, alpha)).save(paths["overlay"])
-
-
-def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_size: int = 1,
-                alpha: float = 0.5) -> tuple[int, list[str]]:
-    """Segment `files` into `out`; returns (images written, problems: one line per skipped file)."""
-    out.mkdir(parents=True, exist_ok=True)
-    problems: list[str] = []
-    progress = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
-
-    def readable() -> Iterator[_Item]:
-        for path in files:
-            try:
-                image = read_image(path)
-                predictor.pixels(image)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                problems.append(f"{path}: skipped, {getattr(err, 'problem', err)}")
-                progress.update(1)
-                continue
-            if predictor.tiling(*image.shape[:2]):
-                progress.write(f"allspark predict: {path}: {predictor.tiling_note(*image.shape[:2])}", file=sys.stderr)
-            yield _Item(path, image)
-
-    written = 0
-    for batch in _batches(readable(), batch_size):
-        masks = predictor.predict_masks([item.image for item in batch])
-        for item, mask in zip(batch, masks):
-            write_outputs(predictor, item, mask, out, alpha)
-            written += 1
-        progress.update(len(batch))
-    progress.close()
-    return written, problems
-
-
-def write_legend(out: Path, palette: np.ndarray, names: Sequence[str]) -> None:
-    """LEGEND_FILES in `out`: a swatch per class with its index and name, and the same as JSON."""
-    png, sidecar = (out / name for name in LEGEND_FILES)
-    legend_image(palette, names).save(png)
-    sidecar.write_text(json.dumps(legend_entries(palette, names), indent=1) + "\n")

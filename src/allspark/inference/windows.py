@@ -11,7 +11,12 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, ConfigError
+from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, Config, ConfigError
+
+
+def eval_window(cfg: Config) -> int:
+    """Sliding-window / centre-crop size: `eval.crop_size`, else the training crop."""
+    return cfg.eval.crop_size or cfg.model.crop_size
 
 
 def _pair(window: int | Sequence[int]) -> tuple[int, int]:
