@@ -11,8 +11,11 @@ run for the checkpoint cases; every case then takes a few seconds. `expect` is `
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,7 @@ from PIL import Image
 from allspark.config import config_to_dict, load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
+from allspark.engine.checkpoint import load_checkpoint
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid-mini"
@@ -38,6 +42,7 @@ class Case:
     argv: list[str]
     expect: str = "fail"
     env: dict[str, str | None] = field(default_factory=dict)
+    cwd: Path | None = None
 
 
 def tiny_train(root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -75,6 +80,18 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("train: model.pretrained=nvidia/mit-b0 offline", tiny_train(root, runs / "e9", "model.pretrained=nvidia/mit-b0"),
              env={"HF_HUB_OFFLINE": None}),
     ]
+    sci = tmp / "sci.yaml"
+    sci.write_text("base: demo\ntrain:\n  lr: 2e-3\n")
+    garbage = tmp / "mit_b0.pth"
+    garbage.write_bytes(np.random.default_rng(1).bytes(512))
+    cases += [
+        Case("train: train.lr=1e-3 (command line)", tiny_train(root, runs / "sci1", "train.lr=1e-3"), expect="ok"),
+        Case("train: lr: 2e-3 in a YAML file", ["train", str(sci), *tiny_train(root, runs / "sci2")[2:]], expect="ok"),
+        Case("train: --device cuda without a GPU", tiny_train(root, runs / "cuda", "--device", "cuda"),
+             expect="any" if _has_cuda() else "fail"),
+        Case("train: corrupt pretrained .pth", tiny_train(root, runs / "pth", f"model.pretrained={garbage}")),
+        Case("train: model.crop_size=8", tiny_train(root, runs / "crop8", "model.crop_size=8")),
+    ]
     if os.geteuid() != 0:  # root writes into read-only folders anyway
         cases.append(Case("train: run_dir under a read-only folder", tiny_train(root, tmp / "readonly" / "run")))
     if camvid.is_dir():
@@ -102,6 +119,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
              ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "a_file" / "pred")]),
         Case("export: OUT under a file",
              ["export", str(tmp / "a_file" / "m.onnx"), "--checkpoint", str(run), "--no-check"]),
+        Case("viz: --out under a file", ["viz", "curves", str(run), "--out", str(tmp / "a_file" / "c.png")]),
     ]
     odd = tmp / "odd"
     odd.mkdir()
@@ -116,21 +134,32 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
     return cases
 
 
-def run_case(case: Case, timeout: float) -> tuple[int | str, int, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+def case_env(case: Case) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     for key, value in case.env.items():
         env.pop(key, None) if value is None else env.__setitem__(key, value)
-    try:
-        done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
-                              env=env, timeout=timeout)
-        code, stderr, stdout = done.returncode, done.stderr, done.stdout
-    except subprocess.TimeoutExpired as err:
-        code, stderr, stdout = "timeout", (err.stderr or b"").decode(errors="replace"), ""
+    return env
+
+
+def first_message(code, stderr: str, stdout: str) -> tuple[int, str]:
+    """(stderr line count, first stderr line that is not a log line or progress bar, else stdout's first line)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     message = next((line for line in lines if not NOISE.search(line)), None)
     if message is None and code != 0 and stdout.strip():  # check-data reports on stdout
         message = "(stdout) " + stdout.splitlines()[0]
-    return code, len(lines), message or (lines[0] if lines else "")
+    return len(lines), message or (lines[0] if lines else "")
+
+
+def run_case(case: Case, timeout: float) -> tuple[int | str, int, str]:
+    env = case_env(case)
+    try:
+        done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=case.cwd)
+        code, stderr, stdout = done.returncode, done.stderr, done.stdout
+    except subprocess.TimeoutExpired as err:
+        code, stderr, stdout = "timeout", (err.stderr or b"").decode(errors="replace"), ""
+    return (code, *first_message(code, stderr, stdout))
 
 
 def concurrent_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
@@ -166,6 +195,116 @@ def force_config_cases(root: Path, tmp: Path, timeout: float) -> list[tuple[Case
     return rows
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def stop_case(root: Path, tmp: Path, signum: int, timeout: float) -> tuple[Case, int | str, int, str]:
+    """SIGINT (Ctrl-C: the whole process group) or SIGTERM (the process) to a training with loader workers;
+    checked: `latest` holds the iteration the line names (nothing lost past the step that was running)."""
+    name = signal.Signals(signum).name
+    run_dir = tmp / "runs" / f"stop_{name}"
+    case = Case(f"train: {name} while training", tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=400",
+                                                             "train.eval_every=400", "train.checkpoint_every=1000"))
+    proc = subprocess.Popen([sys.executable, "-m", "allspark", *case.argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=case_env(case), start_new_session=True)
+    deadline = time.time() + timeout
+    while not (run_dir / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    count, message = first_message(proc.returncode, stderr, stdout)
+    saved = load_checkpoint(run_dir)
+    named = re.search(r"at iteration (\d+) ", message)
+    if saved is None or named is None or int(named[1]) != saved[1]["iteration"]:
+        message = f"LOST: latest {saved and saved[1]['iteration']} vs the line's {named and named[1]}; {message}"
+    return case, proc.returncode, count, message
+
+
+def torn_pair_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A run killed between the two writes of `latest` (the weights of the next iteration written, its state not):
+    the same command resumes from the previous complete pair."""
+    from allspark.models.weights import read_weights, save_weights
+    from allspark.run_folder import RunFolder
+
+    run_dir = tmp / "runs" / "torn"
+    case = Case("train: killed between the two checkpoint writes, rerun", tiny_train(root, run_dir, "train.epochs=3"),
+                expect="ok")
+    run_case(case, timeout)  # finishes at iteration 2
+    run = RunFolder(run_dir)
+    weights, state, kept_weights, kept_state = run.weights(), run.state(), run.weights("previous"), run.state("previous")
+    shutil.copyfile(weights, kept_weights)
+    shutil.copyfile(state, kept_state)
+    tensors, cfg = read_weights(weights)
+    save_weights(weights, tensors, cfg, extra={"iteration": "3"})  # the torn write
+    code, count, message = run_case(case, timeout)
+    resumed = load_checkpoint(run_dir)[1]["iteration"]
+    log = (run_dir / "train.log").read_text()
+    if resumed != 2 or "at iteration 2 " not in log.split("resuming")[-1]:
+        message = f"LOST: resumed at {resumed}; {message}"
+    return case, code, count, message or "resumed at iteration 2 from the previous pair"
+
+
+def disk_full_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """The run directory on a tmpfs with room for one set of checkpoints: the second save fails in one line,
+    and the previous pair still loads. Mounting needs root; otherwise the row says it was skipped."""
+    mount = tmp / "small_disk"
+    mount.mkdir()
+    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", "train.epochs=3"))
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        return case, "skipped", 0, "needs root to mount a small tmpfs"
+    try:
+        code, count, message = run_case(case, timeout)
+        saved = load_checkpoint(mount / "run")
+        logged = message.split("error: ")[-1] in (mount / "run" / "train.log").read_text()
+        if saved is None or code == 0:
+            message = f"LOST: no complete pair left; {message}"
+        else:
+            message = f"[pair at iteration {saved[1]['iteration']} intact, line in train.log: {logged}] {message}"
+        del saved
+        return case, code, count, message
+    finally:
+        gc.collect()  # the checkpoint's memory maps, which would keep the mount busy
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def read_only_cases(tmp: Path, run: Path, timeout: float):
+    """export, eval and viz into a read-only file system (a read-only tmpfs; root only): each fails at once,
+    naming the folder, before the slow part."""
+    mount = tmp / "read_only"
+    mount.mkdir()
+    cases = [Case("export: OUT on a read-only file system", ["export", str(mount / "m.onnx"), "--checkpoint", str(run)]),
+             Case("eval: --out on a read-only file system", ["eval", "--checkpoint", str(run), "--out", str(mount)]),
+             Case("viz: --out on a read-only file system", ["viz", "curves", str(run), "--out", str(mount / "c.png")])]
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        yield from ((case, "skipped", 0, "needs root to mount a read-only tmpfs") for case in cases)
+        return
+    try:
+        for case in cases:
+            yield (case, *run_case(case, timeout))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def relative_paths_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A run started with relative data.root and run_dir, evaluated by its absolute folder from another folder."""
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copytree(root, work / "mydata")
+    start = Case("setup", ["train", "demo", "data.root=mydata", "run_dir=runs/rel", "method=sup", "model.num_classes=3",
+                           "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=1",
+                           "data.labeled_list=splits/labeled.txt", "--no-progress"], cwd=work)
+    run_case(start, timeout)
+    case = Case("eval: a run with relative paths, from another folder",
+                ["eval", "--checkpoint", str(work / "runs" / "rel")], expect="ok", cwd=tmp / "odd")
+    return (case, *run_case(case, timeout))
+
+
 def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     """(case, exit code, stderr line count, message) for each case, then the busy run_dir and --force-config cases."""
     for case in cases:
@@ -174,6 +313,16 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
         yield concurrent_case(root, tmp, args.timeout)
     if "force-config" in args.only or not args.only:
         yield from force_config_cases(root, tmp, args.timeout)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if args.only in f"train: {signal.Signals(signum).name} while training":
+            yield stop_case(root, tmp, signum, args.timeout)
+    if args.only in "train: killed between the two checkpoint writes, rerun":
+        yield torn_pair_case(root, tmp, args.timeout)
+    if args.only in "train: disk full while saving a checkpoint":
+        yield disk_full_case(root, tmp, args.timeout)
+    yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
+    if args.only in "eval: a run with relative paths, from another folder":
+        yield relative_paths_case(root, tmp, args.timeout)
 
 
 def main() -> None:
@@ -183,6 +332,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=150, help="characters of stderr shown per row")
     parser.add_argument("--camvid", type=Path, default=CAMVID, help="camvid-mini, for the preset case (skipped if absent)")
     args = parser.parse_args()
+    started = time.time()
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         root = generate_synthetic(tmp / "data", num_train=6, num_val=2, size=64, seed=0, num_classes=3)
@@ -198,8 +348,10 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for case, code, count, message in rows(cases, root, tmp, args):
             message = message.replace(folder, "$TMP").replace("|", "\\|")[: args.width]
-            flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) else ""
+            flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) or \
+                message.startswith("LOST") else ""
             print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
+    print(f"\n{time.time() - started:.0f} s in all")
 
 
 if __name__ == "__main__":

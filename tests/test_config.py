@@ -2,8 +2,9 @@
 import pytest
 import yaml
 
-from allspark.config import ConfigError, list_presets, load_config, model_config_from_dict
+from allspark.config import list_presets, load_config, model_config_from_dict
 from allspark.engine.runs import check_run_dir, config_diff, write_run_config
+from allspark.errors import ConfigError
 
 PUBLISHED = {  # METHODS.md 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
     "pascal": (513, 2, 80, 0.001, 10.0, "ce", "whole", 21),
@@ -66,7 +67,7 @@ def test_a_model_config_is_validated_without_a_method():
     assert model_config_from_dict({"ablation": "cca"}).ablation == "cca"
     with pytest.raises(ConfigError, match="'model.ablation' must be one of"):
         model_config_from_dict({"ablation": "plain"})
-    with pytest.raises(ConfigError, match="'model.crop_size' must be positive"):
+    with pytest.raises(ConfigError, match="'model.crop_size' must be at least 32"):
         model_config_from_dict({"crop_size": 0})
 
 
@@ -75,6 +76,7 @@ def test_a_model_config_is_validated_without_a_method():
     ("nosection.x=1", "nosection"),                  # unknown section
     ("train.epochs=ten", "train.epochs"),            # wrong type
     ("train.batch_size=1.5", "train.batch_size"),     # wrong type
+    ("train.ohem_min_kept=2.5e0", "train.ohem_min_kept"),  # scientific notation, not a whole number
     ("model.encoder=resnet50", "model.encoder"),      # bad choice
     ("eval.mode=tiles", "eval.mode"),                 # bad choice
     ("train.epochs=0", "train.epochs"),               # out of range
@@ -107,15 +109,20 @@ def test_yaml_base_merges(tmp_path):
 
 
 def test_run_dir_refuses_other_config(tmp_path):
-    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}"])
+    """Only a run with a checkpoint to continue from refuses a config that changes the result."""
+    cfg = load_config("demo", [f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path}"])
     write_run_config(cfg)
-    other = load_config("demo", [f"run_dir={tmp_path / 'run'}", "train.lr=0.5"])
+    other = load_config("demo", [f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path}", "train.lr=0.5"])
     assert config_diff(cfg, other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]
+    assert check_run_dir(other) == [f"train.lr: {cfg.train.lr!r} -> 0.5"]  # no checkpoint yet: accepted
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "latest.state.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="train.lr"):
         check_run_dir(other)
     check_run_dir(other, force_config=True)
-    write_run_config(other)
+    write_run_config(other, iteration=7)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
+    assert yaml.safe_load((tmp_path / "run" / "config.7.yaml").read_text())["train"]["lr"] == cfg.train.lr
 
 
 def test_yaml_off_and_yes_stay_strings(tmp_path):
@@ -126,3 +133,39 @@ def test_yaml_off_and_yes_stay_strings(tmp_path):
     assert cfg.train.amp == "off" and cfg.train.compile is True
     with pytest.raises(ConfigError, match="train.compile"):
         load_config(path, ["train.compile=yes"])
+
+
+def test_scientific_notation_is_a_number_on_the_command_line_and_in_files(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot before the exponent) as a string; float keys take it as people write it."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    cfg = load_config(path, ["train.lr_multi=1e1", "train.ohem_min_kept=2e5", "train.max_iters=1e6"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_multi) == (1e-3, 5e-4, 10.0)
+    assert (cfg.train.ohem_min_kept, cfg.train.max_iters) == (200000, 1000000)
+    assert isinstance(cfg.train.max_iters, int)
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config("demo", ["train.lr=-1e-3"])  # parsed, then the range check names it
+
+
+def test_a_preset_typo_suggests_the_closest_names():
+    with pytest.raises(ConfigError) as err:
+        load_config("camvid/allspak")
+    assert "did you mean camvid/allspark" in str(err.value) and "pascal/" not in str(err.value)
+
+
+def test_base_may_name_a_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: camvid/allspark\ntrain:\n  max_iters: 50\n")
+    cfg, preset = load_config(path), load_config("camvid/allspark")
+    assert cfg.train.max_iters == 50 and cfg.model == preset.model and cfg.train.lr == preset.train.lr
+
+
+def test_sup_takes_no_unlabeled_list():
+    assert load_config("camvid/sup", ["data.unlabeled_list=null"]).data.unlabeled_list is None
+
+
+def test_a_built_in_layout_and_num_classes_must_agree(tmp_path):
+    from allspark.data.checks import class_count_problem
+
+    assert class_count_problem("camvid", tmp_path, 11) is None
+    assert "layout 'camvid' has 11 classes but model.num_classes is 12" in class_count_problem("camvid", tmp_path, 12)

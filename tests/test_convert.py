@@ -6,8 +6,9 @@ import torch
 
 from allspark.cli import main
 from allspark.config import Config, ModelConfig
+from allspark.errors import ConversionError
 from allspark.models import build_model, load_official
-from allspark.models.convert import ConversionError
+
 from allspark.models.weights import load_model
 
 CROP = 64

@@ -11,8 +11,9 @@ from PIL import Image
 from allspark.cli import main
 from allspark.data.checks import check_data
 from allspark.data.datasets import ListDataset
-from allspark.data.io import DataError
+
 from allspark.data.transforms import TrainTransform
+from allspark.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -4,11 +4,12 @@ from collections import Counter
 import pytest
 import torch
 
-from allspark.config import ConfigError, config_from_dict
+from allspark.config import config_from_dict
 from allspark.data.loaders import (ShardSampler, TrainSampler, build_labeled_loader, build_unlabeled_loader,
                                    build_val_loader)
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
+from allspark.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["splits", str(train), "--out", str(tmp_path / "s"), "--count", "3"])
     assert exit_info.value.code == 1
-    assert "--force" in capsys.readouterr().out
+    assert "--force" in capsys.readouterr().err  # the error goes to stderr, in one line
 
 
 def test_cli_from_a_layout_tree(tmp_path):

@@ -2,6 +2,7 @@
 run writes one set of outputs. Run as a script, this file is the worker torchrun launches."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,21 +44,29 @@ def worker(root: str, run_dir: str, out: str) -> None:
     dist_utils.cleanup()
 
 
-@pytest.mark.slow
-def test_two_processes_gloo(tmp_path):
+def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Two ranks of this file's worker (`mode`: none, or "stop") on fresh synthetic data: (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
-    from allspark.engine.checkpoint import load_checkpoint
-    from allspark.engine.runs import read_metrics
 
     root = generate_synthetic(tmp_path / "data", num_train=20, num_val=3, size=64, seed=0, num_classes=4)
     make_split(root / "train.txt", root / "splits", count=4, seed=0)
-    run, out = tmp_path / "run", tmp_path / "result.json"
+    run, out = tmp_path / "run", tmp_path / "result"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               __file__, str(root), str(run), str(out)]
+               __file__, *mode, str(root), str(run), str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run, out, done
+
+
+@pytest.mark.slow
+def test_two_processes_gloo(tmp_path):
+    from allspark.engine.checkpoint import load_checkpoint
+    from allspark.engine.runs import read_metrics
+
+    run, out, done = _torchrun(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count(" INFO method allspark, 8 iterations") == 1  # rank 0 alone logs to the console
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["batches_differ"]
     assert result["written"] and result["equal"]  # METHODS.md 5: every rank enqueues the global batch
@@ -74,20 +83,70 @@ def test_two_processes_gloo(tmp_path):
         "best.safetensors", "latest.safetensors", "latest.state.pt"]
 
 
+def stop_worker(root: str, run_dir: str, out: str) -> None:
+    """One rank of a run where only rank 1 gets SIGTERM, during iteration 2: both stop after that step."""
+    from allspark import distributed as dist_utils
+    from allspark.config import load_config
+    from allspark.engine.trainer import Trainer, train
+    from allspark.errors import TrainingInterrupted
+
+    torch.set_num_threads(1)
+    info = dist_utils.init_distributed("cpu")
+    step = Trainer.step
+
+    def signalled_step(self, batch_l, batch_u, use_memory):
+        if info.rank == 1 and self.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, batch_l, batch_u, use_memory)
+
+    Trainer.step = signalled_step
+    cfg = load_config("demo", [f"data.root={root}", f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2",
+                               "train.epochs=2", "train.checkpoint_every=100"])
+    try:
+        train(cfg, progress=False)
+        status = 0
+    except TrainingInterrupted as err:
+        status = err.exit_status
+    Path(f"{out}.{info.rank}").write_text(str(status))
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    from allspark.engine.checkpoint import load_checkpoint
+
+    run, out, done = _torchrun(tmp_path, "stop")
+    assert [Path(f"{out}.{rank}").read_text() for rank in (0, 1)] == ["143", "143"], done.stderr[-3000:]
+    _, state = load_checkpoint(run)
+    assert state["iteration"] == 3 and len(state["rng"]) == 2
+
+
 def test_nproc_relaunches_under_torchrun(monkeypatch):
     from allspark.cli import main
     from allspark.commands import train as train_command
 
     calls = []
+
+    class Child:
+        def __init__(self, command):
+            calls.append(command)
+
+        def wait(self):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # Ctrl-C reaches torchrun itself
+            return 0
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(sys, "argv", ["pytest"])  # the relaunch reads main's argv, never the interpreter's
-    monkeypatch.setattr(train_command.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(train_command.subprocess, "Popen", Child)
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as code:
         main(["train", "demo", "--nproc", "2", "train.lr=0.1"])
-    assert code.value.code == 0
+    assert code.value.code == 0 and signal.getsignal(signal.SIGINT) == handler
     assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "allspark",
                             "train", "demo", "train.lr=0.1"]
 
 
 if __name__ == "__main__":
-    worker(*sys.argv[1:4])
+    if sys.argv[1] == "stop":
+        stop_worker(*sys.argv[2:5])
+    else:
+        worker(*sys.argv[1:4])

@@ -17,7 +17,7 @@ from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.optim import build_optimizer, poly_factor, poly_schedule
 from allspark.engine.runs import MetricsWriter, read_metrics, truncate_metrics
-from allspark.models.weights import checkpoint_paths
+from allspark.run_folder import RunFolder
 
 
 def test_ce_ignores_255():
@@ -114,7 +114,7 @@ def test_state_file_loads_with_weights_only(tmp_path):
     state = {"epoch": 1, "epoch_iter": 2, "iteration": 7, "best_miou": 0.5, "optimizer": opt.state_dict(),
              "rng": [dist_utils.get_rng_state()]}
     save_checkpoint(tmp_path, model.state_dict(), cfg, state)
-    weights, state_path = checkpoint_paths(tmp_path)
+    weights, state_path = RunFolder(tmp_path).weights(), RunFolder(tmp_path).state()
     raw = torch.load(state_path, weights_only=True)
     assert raw["iteration"] == 7
     model_state, loaded = load_checkpoint(tmp_path)
@@ -123,7 +123,7 @@ def test_state_file_loads_with_weights_only(tmp_path):
     assert not list(tmp_path.glob("checkpoints/*.tmp"))
     state["iteration"] = 8  # a state file newer than its weights: caught, not silently mixed
     torch.save(state, state_path)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="no complete checkpoint pair: latest.state.pt \\(iteration 8\\)"):
         load_checkpoint(tmp_path)
 
 

@@ -6,11 +6,10 @@ import torch
 from safetensors.torch import save_file
 
 from allspark.cli import main
-from allspark.config import ConfigError, load_config
-from allspark.data.io import DataError
+from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic, write_bad_samples
-from allspark.models.weights import CheckpointError
+from allspark.errors import CheckpointError, ConfigError, DataError
 
 from inference_helpers import run_cli
 

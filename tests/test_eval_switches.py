@@ -3,10 +3,11 @@ sliding windows whose last one is clipped to a strip; ours stay the defaults."""
 import pytest
 import torch
 
-from allspark.config import ConfigError, config_from_dict
+from allspark.config import config_from_dict
 from allspark.engine.evaluate import evaluate
 from allspark.inference.windows import predict_probs, window_starts, window_stride
 from allspark.engine.metrics import ConfusionMatrix
+from allspark.errors import ConfigError
 
 
 def spans(size, window, stride_ratio, placement):
@@ -90,7 +91,7 @@ def test_miou_over_present_and_all():
 ])
 def test_evaluate_reads_miou_over(switches, expected):
     """The trainer's validation and `allspark eval` both go through `evaluate`."""
-    cfg = config_from_dict({"model": {"num_classes": 3, "crop_size": 16}, "eval": switches})
+    cfg = config_from_dict({"model": {"num_classes": 3, "crop_size": 32}, "eval": switches})
     mask = torch.full((1, 8, 40), 255, dtype=torch.long)
     mask[..., :10], mask[..., 20:] = 0, 1  # class 0: 10 columns, class 1: 20 columns, class 2: none
     model = Constant(classes=3, label=1)  # IoU 0 for class 0, 20 / 30 for class 1
@@ -99,13 +100,13 @@ def test_evaluate_reads_miou_over(switches, expected):
 
 
 def test_evaluate_uses_the_release_window_placement():
-    cfg = config_from_dict({"model": {"num_classes": 2, "crop_size": 16},
-                            "eval": {"mode": "sliding", "crop_size": 16, "stride_ratio": 0.75,
+    cfg = config_from_dict({"model": {"num_classes": 2, "crop_size": 32},
+                            "eval": {"mode": "sliding", "crop_size": 32, "stride_ratio": 0.75,
                                      "window_placement": "release"}})
     model = Constant()
-    loader = [{"image": torch.zeros(1, 3, 12, 40), "mask": torch.zeros(1, 12, 40, dtype=torch.long)}]
+    loader = [{"image": torch.zeros(1, 3, 24, 80), "mask": torch.zeros(1, 24, 80, dtype=torch.long)}]
     evaluate(model, loader, cfg, torch.device("cpu"), progress=False)
-    assert model.calls == [(12, 16), (12, 16), (12, 16), (12, 4)]  # columns 0, 12, 24, 36: the last a 4 px strip
+    assert model.calls == [(24, 32), (24, 32), (24, 32), (24, 8)]  # columns 0, 24, 48, 72: the last an 8 px strip
 
 
 def test_eval_switches_are_validated():

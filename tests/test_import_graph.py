@@ -10,7 +10,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import its own room and the rooms of lower layers; rooms that share a layer are
 # siblings and import nothing from each other. The package itself (allspark/__init__.py) is the public surface.
 LAYERS = (
-    ("allspark.distributed",),
+    ("allspark.errors", "allspark.run_folder"),
+    ("allspark.distributed", "allspark.threads", "allspark.extras"),
     ("allspark.config",),
     ("allspark.data", "allspark.models"),
     ("allspark.inference",),

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from allspark.errors import EngineError
 from allspark.inference import backends
-from allspark.inference.backends import EngineError, export_path, load_engine
+from allspark.inference.backends import export_path, load_engine
 from allspark.models.weights import read_weights, save_weights
 from allspark.inference.predictor import Predictor
 from inference_helpers import PALETTE, run_cli, write_images

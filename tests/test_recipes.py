@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import ConfigError, RecipeConfig, list_presets, load_config
+from allspark.config import RecipeConfig, list_presets, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
@@ -18,6 +18,7 @@ from allspark.engine.optim import build_optimizer, poly_factor
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_view
 from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
+from allspark.errors import ConfigError
 from allspark.models.allspark import SemanticMemory
 from engine_helpers import make_cfg, make_train_data, train_until
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 import yaml
 
-from allspark.config import ConfigError
+from allspark.cli import main
+
 from allspark.engine.optim import poly_factor
 from allspark.engine.runs import lock_run_dir, read_metrics
 from allspark.engine.trainer import Trainer, train
+from allspark.errors import ConfigError
 from allspark.models.weights import atomic_write
 from engine_helpers import make_cfg, make_train_data
 
@@ -153,3 +155,90 @@ def test_written_files_follow_the_umask(data_root, tmp_path, umask_022):
     os.umask(0o077)
     atomic_write(tmp_path / "private.pt", lambda tmp: torch.save({}, tmp))
     assert stat.S_IMODE((tmp_path / "private.pt").stat().st_mode) == 0o600
+
+
+def test_a_run_that_never_took_a_step_does_not_block_its_rerun(data_root, tmp_path, monkeypatch):
+    """A bad first sample stops the run after config.yaml was written; the corrected command is not refused."""
+    run = tmp_path / "run"
+
+    def bad_first_sample(self, batch_l, batch_u, use_memory):
+        raise ConfigError("bad.png: mask values 7 outside [0, 4)")
+
+    monkeypatch.setattr(Trainer, "step", bad_first_sample)
+    with pytest.raises(ConfigError, match="bad.png"):
+        train(make_cfg(data_root, run, "sup", "train.lr=0.5"), progress=False)
+    monkeypatch.setattr(Trainer, "step", STEP)
+    assert train(make_cfg(data_root, run, "sup", "train.max_iters=1"), progress=False)["iteration"] == 1
+
+
+def test_result_neutral_keys_need_no_force_config(data_root, tmp_path, monkeypatch):
+    _stop_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=2"), progress=False)
+    monkeypatch.setattr(Trainer, "step", STEP)
+    changed = make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=5", "data.workers=1", "train.log_every=2")
+    assert train(changed, progress=False)["iteration"] == 4
+    with pytest.raises(ConfigError, match="train.lr"):  # a key that changes the result still needs --force-config
+        train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=5", "train.lr=0.5"), progress=False)
+
+
+def test_a_forced_config_is_logged_and_the_replaced_one_kept(data_root, tmp_path):
+    """--force-config of a finished run with a larger budget: the old config.yaml stays as config.3.yaml, the
+    change is in train.log, and the epoch that max_iters cut short continues where it stopped."""
+    train(make_cfg(data_root, tmp_path, "sup", "train.epochs=3", "train.max_iters=3"), progress=False)  # 2 per epoch
+    first = (tmp_path / "config.yaml").read_text()
+    result = train(make_cfg(data_root, tmp_path, "sup", "train.epochs=3", "train.max_iters=6"), force_config=True,
+                   progress=False)
+    assert (result["iteration"], result["epoch"]) == (6, 3)
+    assert (tmp_path / "config.3.yaml").read_text() == first
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["max_iters"] == 6
+    assert "config.yaml replaced at iteration 3 (the old one kept as config.3.yaml): train.max_iters: 3 -> 6" in (
+        tmp_path / "train.log").read_text()
+    epochs = [(r["iter"], r["epoch"]) for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert epochs == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]
+
+
+def test_a_run_folder_works_from_any_folder(data_root, tmp_path, monkeypatch):
+    """Relative data.root and run_dir are stored absolute: eval of the run from another folder finds its lists."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(data_root.parent)
+    train(make_cfg(data_root.name, "runs/rel", "sup", "train.max_iters=1"), progress=False)
+    run = data_root.parent / "runs" / "rel"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["run_dir"], saved["data"]["root"]) == (str(run), str(data_root))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main_status(["eval", "--checkpoint", str(run), "--threads", "1"]) == 0
+    assert (run / "eval.json").is_file()
+    # the same relative command again, where it was typed: the same config, nothing replaced
+    monkeypatch.chdir(data_root.parent)
+    assert train(make_cfg(data_root.name, "runs/rel", "sup", "train.max_iters=1"), progress=False)["iteration"] == 1
+    assert not list(run.glob("config.*.yaml"))
+
+
+def main_status(argv) -> int:
+    with pytest.raises(SystemExit) as code:
+        main(argv)
+    return code.value.code
+
+
+def test_a_resumed_run_logs_no_tensorboard_step_twice(data_root, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _stop_at(monkeypatch, 3)  # the last checkpoint is at 2: steps 3 is logged, then logged again after the resume
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=2"), progress=False)
+    monkeypatch.setattr(Trainer, "step", STEP)
+    train(make_cfg(data_root, tmp_path, "sup", "train.checkpoint_every=2"), progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_images_in_both_training_lists_are_named_once(data_root, tmp_path):
+    both = tmp_path / "both.txt"
+    both.write_text((data_root / "splits" / "labeled.txt").read_text()
+                    + (data_root / "splits" / "unlabeled.txt").read_text())
+    train(make_cfg(data_root, tmp_path / "run", "semi", "train.max_iters=1", f"data.unlabeled_list={both}"),
+          progress=False)
+    warnings = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "in both" in line]
+    assert len(warnings) == 1 and "WARNING 4 image(s) are in both" in warnings[0]

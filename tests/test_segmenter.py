@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from allspark.config import ABLATIONS, Config, ConfigError, ModelConfig
+from allspark.config import ABLATIONS, Config, ModelConfig
+from allspark.errors import ConfigError
 from allspark.models import AllSparkSegmenter, build_model
 from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead

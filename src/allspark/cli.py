@@ -11,10 +11,11 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from allspark.commands import COMMANDS
-from allspark.config import InputError
+from allspark.errors import InputError
 
 DEBUG_ENV = "ALLSPARK_DEBUG"
 # clearer words than strerror's where a folder was expected
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     handlers = set(logging.getLogger("allspark").handlers)
     try:
         code = args.run(args)
+    except BrokenPipeError:  # `allspark presets | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        code = 128 + signal.SIGPIPE
     except (InputError, OSError) as err:
         if debug:
             if getattr(err, "worker_report", None):
@@ -77,5 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         line = f"allspark {args.command}: error: {describe(err)}"
         print(line, file=sys.stderr)
         _log_to_new_files(line, handlers)
-        code = getattr(err, "exit_status", 1)  # a non-finite training loss exits with 3 (commands.train)
+        code = getattr(err, "exit_status", 1)
+    except KeyboardInterrupt as err:  # Ctrl-C outside training, or a second stop signal during it (engine/stop.py)
+        if debug:
+            raise
+        line = f"allspark {args.command}: {err or 'interrupted'}"
+        print(line, file=sys.stderr)
+        _log_to_new_files(line, handlers)
+        code = getattr(err, "exit_status", 130)
     sys.exit(code or 0)

@@ -5,7 +5,9 @@ Every error names the key (and the file) at fault, so a typo in a 60-line YAML i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from allspark.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 
@@ -34,24 +38,8 @@ MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
 BEST_OF = ("student", "ema")  # train.best_of: whose validation mIoU `best` follows
 ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
+MIN_CROP = 32  # the smallest crop or window MiT can encode: its first attention reduces 8x8 tokens at stride 4
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
-
-
-class InputError(ValueError):
-    """An input the user can fix (a config value, a data file, a checkpoint): `allspark` reports it in one line
-    and exits with `exit_status`; the subclasses live with what they check."""
-
-    exit_status = 1
-
-
-class ConfigError(InputError):
-    """A configuration value is missing, unknown, of the wrong type or out of range; `keys` name it."""
-
-    exit_status = 2
-
-    def __init__(self, message: str, *keys: str):
-        super().__init__(message)
-        self.keys = keys
 
 
 class _Loader(yaml.SafeLoader):
@@ -90,7 +78,7 @@ class DataConfig:
     layout: str = "folder"  # pascal | cityscapes | coco | camvid | folder | synthetic
     root: str = ""
     labeled_list: str = ""  # "image mask" lines, paths relative to root
-    unlabeled_list: str = ""  # "image [mask]" lines; the mask, if any, is not used
+    unlabeled_list: str | None = ""  # "image [mask]" lines; the mask, if any, is not used; none for method sup
     val_list: str = ""
     workers: int = 2
     skip_bad_samples: bool = False  # log and skip unreadable samples instead of stopping
@@ -169,6 +157,20 @@ _CHOICES = {
 }
 
 
+# what YAML 1.1 leaves a string but people write for numbers: 1e-3, 5E4, 2e+5 (no dot before the exponent)
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _from_scientific(text: str, hint: type, key: str) -> float | int:
+    """`text` in scientific notation as a float, or as an int when `hint` is int and the value is whole (2e5)."""
+    value = float(text)
+    if hint is float:
+        return value
+    if not value.is_integer():
+        raise ConfigError(f"key '{key}' expects int, got {text!r} (not a whole number)", key)
+    return int(value)
+
+
 def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Return `value` converted to `hint` where lossless (int -> float), else raise ConfigError."""
     origin = typing.get_origin(hint)
@@ -187,6 +189,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         raise errors[0]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float) and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return _from_scientific(value.strip(), hint, key)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"key '{key}' expects {hint.__name__}, got {value!r}", key)
     if not isinstance(value, hint):
@@ -249,6 +253,21 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """A copy of `cfg` with `run_dir`, `data.root` and a local `model.pretrained` absolute, relative ones read
+    against `base` (the current folder): what a run stores, so that its folder works from any folder. List paths
+    stay as they are: they are relative to `data.root`."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.join(Path.cwd() if base is None else base, path))
+
+    pretrained = cfg.model.pretrained
+    if pretrained and Path(absolute(pretrained)).exists():  # a hub id such as nvidia/mit-b0 is not a local path
+        pretrained = absolute(pretrained)
+    return dataclasses.replace(cfg, run_dir=absolute(cfg.run_dir),
+                               data=dataclasses.replace(cfg.data, root=absolute(cfg.data.root)),
+                               model=dataclasses.replace(cfg.model, pretrained=pretrained))
+
+
 def _get(cfg: Config, key: str) -> Any:
     obj = cfg
     for part in key.split("."):
@@ -258,9 +277,11 @@ def _get(cfg: Config, key: str) -> Any:
 
 # (keys, test, what the value must be): ranges checked by `validate`; a null value is not checked
 _RANGES = (
-    (("model.num_classes", "model.crop_size", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
-      "train.batch_size", "train.accumulate", "train.checkpoint_every", "train.eval_every", "train.log_every", "eval.crop_size"),
+    (("model.num_classes", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
+      "train.batch_size", "train.accumulate", "train.checkpoint_every", "train.eval_every", "train.log_every"),
      lambda v: v > 0, "positive"),
+    (("model.crop_size", "eval.crop_size"), lambda v: v >= MIN_CROP,
+     f"at least {MIN_CROP} (the encoder's first stage reduces 8x8 tokens of a 32 px crop)"),
     (("train.lr", "train.lr_multi"), lambda v: 0 < v < math.inf, "positive and finite"),
     (("train.weight_decay", "recipe.unlabeled_weight"), lambda v: 0 <= v < math.inf, "zero or positive and finite"),
     (("data.workers", "train.warmup_epochs", "train.ohem_min_kept", "train.seed", "recipe.rampup_iters"), lambda v: v >= 0,
@@ -342,7 +363,9 @@ def resolve_source(source: str | Path) -> Path:
     for candidate in (PRESETS_DIR / f"{source}.yaml", PRESETS_DIR / str(source)):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config '{source}' is neither a file nor a preset; presets: {', '.join(list_presets())}")
+    close = difflib.get_close_matches(str(source), list_presets(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "`allspark presets` lists them"
+    raise ConfigError(f"config '{source}' is neither a file nor a preset; {hint}")
 
 
 def list_presets() -> list[str]:
@@ -350,7 +373,8 @@ def list_presets() -> list[str]:
 
 
 def load_yaml_with_base(path: Path) -> dict:
-    """Read a YAML file; a top-level `base: other.yaml` (relative to the file) is merged underneath."""
+    """Read a YAML file; a top-level `base: other.yaml` (relative to the file) or `base: camvid/allspark` (a
+    preset) is merged underneath."""
     try:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -360,7 +384,8 @@ def load_yaml_with_base(path: Path) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return _merge(load_yaml_with_base((path.parent / base).resolve()), data)
+    beside = (path.parent / str(base)).resolve()
+    return _merge(load_yaml_with_base(beside if beside.is_file() else resolve_source(base)), data)
 
 
 def _merge(base: dict, top: dict) -> dict:

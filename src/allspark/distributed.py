@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from allspark.errors import DeviceError
+
 
 @dataclass
 class DistInfo:
@@ -36,7 +38,8 @@ def resolve_device(device: str | torch.device = "auto", index: int | None = None
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+            reason = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceError(f"--device {device}: CUDA is not available ({reason}); use --device cpu or auto")
         if index is not None:
             resolved = torch.device("cuda", index)
     return resolved
@@ -72,6 +75,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value`, on every rank (`value` itself single-process)."""
+    if not is_initialized():
+        return value
+    box = torch.tensor([value], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s Python object on every rank (no-op single-process)."""
     if not is_initialized():
@@ -90,9 +102,20 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def derive_seeds(count: int, *parts: int) -> np.ndarray:
+    """`count` 32-bit seeds from any parts (run seed, stream, rank, epoch, iteration): NumPy's SeedSequence hashes
+    them, so unlike sums (seed 1 + rank 0 = seed 0 + rank 1) different parts never share a stream."""
+    return np.random.SeedSequence([int(part) for part in parts]).generate_state(count)
+
+
+def derive_seed(*parts: int) -> int:
+    """One seed from `parts`, as derive_seeds: the one rule for every child seed of the package."""
+    return int(derive_seeds(1, *parts)[0])
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, NumPy and torch with `seed + rank`: reproducible, and ranks draw different crops."""
-    value = seed + rank
+    """Seed Python, NumPy and torch with derive_seed(seed, rank): reproducible, and ranks draw different crops."""
+    value = derive_seed(seed, rank)
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)

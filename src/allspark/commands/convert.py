@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from allspark.config import apply_overrides, config_from_dict, load_config
-from allspark.models.convert import ConversionError
+from allspark.errors import ConversionError
 from allspark.models.official import load_official
 from allspark.models.weights import save_weights
 

@@ -7,13 +7,17 @@ from allspark.commands.options import (add_checkpoint_options, add_config_comman
                                        add_threads_option, set_threads)
 from allspark.config import AMP_MODES, EVAL_MODES, load_config
 from allspark.engine.evaluate import run_evaluation
+from allspark.engine.metrics import format_iou_table
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides) if args.config else None
     set_threads(args)
-    run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides, amp=args.amp,
-                   which=args.which)
+    result = run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides,
+                            amp=args.amp, which=args.which)
+    if result.get("written"):  # rank 0
+        print(format_iou_table(result["iou"], result["class_names"], result["miou"]))
+        print(f"wrote {result['written']}")
     return 0
 
 
@@ -27,4 +31,7 @@ def register(sub) -> None:
     options.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
     options.add_argument("--amp", choices=AMP_MODES, default="off",
                          help="mixed precision of the forward passes (bf16: faster on CPUs with AVX-512 BF16)")
-    add_config_command(sub, "eval", options, run, config_optional=True, required=("--checkpoint",))
+    add_config_command(sub, "eval", options, run, config_optional=True, required=("--checkpoint",),
+                       description="Evaluate a checkpoint on data.val_list: mIoU over the set, the per-class IoU "
+                                   "table, and eval.json (mode, miou, iou, class names, confusion matrix) in the run "
+                                   "directory or --out. Without CONFIG, the config saved in the weights is used.")

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import torch
 
 from allspark.config import DEVICES
+from allspark.run_folder import CHECKPOINTS
+from allspark.threads import busy_cores, default_threads, usable_cores
 
 
 def positive_int(text: str) -> int:
@@ -22,13 +26,25 @@ def positive_int(text: str) -> int:
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """`--threads N` (read by `set_threads`)."""
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: the cores not busy at start, shared by this host's ranks)")
 
 
 def set_threads(args: argparse.Namespace) -> None:
-    """`--threads N`: torch's CPU threads (the default, all cores, oversubscribes a shared machine)."""
+    """torch's CPU threads: `--threads N`, else OMP_NUM_THREADS when set, else the cores free at start split among
+    this host's ranks (one thread more than the free cores makes every step wait for the busy one); says so in one
+    line when that is fewer than all cores."""
     if args.threads:
         torch.set_num_threads(args.threads)
+        return
+    if os.environ.get("OMP_NUM_THREADS"):
+        return  # torch already reads it
+    cores, busy = usable_cores(), busy_cores()
+    threads = default_threads(cores, busy, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads < cores:
+        print(f"allspark: {threads} CPU thread(s) of {cores} cores ({busy:.1f} busy at start, shared by this host's "
+              "processes); --threads N to choose", file=sys.stderr)
+    torch.set_num_threads(threads)
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +57,7 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run dir
     """`--checkpoint RUN_OR_FILE` (`what` it accepts; a config command checks it with `required`, see
     `add_config_command`) and `--which best|latest`."""
     parser.add_argument("--checkpoint", required=required, help=what)
-    parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint of a run directory")
+    parser.add_argument("--which", default="best", choices=CHECKPOINTS, help="checkpoint of a run directory")
 
 
 def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,

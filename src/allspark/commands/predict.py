@@ -8,8 +8,10 @@ from pathlib import Path
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
 from allspark.config import ENGINES, WHOLE_IMAGE_MODES
+from allspark.errors import UsageError
 from allspark.inference.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.inference.predictor import Predictor
+from allspark.models.weights import ensure_writable
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -27,19 +29,21 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args)
     files, problems = expand_inputs(args.inputs)
     out = Path(args.out)
+    if args.skip_existing:  # an interrupted folder continues: inputs whose three outputs are there are done, and
+        # an input left with part of its outputs is predicted again, over them
+        files = [path for path in files if not all(t.exists() for t in output_paths(out, path).values())]
     targets: dict[Path, Path] = {out / name: Path("--legend") for name in LEGEND_FILES if args.legend}
     for path in files:
         for target in output_paths(out, path).values():
             if target in targets:
-                print(f"allspark predict: {path} and {targets[target]} both write {target}; "
-                      "predict them into different --out folders", file=sys.stderr)
-                return 2
+                raise UsageError(f"{path} and {targets[target]} both write {target}; predict them into different "
+                                 "--out folders")
             targets[target] = path
     existing = [t for t in targets if t.exists()]
-    if existing and not args.force:
-        print(f"allspark predict: {len(existing)} output file(s) already exist, e.g. {existing[0]}; "
-              "pass --force to overwrite them", file=sys.stderr)
-        return 2
+    if existing and not (args.force or args.skip_existing):
+        raise UsageError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --force to "
+                         "overwrite them, or --skip-existing to predict only the inputs without outputs")
+    ensure_writable(out)  # before the model loads
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
                           stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
                           tile=args.tile, max_pixels=args.max_pixels, engine=args.engine)
@@ -83,4 +87,6 @@ def register(sub) -> None:
                              "SHA-256) under onnxruntime on the CPU, about 2x PyTorch; auto: onnx where it can run, "
                              "else torch")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out the inputs whose outputs all exist (an interrupted run continues)")
     parser.set_defaults(run=run)

@@ -1,13 +1,18 @@
-"""`allspark presets [-v]`: the shipped config presets."""
+"""`allspark presets [NAME] [-v]`: the shipped config presets, or one of them resolved."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import yaml
+
 from allspark.config import config_to_dict, list_presets, load_config
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name:
+        print(yaml.safe_dump(config_to_dict(load_config(args.name)), sort_keys=False), end="")
+        return 0
     for name in list_presets():
         if Path(name).name == "base":
             continue
@@ -21,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("presets")
+    p = sub.add_parser("presets", description="List the shipped config presets (every published protocol, sup / "
+                                               "semi / allspark each), or print one resolved, every key with its "
+                                               "value: the starting point of your own YAML file (`base: NAME`).")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a preset (or YAML file) to print resolved")
     p.add_argument("-v", "--verbose", action="store_true", help="show method, encoder, crop and split list")
     p.set_defaults(run=run)

@@ -10,14 +10,10 @@ from allspark.data.splits import make_split, write_layout_list
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.train_list)
-    try:
-        if source.is_dir():
-            source = write_layout_list(source, args.layout, args.split, Path(args.out) / f"{args.split}.txt")
-            print(f"wrote {source} (every {args.layout} pair of split '{args.split}')")
-        labeled, unlabeled = make_split(source, args.out, args.count, args.fraction, args.seed, args.force)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:  # DataError is a ValueError
-        print(f"allspark splits: {err}")
-        return 1
+    if source.is_dir():
+        source = write_layout_list(source, args.layout, args.split, Path(args.out) / f"{args.split}.txt")
+        print(f"wrote {source} (every {args.layout} pair of split '{args.split}')")
+    labeled, unlabeled = make_split(source, args.out, args.count, args.fraction, args.seed, args.force)
     for path in (labeled, unlabeled):
         print(f"wrote {path} ({len(path.read_text().splitlines())} images)")
     return 0

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
 from allspark.config import load_config
-from allspark.engine.trainer import NonFiniteLossError, train
+from allspark.engine.trainer import train
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,11 +17,7 @@ def run(args: argparse.Namespace) -> int:
         return relaunch_with_torchrun(args.nproc, args.argv)
     cfg = load_config(args.config, args.overrides)
     set_threads(args)
-    try:
-        train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
-    except NonFiniteLossError as err:
-        print(f"allspark train: error: {err}; stopped, checkpoints/latest keeps the last good state", file=sys.stderr)
-        return 3
+    train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
     return 0
 
 
@@ -40,7 +37,16 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
         rest.append(item)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "allspark", *rest]
-    return subprocess.call(command)
+    child = subprocess.Popen(command)
+    # Ctrl-C reaches torchrun with the rest of the process group; a SIGTERM sent to this process is handed on, so
+    # that the ranks stop after their step and save (engine/stop.py) instead of this process dying alone
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def register(sub) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from allspark.commands.options import add_checkpoint_options, add_device_option
 from allspark.engine.runs import read_metrics
+from allspark.models.weights import ensure_writable
 from allspark.viz.checkpoint_figures import features_figure, grouping_figure, memory_figure
 from allspark.viz.confusion import plot_confusion, read_eval
 from allspark.viz.curves import plot_curves
@@ -66,14 +67,10 @@ def _channel_options(parser: argparse.ArgumentParser, default: int) -> None:
 
 
 def _guard(draw):
-    """Draw the figure, warn of each skipped input and say where it went; errors about input files become one clear
-    line and exit status 1."""
+    """Check that --out can be written, draw the figure, warn of each skipped input and say where it went."""
     def run(args) -> int:
-        try:
-            problems = draw(args)
-        except (OSError, ValueError) as err:
-            print(f"allspark viz {args.plot}: {err}", file=sys.stderr)
-            return 1
+        ensure_writable(Path(args.out).parent)  # before the model loads and the figure is drawn
+        problems = draw(args)
         for line in problems:
             print(f"allspark viz: warning: {line}", file=sys.stderr)
         print(f"wrote {args.out}")

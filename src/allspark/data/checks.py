@@ -6,9 +6,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from allspark.config import ConfigError, load_config
-from allspark.data.io import DataError, check_pair, read_image, read_list, read_mask
+from allspark.config import load_config
+from allspark.data.io import check_pair, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
+from allspark.errors import ConfigError, DataError
 
 
 def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
@@ -31,10 +32,16 @@ def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
 
 
 def class_count_problem(layout_name: str, root: str | Path, num_classes: int) -> str | None:
-    """`classes.txt: ...` when a folder dataset's classes.txt lists another number of classes than
-    `num_classes` (the model would train with index names and a wrong palette), else None."""
+    """A line when the dataset's class count is not `num_classes` (the model would train with index names and a
+    wrong palette, or never see a class): a built-in layout's own count, or a folder dataset's classes.txt;
+    else None."""
     path = Path(root) / "classes.txt"
-    if layout_name not in ("folder", "synthetic") or not path.is_file():
+    if layout_name not in ("folder", "synthetic"):
+        count = get_layout(layout_name).num_classes
+        return None if count == num_classes else (
+            f"layout '{layout_name}' has {count} classes but model.num_classes is {num_classes}; set "
+            f"model.num_classes={count}, or data.layout=folder with a classes.txt for other classes")
+    if not path.is_file():
         return None
     try:
         listed = len(read_classes_file(path)[0])

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from allspark.data.io import IGNORE_INDEX, DataError, load_sample, read_list
+from allspark.data.io import IGNORE_INDEX, load_sample, read_list
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
+from allspark.errors import DataError
 
 log = logging.getLogger(__name__)
 

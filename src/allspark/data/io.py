@@ -8,30 +8,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from allspark.config import InputError
+from allspark.errors import DataError
 
 IGNORE_INDEX = 255
 INDEX_MASK_MODES = ("L", "P", "I", "I;16")
-
-
-class DataError(InputError):
-    """One bad file: `path: problem`.
-
-    Raised in a DataLoader worker, it reaches the main process rebuilt from one argument, torch's
-    report (the worker's traceback as text): the message is recovered from it, the report kept for --debug.
-    """
-
-    def __init__(self, path: str | Path, problem: str | None = None):
-        self.worker_report = None
-        if problem is None:
-            self.worker_report = str(path)
-            message = self.worker_report.rsplit(f"{DataError.__name__}: ", 1)[-1].strip()
-            path, _, problem = message.partition(": ")
-        super().__init__(str(path), problem)
-        self.path, self.problem = str(path), problem
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
 
 
 def _open(path: Path, what: str) -> Image.Image:

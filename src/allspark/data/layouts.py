@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from allspark.config import LAYOUTS, Config
+from allspark.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -147,14 +148,14 @@ def read_classes_file(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
         if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
             rgb = tuple(int(p) for p in parts[-3:])
             if max(rgb) > 255:
-                raise ValueError(f"{path} line {number}: colour values must be 0..255, found {rgb}")
+                raise InputError(f"{path} line {number}: colour values must be 0..255, found {rgb}")
             names.append(" ".join(parts[:-3]))
             colours.append(rgb)
         else:
             names.append(" ".join(parts))
             colours.append(None)
     if not names:
-        raise ValueError(f"{path}: no class names (expected one per line, optionally followed by r g b)")
+        raise InputError(f"{path}: no class names (expected one per line, optionally followed by r g b)")
     known = (layout.palette for layout in _BUILTIN.values() if layout.class_names == tuple(names))
     default = next(known, None)
     default = voc_palette(len(names)) if default is None else default
@@ -198,9 +199,9 @@ def get_layout(name: str, root: str | Path | None = None) -> Layout:
     if name in _BUILTIN:
         return _BUILTIN[name]
     if name not in LAYOUTS:
-        raise ValueError(f"unknown layout '{name}'; known: {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout '{name}'; known: {', '.join(LAYOUTS)}")
     if root is None:
-        raise ValueError(f"layout '{name}' needs the dataset root: its classes come from ROOT/classes.txt")
+        raise InputError(f"layout '{name}' needs the dataset root: its classes come from ROOT/classes.txt")
     classes = Path(root) / "classes.txt"
     if not classes.is_file():
         raise FileNotFoundError(f"{classes}: layout '{name}' expects a classes.txt (one class name per line, "

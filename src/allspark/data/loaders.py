@@ -1,19 +1,21 @@
 """Data loaders of METHODS.md 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from allspark.config import Config, ConfigError
+from allspark.config import Config
 from allspark.data.checks import class_count_problem
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter
 from allspark.data.splits import splits_command
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
+from allspark.distributed import derive_seed, derive_seeds
+from allspark.errors import ConfigError
 
 _LABELED, _UNLABELED, _VAL = 0, 1, 2  # stream ids, mixed into seeds so the streams never share randomness
 
@@ -41,7 +43,7 @@ class TrainSampler(Sampler[int]):
         return self.length // self.world_size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         rounds = -(-self.length // self.num_items)
         order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(rounds)])
         order = order[: len(self) * self.world_size]
@@ -54,7 +56,7 @@ class AugmentedSampler(TrainSampler):
     run resumed, which makes resume exact."""
 
     def __iter__(self):
-        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(self) * self.world_size)
+        seeds = derive_seeds(len(self) * self.world_size, self.seed, self.epoch)
         return zip(super().__iter__(), seeds[self.rank::self.world_size].tolist())
 
 
@@ -84,7 +86,7 @@ class ShardSampler(Sampler[int]):
 
 
 def _stream_seed(cfg: Config, stream: int, rank: int) -> int:
-    return int(np.random.SeedSequence([cfg.train.seed, stream, rank]).generate_state(1)[0])
+    return derive_seed(cfg.train.seed, stream, rank)
 
 
 def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
@@ -106,11 +108,18 @@ def _dataset(cfg: Config, key: str, mode: str, transform: TrainTransform | None,
                 convert_mask=mask_converter(cfg.data.layout), skip_bad=cfg.data.skip_bad_samples, views=views)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A worker's init: ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group); the training process
+    finishes its step on them, saves, and shuts its workers down itself (engine/stop.py)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config, seed: int, drop_last: bool):
     workers = cfg.data.workers
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), worker_init_fn=_leave_stop_signals_to_the_trainer)
 
 
 def _train_loader(cfg, key, mode, stream, rank, world_size, length):
@@ -121,7 +130,7 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
         views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
-    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=cfg.train.seed + stream)  # METHODS.md 5
+    sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=derive_seed(cfg.train.seed, stream))
     per_step = cfg.train.batch_size * cfg.train.accumulate  # the trainer splits it into micro-batches
     if len(sampler) < per_step:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "

@@ -10,6 +10,7 @@ import numpy as np
 
 from allspark.data.io import read_list
 from allspark.data.layouts import get_layout
+from allspark.errors import InputError
 
 
 def parse_fraction(text: str | float) -> Fraction:
@@ -17,9 +18,9 @@ def parse_fraction(text: str | float) -> Fraction:
     try:
         value = Fraction(str(text).strip()).limit_denominator(100_000)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"fraction must look like 1/8 or 0.125; got {text!r}") from None
+        raise InputError(f"fraction must look like 1/8 or 0.125; got {text!r}") from None
     if not 0 < value <= 1:
-        raise ValueError(f"fraction must be in (0, 1]; got {text!r}")
+        raise InputError(f"fraction must be in (0, 1]; got {text!r}")
     return value
 
 
@@ -36,11 +37,11 @@ def split_lines(lines: list[str], count: int | None = None, fraction: str | floa
     unique = list(first.values())
     total = len(unique)
     if (count is None) == (fraction is None):
-        raise ValueError("give exactly one of count and fraction")
+        raise InputError("give exactly one of count and fraction")
     if fraction is not None:
         count = math.ceil(parse_fraction(fraction) * total)
     if not 1 <= count <= total:
-        raise ValueError(f"count must be in [1, {total}] (the list's distinct images); got {count}")
+        raise InputError(f"count must be in [1, {total}] (the list's distinct images); got {count}")
     chosen = np.zeros(total, bool)
     chosen[np.random.default_rng(seed).permutation(total)[:count]] = True
     labeled = [line for line, keep in zip(unique, chosen) if keep]

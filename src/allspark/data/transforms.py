@@ -7,12 +7,14 @@ import numpy as np
 
 from allspark.data.io import IGNORE_INDEX
 from allspark.data.rescale import LongSideRescale
+from allspark.distributed import derive_seeds
+
 
 def seed_steps(compose, seed: int) -> None:
     """Seed an albumentations Compose, each step with its own child of `seed` (set_random_seed alone gives
     every step the same seed, so e.g. flip and blur would always fire together)."""
     compose.set_random_seed(seed)
-    children = np.random.SeedSequence(seed).generate_state(len(compose.transforms))
+    children = derive_seeds(len(compose.transforms), seed)
     for step, child in zip(compose.transforms, children.tolist()):
         step.set_random_seed(child)
 

@@ -13,6 +13,7 @@ import torch
 
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import colour_steps, seed_steps
+from allspark.distributed import derive_seeds
 
 BOX_AREA = (0.02, 0.4)  # a CutMix box covers this fraction of the crop, uniformly drawn
 BOX_ASPECT = (0.3, 1 / 0.3)  # its height / width, log-uniformly drawn
@@ -48,7 +49,7 @@ class UnlabeledViews:
     def reseed(self, seed: int) -> None:
         """Restart from the sample's seed; the colour steps and the box draw from two children of it, apart
         from the geometric steps (which use `seed` itself)."""
-        colour_seed, box_seed = np.random.SeedSequence([seed, 1]).generate_state(2).tolist()
+        colour_seed, box_seed = derive_seeds(2, seed, 1).tolist()
         if self.colour is not None:
             seed_steps(self.colour, colour_seed)
         self.rng = np.random.default_rng(box_seed)

@@ -15,6 +15,7 @@ from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import SOURCE_SHAPES, generate_synthetic
 from allspark.engine.trainer import train
+from allspark.run_folder import RunFolder
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
 SOURCE_TRAIN, SOURCE_VAL, SOURCE_ITERS = 3000, 200, 1500  # the source set and the encoder's training budget
@@ -60,7 +61,7 @@ def pretrain_source_encoder(out: Path, iters: int = SOURCE_ITERS, extra: tuple[s
     cfg = load_config("demo", [*source_overrides(data, run_dir, iters), *extra])
     print(f"\n== the encoder: SupBaseline on {SOURCE_TRAIN} labeled source images, {iters} iterations: {run_dir}")
     train(cfg, device="cpu", progress=progress)
-    return run_dir / "checkpoints" / "latest.safetensors"
+    return RunFolder(run_dir).weights("latest")
 
 
 def demo_overrides(run: str, out: Path, data: Path, iters: int | None, encoder: Path | None = None) -> list[str]:

@@ -10,15 +10,17 @@ import torch
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from allspark.config import Config, apply_overrides, config_from_dict, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
 from allspark.inference.windows import center_crop_box, eval_window, predict_probs
-from allspark.engine.metrics import ConfusionMatrix, format_iou_table
+from allspark.engine.metrics import ConfusionMatrix
 from allspark.engine.runs import config_diff, json_safe
+from allspark.errors import ConfigError
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import read_weights, resolve_weights
+from allspark.models.weights import ensure_writable, read_weights, resolve_weights
+from allspark.run_folder import RunFolder
 
 
 @torch.no_grad()
@@ -49,14 +51,19 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
                    device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
-    """`allspark eval`: load weights, evaluate on `data.val_list`, print the IoU table and write eval.json
-    (next to the checkpoint's run directory unless `out`). Works under torchrun (one share per rank).
+    """`allspark eval`: load weights, evaluate on `data.val_list` and write eval.json (in the checkpoint's run
+    directory unless `out`, whose writability is checked first); returns eval.json's content with its path under
+    "written" (rank 0). Works under torchrun (one share per rank; a caller's process group is left to it).
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
     "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
     (best or latest)."""
+    owns_group = not dist_utils.is_initialized()
     info = dist_utils.init_distributed(device)
     try:
         weights = resolve_weights(checkpoint, which)
+        run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
+        if info.is_main:
+            ensure_writable(run.root)  # before the whole set is evaluated, not after
         state, saved_cfg = read_weights(weights)
         if cfg is None:
             cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
@@ -76,11 +83,8 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
                   "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}
         if info.is_main:
-            print(format_iou_table(result["iou"], names, result["miou"]))
-            folder = Path(out) if out else (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "eval.json").write_text(json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
-            print(f"wrote {folder / 'eval.json'}")
-        return result
+            run.eval_json.write_text(json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
+        return {**result, "written": run.eval_json if info.is_main else None}
     finally:
-        dist_utils.cleanup()
+        if owns_group:
+            dist_utils.cleanup()

@@ -8,6 +8,7 @@ section changes the teacher, the student's unlabeled view and the unlabeled term
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, ConfigError
+from allspark.config import Config, with_absolute_paths
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
@@ -27,14 +28,13 @@ from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.recipes import EmaTeacher, confident_share, pseudo_label_loss, rampup_factor, student_view
+from allspark.engine.stop import StopRequest
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
+from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
-from allspark.models.weights import checkpoint_paths, read_weights, save_weights
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and `latest` keeps the last good state."""
+from allspark.models.weights import read_weights, save_weights
+from allspark.run_folder import RunFolder
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -170,7 +170,7 @@ class Trainer:
         if len(rngs) == self.info.world_size:
             dist_utils.set_rng_state(rngs[self.info.rank])
         else:
-            dist_utils.seed_everything(self.cfg.train.seed + 7919 * state["iteration"], self.info.rank)
+            dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
 
     def _check_fits(self, model_state: dict) -> None:
         """Raise ConfigError, naming the model keys that changed, when the checkpoint's tensors do not fit."""
@@ -181,7 +181,7 @@ class Trainer:
         problems += [f"{k} unexpected" for k in sorted(set(model_state) - set(own))]
         if not problems:
             return
-        _, saved = read_weights(checkpoint_paths(self.cfg.run_dir)[0])
+        _, saved = read_weights(RunFolder(self.cfg.run_dir).weights())
         changed = [line for line in config_diff(saved, self.cfg) if line.startswith("model.")]
         raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model ({'; '.join(changed)}): "
                           f"{'; '.join(problems[:3])}; use another run_dir for a different model")
@@ -206,8 +206,10 @@ def _set_epoch(loader, epoch: int) -> None:
 
 
 def train(cfg: Config, force_config: bool = False, device: str = "auto", progress: bool = True) -> dict:
-    """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one.
-    Works single-process and under torchrun. Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one; relative paths are
+    read against the current folder and stored absolute. Works single-process and under torchrun.
+    Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
     owns_group = not dist_utils.is_initialized()  # a caller's process group is left to the caller
     info = dist_utils.init_distributed(device)
     try:
@@ -239,10 +241,13 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
     succeeded, so a failed or refused start leaves the directory as it was."""
     lock = _on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
-        _on_main(info, lambda: check_run_dir(cfg, force_config))
+        changed = _on_main(info, lambda: check_run_dir(cfg, force_config))
         run = _Run(cfg, info, progress)
         run.resume()
-        _on_main(info, lambda: write_run_config(cfg))
+        if changed:
+            run.log.info("config.yaml replaced at iteration %d (the old one kept as config.%d.yaml): %s",
+                         run.at.iteration, run.at.iteration, "; ".join(changed))
+        _on_main(info, lambda: write_run_config(cfg, run.at.iteration))
         return run.fit()
     finally:
         if lock is not None:
@@ -272,14 +277,25 @@ def _loaders(cfg: Config, info: DistInfo):
     return labeled, unlabeled, build_val_loader(cfg, info.rank, info.world_size)
 
 
+def _warn_about_overlap(log, labeled, unlabeled) -> None:
+    """One warning when images are in both training lists (they would teach with labels and pseudo-labels)."""
+    both = sorted({image for image, _ in labeled.entries} & {image for image, _ in unlabeled.entries})
+    if both:
+        log.warning("%d image(s) are in both %s and %s (first: %s); `allspark check-data` lists them", len(both),
+                    labeled.list_path, unlabeled.list_path, both[0])
+
+
 class _Run:
     """One training in its run directory: trainer, loaders and position; epochs, evaluation, checkpoints, logs."""
 
     def __init__(self, cfg: Config, info: DistInfo, progress: bool):
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = Path(cfg.run_dir)
-        self.log = setup_logger(self.run_dir if info.is_main else None)
+        self.folder = RunFolder(cfg.run_dir)
+        self.log = setup_logger(self.run_dir if info.is_main else None, console=info.is_main)
         self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
+        if self.unlabeled is not None:
+            _warn_about_overlap(self.log, self.labeled.dataset, self.unlabeled.dataset)
         self.iters_per_epoch = min(len(self.labeled), len(self.unlabeled)) if self.unlabeled else len(self.labeled)
         if self.iters_per_epoch == 0:
             raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
@@ -290,6 +306,7 @@ class _Run:
         dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.at = Position()
         self.writer = None
+        self.stop, self.stop_signal = None, 0
 
     def resume(self) -> None:
         """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
@@ -306,21 +323,29 @@ class _Run:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
         cfg, at, info = self.cfg, self.at, self.info
         names, _ = class_names_and_palette(cfg)
-        self.writer = MetricsWriter(self.run_dir, names) if info.is_main else None
+        self.writer = MetricsWriter(self.run_dir, names, purge_after=at.iteration) if info.is_main else None
         self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
                       self.iters_per_epoch, info.world_size, info.device)
         bar = tqdm(total=self.total, initial=at.iteration, desc=cfg.method, dynamic_ncols=True,
                    disable=not (self.progress and info.is_main))
         started = time.time()
         try:
-            while at.iteration < self.total and at.epoch < cfg.train.epochs:
-                self.train_one_epoch(bar)
-                at.epoch, at.epoch_iter = at.epoch + 1, 0
-                self.end_epoch()
+            with StopRequest() as self.stop:
+                while at.iteration < self.total and at.epoch < cfg.train.epochs and not self.stop_signal:
+                    self.train_one_epoch(bar)
+                    if self.stop_signal:
+                        break
+                    if at.epoch_iter >= self.iters_per_epoch:  # a budget (max_iters) may end an epoch part-way
+                        at.epoch, at.epoch_iter = at.epoch + 1, 0
+                    self.end_epoch()
+                if self.stop_signal:
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(self.stop_signal).name} at iteration {at.iteration} (epoch "
+                        f"{at.epoch}, batch {at.epoch_iter}); saved {self.folder.weights()}, run the "
+                        "same command to continue", self.stop_signal)
         except NonFiniteLossError as err:
-            self.log.error("%s; stopping. %s keeps the last good checkpoint", err,
-                           self.run_dir / "checkpoints" / "latest.safetensors")
-            raise
+            raise NonFiniteLossError(f"{err}; stopped, {self.folder.weights()} keeps the last good state") from None
         finally:
             bar.close()
             if self.writer:
@@ -328,6 +353,11 @@ class _Run:
         self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", at.iteration, time.time() - started,
                       at.best_miou * 100)
         return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
+
+    def agree_on_stop(self) -> None:
+        """After a step: `stop_signal` becomes the signal any rank got (0: none), on every rank, so all ranks stop
+        after the same step."""
+        self.stop_signal = dist_utils.max_over_ranks(self.stop.signum or 0)
 
     def batches(self):
         """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
@@ -357,6 +387,9 @@ class _Run:
                 self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
                                    "use_memory": int(use_memory), "step_time": sum(step_seconds) / len(step_seconds)})
                 step_seconds = []
+            self.agree_on_stop()
+            if self.stop_signal:
+                return
             if at.iteration % cfg.train.checkpoint_every == 0 and at.iteration < self.total:
                 self.save()
 
@@ -388,7 +421,7 @@ class _Run:
         if at.miou > at.best_miou:
             at.best_miou = at.miou
             if info.is_main:
-                save_weights(self.run_dir / "checkpoints" / "best.safetensors", models[followed].state_dict(),
+                save_weights(self.folder.weights("best"), models[followed].state_dict(),
                              self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}",
                                               "best_of": self.cfg.train.best_of})
 

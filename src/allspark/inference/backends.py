@@ -18,20 +18,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from allspark.config import ENGINES, Config, InputError, config_from_dict
+from allspark.config import ENGINES, Config, config_from_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import resolve_device
+from allspark.errors import EngineError
 from allspark.models.weights import load_model, resolve_weights
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the graph's input (1, 3, H, W) and output (1, K, H, W)
 SOURCE_KEY = "source_sha256"  # metadata: SHA-256 of the weights file the graph was exported from
-
-
-class EngineError(InputError):
-    """The ONNX engine cannot run this request (no onnxruntime, no matching export, a CUDA device); with
-    `--engine onnx` a usage error (exit 2), with `--engine auto` the reason PyTorch runs instead."""
-
-    exit_status = 2
 
 
 def export_path(weights: str | Path) -> Path:

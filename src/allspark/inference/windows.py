@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, Config, ConfigError
+from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, Config
+from allspark.errors import ConfigError
 
 
 def eval_window(cfg: Config) -> int:

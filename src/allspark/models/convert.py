@@ -3,7 +3,6 @@
 source is either placed or reported; nothing is dropped silently."""
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from allspark.errors import ConversionError
 
 # Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
 # {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
@@ -49,10 +50,6 @@ _RELEASE_DECODER_RULES = [
 ]
 
 _LIST_LIMIT = 20
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model: keys left over, keys missing, or shapes that differ."""
 
 
 @dataclass
@@ -140,7 +137,7 @@ def read_checkpoint(source: str | Path | dict) -> tuple[dict[str, torch.Tensor],
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except Exception as err:  # garbage bytes fail in many ways (unpickling, index, key, EOF, zip errors)
         raise ConversionError(f"{path}: not a PyTorch checkpoint loadable with weights_only=True ({err})") from None
     return unwrap_checkpoint(obj, str(path)), str(path)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from allspark.models.convert import ConversionError, load_exact, read_checkpoint, release_to_ours
+from allspark.errors import ConversionError
+from allspark.models.convert import load_exact, read_checkpoint, release_to_ours
 from allspark.models.segmenter import AllSparkSegmenter, model_config
 
 # Key fragments of the published checkpoints' earlier layout (METHODS.md 6).

@@ -8,7 +8,8 @@ import huggingface_hub
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 from transformers import SegformerModel
 
-from allspark.config import ConfigError
+
+from allspark.errors import ConfigError
 from allspark.models.convert import Converted, load_exact, mit_to_hf, read_checkpoint
 from allspark.models.encoders import MIT_SIZES, MiTEncoder
 from allspark.models.weights import read_weights
@@ -32,18 +33,19 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
     try:
         hf, info = SegformerModel.from_pretrained(source, output_loading_info=True)
     except OSError as err:
-        raise ValueError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
-                         f"directory or hub id failed: {err}") from None
+        raise ConfigError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
+                          f"directory or hub id failed: {err}", "model.pretrained") from None
     # transformers fills missing weights with random ones; a classification or segmentation head is dropped.
     extra = sorted(k for k in info["unexpected_keys"] if not k.startswith(("classifier.", "decode_head.")))
     missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
     if extra or missing:
-        raise ValueError(f"model.pretrained {source!r}: encoder weights missing or misshapen: {missing}; "
-                         f"unknown weights: {extra}")
+        raise ConfigError(f"model.pretrained {source!r}: encoder weights missing or misshapen: {missing}; "
+                          f"unknown weights: {extra}", "model.pretrained")
     found = (tuple(hf.config.hidden_sizes), tuple(hf.config.depths))
     if found != MIT_SIZES[encoder.name]:
-        raise ValueError(f"model.pretrained {source!r} holds an encoder with widths {found[0]} and depths {found[1]}; "
-                         f"model.encoder {encoder.name} expects {MIT_SIZES[encoder.name]}")
+        raise ConfigError(f"model.pretrained {source!r} holds an encoder with widths {found[0]} and depths "
+                          f"{found[1]}; model.encoder {encoder.name} expects {MIT_SIZES[encoder.name]}",
+                          "model.pretrained")
     state = hf.state_dict()
     load_exact(encoder, Converted(tensors=state, origin={k: k for k in state}), source)
 

@@ -2,23 +2,23 @@
 in its metadata, the full resolved Config, so a single file is enough to rebuild the model."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from allspark.config import Config, InputError, config_from_dict, config_to_dict
+from allspark.config import Config, config_from_dict, config_to_dict
+from allspark.errors import CheckpointError, DiskFullError
 from allspark.models.segmenter import AllSparkSegmenter
+from allspark.run_folder import RunFolder
 
 FORMAT = "allspark-seg/1"
-
-
-class CheckpointError(InputError):
-    """A checkpoint file that is not ours, is damaged, or does not match its run."""
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -34,9 +34,39 @@ def atomic_write(path: str | Path, write) -> None:
         write(str(tmp))
         os.chmod(tmp, mode)  # safetensors writes a fresh file of mode 0600 over ours
         os.replace(tmp, path)
+    except Exception as err:
+        full = _disk_full(err, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(f"{path}: no space left on its device ({free / 2**20:.1f} MiB free in {path.parent}); "
+                                f"{'the previous file is kept, ' if path.exists() else ''}free some space and run "
+                                "again") from None
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove a file can be written in it, before work that ends by writing there;
+    raise OSError naming the folder otherwise (not a hidden temporary file at the end)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".allspark-write-test.{secrets.token_hex(4)}"
+    try:
+        probe.touch()
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from None
+    probe.unlink()
+    return folder
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or a writer that hides it (safetensors names os error 28,
+    torch.save only an 'unexpected pos') while under a MiB is left."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "os error 28" in str(err) or shutil.disk_usage(folder).free < 2**20
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
@@ -69,11 +99,12 @@ def resolve_weights(path_or_run: str | Path, which: str = "best") -> Path:
     """A weights file, or a run directory (its `which` checkpoint, falling back to `latest`)."""
     path = Path(path_or_run)
     if path.is_dir():
+        run = RunFolder(path)
         for name in (which, "latest"):
-            candidate, _ = checkpoint_paths(path, name)
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"run directory {path} has no checkpoints/{which}.safetensors or latest.safetensors")
+            if run.weights(name).is_file():
+                return run.weights(name)
+        raise FileNotFoundError(f"run directory {path} has no {run.weights(which).relative_to(path)} or "
+                                f"{run.weights('latest').name}")
     return path
 
 
@@ -90,9 +121,3 @@ def weights_metadata(path: str | Path) -> dict[str, str]:
     """The metadata strings of a safetensors file, without reading its tensors."""
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
-
-
-def checkpoint_paths(run_dir: str | Path, name: str = "latest") -> tuple[Path, Path]:
-    """(weights, state) paths of checkpoint `name` in a run directory."""
-    folder = Path(run_dir) / "checkpoints"
-    return folder / f"{name}.safetensors", folder / f"{name}.state.pt"

@@ -13,6 +13,7 @@ from allspark.data.io import read_image
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
 from allspark.distributed import resolve_device
+from allspark.errors import InputError
 from allspark.inference.outputs import expand_inputs
 from allspark.models.weights import load_model
 from allspark.viz.features import feature_channels, pick_channels, plot_features
@@ -49,7 +50,7 @@ def features_figure(checkpoint, image: str, out, size: tuple[int, int], channels
     problems: list[str] = []
     found = readable_images([image], problems, limit=1)
     if not found:
-        raise ValueError(f"no readable image in {image}" + "".join(f"; {line}" for line in problems))
+        raise InputError(f"no readable image in {image}" + "".join(f"; {line}" for line in problems))
     model, _, device = _load(checkpoint, which, device)
     path, pixels = found[0]
     before, after = feature_channels(model, normalize_image(pixels).to(device))
@@ -65,7 +66,7 @@ def grouping_figure(checkpoint, inputs: Iterable[str], out, size: tuple[int, int
     problems: list[str] = []
     images = readable_images(inputs, problems, max_images)
     if not images:
-        raise ValueError("no readable images among the inputs" + "".join(f"; {line}" for line in problems))
+        raise InputError("no readable images among the inputs" + "".join(f"; {line}" for line in problems))
     model, cfg, device = _load(checkpoint, which, device)
     tensors = [normalize_image(pixels).to(device) for _, pixels in images]
     counts = grouping_counts(model, tqdm(tensors, desc="grouping", unit="img", file=sys.stderr),

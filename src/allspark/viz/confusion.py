@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from allspark.errors import InputError
 from allspark.viz.figure import new_figure, save_figure
 
 
@@ -19,14 +20,14 @@ def read_eval(path: str | Path) -> dict:
     try:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise InputError(f"{path}: not valid JSON ({err})") from None
     missing = [key for key in ("iou", "confusion") if key not in result]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+        raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
     confusion = np.asarray(result["confusion"], dtype=np.float64)
     k = len(result["iou"])
     if confusion.shape != (k, k):
-        raise ValueError(f"{path}: 'confusion' must be {k}x{k} (one row per class of 'iou'); got {confusion.shape}")
+        raise InputError(f"{path}: 'confusion' must be {k}x{k} (one row per class of 'iou'); got {confusion.shape}")
     return result
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from allspark.errors import InputError
 from allspark.viz.figure import new_figure, save_figure
 
 LOSS_KEYS = ("loss", "loss_l", "loss_u")
@@ -26,7 +27,7 @@ def plot_curves(records: list[dict], out: str | Path, size: tuple[int, int] = (1
     if miou[0]:
         panels.append(("validation mIoU", {"mIoU": miou}))
     if not panels:
-        raise ValueError("no train or val records with 'iter' and loss, lr or miou to plot")
+        raise InputError("no train or val records with 'iter' and loss, lr or miou to plot")
     fig = new_figure(size)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, series) in zip(axes, panels):

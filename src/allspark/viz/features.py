@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from allspark.errors import InputError
 from allspark.viz.figure import new_figure, save_figure
 
 
@@ -14,7 +15,7 @@ def bottleneck_of(model: torch.nn.Module) -> torch.nn.Module:
     """The model's AllSpark module; a clear error for the baselines, which have none."""
     bottleneck = getattr(model, "allspark", None)
     if bottleneck is None:
-        raise ValueError("this model has no AllSpark module (method sup/semi, ablation 'none'): "
+        raise InputError("this model has no AllSpark module (method sup/semi, ablation 'none'): "
                          "use an AllSpark checkpoint")
     return bottleneck
 
@@ -40,7 +41,7 @@ def plot_features(image: np.ndarray, before: torch.Tensor, after: torch.Tensor, 
     num = before.shape[0]
     bad = [c for c in channels if not 0 <= c < num]
     if bad:
-        raise ValueError(f"channel indices must be in 0..{num - 1}; got {bad}")
+        raise InputError(f"channel indices must be in 0..{num - 1}; got {bad}")
     fig = new_figure(size)
     axes = fig.subplots(2, len(channels) + 1, squeeze=False)
     axes[0, 0].imshow(image)

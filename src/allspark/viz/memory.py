@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from allspark.errors import InputError
 from allspark.viz.features import bottleneck_of
 from allspark.viz.figure import new_figure, save_figure
 
@@ -24,7 +25,7 @@ def plot_memory(maps: torch.Tensor, channels: Sequence[int], class_names: Sequen
     num_classes, num_channels = maps.shape[:2]
     bad = [c for c in channels if not 0 <= c < num_channels]
     if bad:
-        raise ValueError(f"channel indices must be in 0..{num_channels - 1}; got {bad}")
+        raise InputError(f"channel indices must be in 0..{num_channels - 1}; got {bad}")
     fig = new_figure(size)
     axes = fig.subplots(num_classes, len(channels), squeeze=False)
     for k in range(num_classes):
