@@ -11,7 +11,6 @@ without autograd.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -22,24 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
-def load_harness(reference: Path, args):
-    """The harness's `official` module, or exit with a one-line reason."""
-    harness = reference / "harness"
-    if not (harness / "official.py").is_file():
-        sys.exit(f"bench_side_by_side: the release's harness is absent ({harness / 'official.py'}); "
-                 "pass --reference PATH to the shared/reference folder")
-    try:
-        importlib.import_module("einops")
-    except ImportError:
-        sys.exit("bench_side_by_side: the release needs einops: pip install einops (into this venv)")
-    from allspark.models import build_model
-
-    build_model(our_config(args, "semi"))  # transformers first: the harness's stand-in torchvision must not reach it
-    sys.path.insert(0, str(harness))
-    return importlib.import_module("official")
+from release_harness import DEFAULT_REFERENCE, import_harness
 
 
 def our_config(args, method: str, amp: str = "off"):
@@ -184,7 +166,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # the release's InstanceNorm is built with a channel count it does not use; torch warns on every call
     warnings.filterwarnings("ignore", message="input's size at dim=1 does not match num_features")
-    harness = load_harness(args.reference, args)
+    harness = import_harness(args.reference, "official", "bench_side_by_side")
     load = os.getloadavg()[0]
     generator = torch.Generator().manual_seed(0)
     rows = training_rows(harness, args, random_batches(args, generator))

@@ -1,4 +1,4 @@
-"""AllSpark bottleneck against a plain reference that materialises every map (spec 1.1, 1.3)."""
+"""AllSpark bottleneck against a plain reference that materialises every map (METHODS.md 1.1, 1.3)."""
 
 import pytest
 import torch

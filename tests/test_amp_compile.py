@@ -1,5 +1,5 @@
 """bf16 and fp16 autocast and torch.compile on the CPU through the trainer: losses fall, the attention maps and the
-Semantic Memory stay fp32 (spec 6), an interrupted run resumes; `allspark eval --amp bf16`."""
+Semantic Memory stay fp32 (METHODS.md 6), an interrupted run resumes; `allspark eval --amp bf16`."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""Chunked CPU attention with dropout against plain references that materialise the map (spec 1.1)."""
+"""Chunked CPU attention with dropout against plain references that materialise the map (METHODS.md 1.1)."""
 
 import pytest
 import torch

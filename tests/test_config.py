@@ -6,7 +6,7 @@ from allspark.config import list_presets, load_config, model_config_from_dict
 from allspark.engine.runs import check_run_dir, config_diff, write_run_config
 from allspark.errors import ConfigError
 
-PUBLISHED = {  # spec 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
+PUBLISHED = {  # METHODS.md 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
     "pascal": (513, 2, 80, 0.001, 10.0, "ce", "whole", 21),
     "cityscapes": (801, 2, 240, 0.005, 1.0, "ohem", "sliding", 19),
     "coco": (513, 4, 10, 0.001, 10.0, "ce", "whole", 81),

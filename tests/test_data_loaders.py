@@ -66,7 +66,7 @@ def test_train_sampler_epochs_and_seeds():
 
 
 def test_labeled_and_unlabeled_orders_differ(synthetic):
-    """Spec 5: the two streams shuffle independently. Over the same images a shared seed would give the same
+    """METHODS.md 5: the two streams shuffle independently. Over the same images a shared seed would give the same
     order, and the same augmentation seeds, in every epoch."""
     (synthetic / "twin.txt").write_text((synthetic / "unlabeled.txt").read_text())
     cfg = _cfg(synthetic, labeled_list="twin.txt")

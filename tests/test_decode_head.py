@@ -1,4 +1,4 @@
-"""The decode head's merged computation equals SegFormer's concat -> 1x1 conv written plainly (spec 1)."""
+"""The decode head's merged computation equals SegFormer's concat -> 1x1 conv written plainly (METHODS.md 1)."""
 import torch
 import torch.nn.functional as F
 

@@ -69,7 +69,7 @@ def test_two_processes_gloo(tmp_path):
     assert done.stderr.count(" INFO method allspark, 8 iterations") == 1  # rank 0 alone logs to the console
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["batches_differ"]
-    assert result["written"] and result["equal"]  # spec 5: every rank enqueues the global batch
+    assert result["written"] and result["equal"]  # METHODS.md 5: every rank enqueues the global batch
     # 16 unlabeled images / (2 per process x 2 processes) = 4 iterations per epoch, 2 epochs
     assert result["iteration"] == 8
     _, state = load_checkpoint(run)

@@ -1,4 +1,4 @@
-"""Semantic Memory and Channel-wise Semantic Grouping against plain references (spec 1.2, 5)."""
+"""Semantic Memory and Channel-wise Semantic Grouping against plain references (METHODS.md 1.2, 5)."""
 
 import os
 import socket
@@ -16,7 +16,7 @@ C, K, GRID, B = 6, 4, (2, 3), 2
 
 
 def test_sequential_reference_on_a_worked_example():
-    """Spec 1.2 by hand: K=2 rings of 3 slots, ptr [2, 0]; image 0 classes [0, 1, 0], image 1 all class 0."""
+    """METHODS.md 1.2 by hand: K=2 rings of 3 slots, ptr [2, 0]; image 0 classes [0, 1, 0], image 1 all class 0."""
     channels = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[..., None]  # (B, C, d=1)
     classes = torch.tensor([[0, 1, 0], [0, 0, 0]])
     for write in (enqueue_sequential, enqueue):

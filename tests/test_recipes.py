@@ -50,7 +50,7 @@ def _weights(model):
 
 
 def _paper_loop(model, cfg, batch_l, batch_u, steps, use_memory):
-    """Spec 2 written plainly: teacher = the student in eval mode on the same images, argmax pseudo-labels,
+    """METHODS.md 2 written plainly: teacher = the student in eval mode on the same images, argmax pseudo-labels,
     (CE_l + CE_u) / 2 with padding ignored, SGD with the poly lr set first."""
     optimizer = build_optimizer(model, cfg.train)
     base = [group["lr"] for group in optimizer.param_groups]

@@ -10,7 +10,7 @@ from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead
 from allspark.models.weights import load_model, save_weights
 
-# Spec 1 / SegFormer paper, Table 6: stage widths and blocks per stage of each size.
+# METHODS.md 1 / SegFormer paper, Table 6: stage widths and blocks per stage of each size.
 SIZES = {
     "mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]),
     "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),

@@ -36,6 +36,7 @@ WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pi
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
+BEST_OF = ("student", "ema")  # train.best_of: whose validation mIoU `best` follows
 ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
 MIN_CROP = 32  # the smallest crop or window MiT can encode: its first attention reduces 8x8 tokens at stride 4
 DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
@@ -63,7 +64,7 @@ def load_yaml(text: str):
 class ModelConfig:
     encoder: str = "mit_b0"  # mit_b0 .. mit_b5
     num_classes: int = 21
-    crop_size: int = 513  # training crop: fixes the memory's token count d (spec, notation)
+    crop_size: int = 513  # training crop: fixes the memory's token count d (METHODS.md 1)
     heads: int = 2
     embed_dim: int | None = None  # decode-head width E; None: 256 for b0/b1, 768 for b2..b5
     ablation: str = "full"  # none (plain SegFormer) | cca | cca_mem (no grouping) | full; a config file's default
@@ -102,6 +103,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations
     log_every: int = 20  # iterations between scalar logs
     seed: int = 0
+    best_of: str = "student"  # student | ema: whose validation mIoU `best` follows (ema: recipe.teacher=ema)
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step: one GPU takes a multi-GPU batch
+    activation_checkpointing: bool = False  # recompute encoder blocks in the backward pass: less memory, more time
 
 
 @dataclass
@@ -149,6 +153,7 @@ _CHOICES = {
     "eval.window_placement": WINDOW_PLACEMENTS,
     "eval.miou_over": MIOU_OVER,
     "recipe.teacher": TEACHERS,
+    "train.best_of": BEST_OF,
 }
 
 
@@ -273,7 +278,7 @@ def _get(cfg: Config, key: str) -> Any:
 # (keys, test, what the value must be): ranges checked by `validate`; a null value is not checked
 _RANGES = (
     (("model.num_classes", "model.heads", "model.embed_dim", "train.epochs", "train.max_iters",
-      "train.batch_size", "train.checkpoint_every", "train.eval_every", "train.log_every"),
+      "train.batch_size", "train.accumulate", "train.checkpoint_every", "train.eval_every", "train.log_every"),
      lambda v: v > 0, "positive"),
     (("model.crop_size", "eval.crop_size"), lambda v: v >= MIN_CROP,
      f"at least {MIN_CROP} (the encoder's first stage reduces 8x8 tokens of a 32 px crop)"),
@@ -316,6 +321,10 @@ def validate(cfg: Config) -> None:
     if cfg.method == "allspark" and cfg.model.ablation == "none":
         raise ConfigError("key 'model.ablation' is 'none' but method is 'allspark'; use method=semi for the "
                           "baseline or one of cca, cca_mem, full", "model.ablation", "method")
+    if cfg.train.best_of == "ema" and cfg.recipe.teacher != "ema":
+        raise ConfigError(f"key 'train.best_of' is 'ema' but recipe.teacher is {cfg.recipe.teacher!r}: only an EMA "
+                          "teacher is evaluated apart from the student; set recipe.teacher=ema or train.best_of=student",
+                          "train.best_of", "recipe.teacher")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,4 +1,4 @@
-"""One list-file dataset for the labeled, unlabeled and validation streams (spec 2)."""
+"""One list-file dataset for the labeled, unlabeled and validation streams (METHODS.md 2)."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""Data loaders of spec 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
+"""Data loaders of METHODS.md 2: labeled list repeated to the unlabeled length, independent shuffles, DDP shares."""
 from __future__ import annotations
 
 import os
@@ -133,11 +133,13 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
         views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
     sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=derive_seed(cfg.train.seed, stream))
-    if len(sampler) < cfg.train.batch_size:
+    per_step = cfg.train.batch_size * cfg.train.accumulate  # the trainer splits it into micro-batches
+    if len(sampler) < per_step:
         raise ConfigError(f"key 'data.{key}': {len(sampler)} samples per process per epoch "
                           f"({dataset.list_path}, {world_size} processes) is fewer than train.batch_size "
-                          f"{cfg.train.batch_size}, so drop_last leaves no batch")
-    return _loader(dataset, sampler, cfg.train.batch_size, cfg, seed, drop_last=True)
+                          f"{cfg.train.batch_size} x train.accumulate {cfg.train.accumulate}, so drop_last leaves "
+                          "no batch")
+    return _loader(dataset, sampler, per_step, cfg, seed, drop_last=True)
 
 
 def build_labeled_loader(cfg: Config, rank: int = 0, world_size: int = 1, length: int | None = None) -> DataLoader:

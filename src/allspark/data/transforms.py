@@ -1,4 +1,4 @@
-"""Training augmentation of the release (spec 2) with albumentations (the model's normalisation: `data.normalize`)."""
+"""Training augmentation of the release (METHODS.md 2) with albumentations (the model's normalisation: `data.normalize`)."""
 from __future__ import annotations
 
 import albumentations as A
@@ -20,7 +20,7 @@ def seed_steps(compose, seed: int) -> None:
 
 
 def colour_steps() -> list:
-    """The colour part of the augmentation (spec 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
+    """The colour part of the augmentation (METHODS.md 2): jitter p 0.8, grey p 0.2, Gaussian blur p 0.5; labeled images
     get it after the geometric part, and so do the strong views of unlabeled images (recipe.strong_views)."""
     return [
         A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),

@@ -1,4 +1,4 @@
-"""Validation (spec 3): per-image probabilities from `predict_probs`, a confusion matrix over the
+"""Validation (METHODS.md 3): per-image probabilities from `predict_probs`, a confusion matrix over the
 whole set (each image counted once across ranks), mIoU and per-class IoU."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training losses of spec 2: CE with ignore 255, OHEM for Cityscapes, pseudo-label CE on unlabeled crops."""
+"""Training losses of METHODS.md 2: CE with ignore 255, OHEM for Cityscapes, pseudo-label CE on unlabeled crops."""
 from __future__ import annotations
 
 import torch
@@ -27,7 +27,7 @@ def ohem_mask(probs_gt: torch.Tensor, valid: torch.Tensor, thresh: float, min_ke
 
 
 def ohem_loss(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 200000) -> torch.Tensor:
-    """Online hard example mining CE (spec 2, Cityscapes labeled term): mean CE over the kept pixels."""
+    """Online hard example mining CE (METHODS.md 2, Cityscapes labeled term): mean CE over the kept pixels."""
     logits = logits.float()
     pixel_loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none").flatten()  # (B*H*W,)
     valid = (target != IGNORE_INDEX).flatten()
@@ -40,7 +40,7 @@ def ohem_loss(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, m
 
 
 def unlabeled_loss(logits: torch.Tensor, pseudo: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """CE against teacher pseudo-labels (B, H, W), excluding padded pixels where `valid` is False (spec 5)."""
+    """CE against teacher pseudo-labels (B, H, W), excluding padded pixels where `valid` is False (METHODS.md 5)."""
     target = pseudo.masked_fill(~valid, IGNORE_INDEX)
     return ce_loss(logits, target)
 

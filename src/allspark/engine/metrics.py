@@ -1,4 +1,4 @@
-"""Confusion matrix and IoU (spec 3): accumulated with torch.bincount, reduced across ranks in one call."""
+"""Confusion matrix and IoU (METHODS.md 3): accumulated with torch.bincount, reduced across ranks in one call."""
 from __future__ import annotations
 
 import torch

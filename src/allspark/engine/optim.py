@@ -1,4 +1,4 @@
-"""SGD with the two learning-rate groups of spec 2 and the per-iteration poly schedule of spec 5 (a LambdaLR)."""
+"""SGD with the two learning-rate groups of METHODS.md 2 and the per-iteration poly schedule of 5 (a LambdaLR)."""
 from __future__ import annotations
 
 import torch
@@ -22,13 +22,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
-    """(1 - i/T)^power, the poly decay of spec 2."""
+    """(1 - i/T)^power, the poly decay of METHODS.md 2."""
     return max(0.0, 1.0 - iteration / total) ** power
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0) -> LambdaLR:
     """The poly schedule over `total` iterations: step i runs at each group's `initial_lr` times
-    poly_factor(i, total), set before the step (spec 5) once `scheduler.step()` follows each optimizer step;
+    poly_factor(i, total), set before the step (METHODS.md 5) once `scheduler.step()` follows each optimizer step;
     `start` places it at step `start` (a resumed run), from the groups' current `initial_lr`."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])

@@ -50,16 +50,28 @@ def pseudo_label_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, valid:
     pseudo = teacher_logits.argmax(1)  # (B, H, W)
     if threshold == 0:
         return unlabeled_loss(logits, pseudo, valid)
-    confident = teacher_logits.float().softmax(1).amax(1) >= threshold  # (B, H, W)
+    confident = is_confident(teacher_logits, threshold)  # (B, H, W)
     target = pseudo.masked_fill(~valid, IGNORE_INDEX)
     pixels = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
     return (pixels * confident).sum() / valid.sum().clamp(min=1)
 
 
+def is_confident(teacher_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, H, W) bool: the teacher's top probability reaches `threshold`."""
+    return teacher_logits.float().softmax(1).amax(1) >= threshold
+
+
+@torch.no_grad()
+def confident_share(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The share of valid (unpadded) pixels whose teacher confidence reaches `threshold`: how much of the unlabeled
+    term teaches at all (UniMatch's mask ratio); 1 without a threshold. A 0-dim float tensor."""
+    return (is_confident(teacher_logits, threshold) & valid).sum() / valid.sum().clamp(min=1)
+
+
 class EmaTeacher:
     """A copy of the student, in eval mode, whose parameters and BatchNorm statistics follow the student's as an
     exponential moving average (recipe.teacher=ema). Its Semantic Memory, pointers and BatchNorm counters are
-    never read (the teacher predicts image by image, spec 1.3) and stay as copied."""
+    never read (the teacher predicts image by image, METHODS.md 1.3) and stay as copied."""
 
     def __init__(self, student: nn.Module, momentum: float):
         self.momentum = momentum

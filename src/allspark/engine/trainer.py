@@ -1,4 +1,4 @@
-"""One training loop for the three methods (spec 2): SupBaseline, SemiBaseline and AllSpark.
+"""One training loop for the three methods (METHODS.md 2): SupBaseline, SemiBaseline and AllSpark.
 
 Per iteration: teacher pass (eval mode, no gradient) on the unlabeled batch -> pseudo-labels and the
 logits that feed grouping; student pass (train mode) on [labeled; unlabeled]; (CE_l + CE_u) / 2;
@@ -27,7 +27,7 @@ from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
-from allspark.engine.recipes import EmaTeacher, pseudo_label_loss, rampup_factor, student_view
+from allspark.engine.recipes import EmaTeacher, confident_share, pseudo_label_loss, rampup_factor, student_view
 from allspark.engine.stop import StopRequest
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
@@ -41,6 +41,14 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def micro_batches(batch: dict | None, count: int) -> list[dict | None]:
+    """`batch` cut into `count` consecutive parts along the batch dimension (None stays None, count times)."""
+    if batch is None:
+        return [None] * count
+    parts = {k: v.tensor_split(count) if torch.is_tensor(v) else [v] * count for k, v in batch.items()}
+    return [{k: v[i] for k, v in parts.items()} for i in range(count)]
+
+
 class Trainer:
     """The model, optimizer, poly schedule over `total` iterations and one `step`; `_Run` adds loaders,
     checkpoints, evaluation and logs."""
@@ -50,6 +58,8 @@ class Trainer:
         self.info = info or DistInfo()
         self.device = self.info.device
         model = build_model(cfg)
+        if cfg.train.activation_checkpointing:
+            model.encoder.checkpoint_blocks()
         if self.info.distributed and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
@@ -60,7 +70,7 @@ class Trainer:
         student = self.model
         if self.info.distributed:
             # broadcast_buffers=False: the Semantic Memory is a buffer, and every rank already writes the
-            # channels of the global batch into it (the model gathers them from all ranks, spec 5), so
+            # channels of the global batch into it (the model gathers them from all ranks, METHODS.md 5), so
             # the buffers agree without a broadcast; the default broadcast would make rank 0's copy win
             # and cost a memory-sized transfer per step.
             student = DistributedDataParallel(
@@ -77,11 +87,11 @@ class Trainer:
         return self.scheduler.last_epoch
 
     def use_memory(self, epoch: int) -> bool:
-        """S-Mem is the key/value source once the warm-up epochs are over (spec 1.2), for cca_mem / full."""
+        """S-Mem is the key/value source once the warm-up epochs are over (METHODS.md 1.2), for cca_mem / full."""
         return self.cfg.model.ablation in ("cca_mem", "full") and epoch >= self.cfg.train.warmup_epochs
 
     def losses(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, torch.Tensor]:
-        """Forward passes and loss terms of one iteration (spec 2); batch_u is None for `sup`."""
+        """Forward passes and loss terms of one iteration (METHODS.md 2); batch_u is None for `sup`."""
         t = self.cfg.train
         images_l, masks = batch_l["image"], batch_l["mask"]
         if self.cfg.method == "sup":
@@ -93,6 +103,8 @@ class Trainer:
         with torch.no_grad(), autocast(self.device, self.cfg.train.amp):
             teacher_logits = self.teacher(batch_u["image"]).float()  # (B, K, S, S), on the weak view
         self.model.train()
+        recipe = self.cfg.recipe
+        mask_ratio = confident_share(teacher_logits, batch_u["valid"], recipe.threshold)  # on the teacher's view
         # the memory is written from this pass: the student's channels of its own view, grouped by the
         # teacher's probabilities carried through the same CutMix boxes
         images_u, teacher_logits, valid = student_view(batch_u, teacher_logits)
@@ -100,34 +112,37 @@ class Trainer:
             logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
                                               use_memory=use_memory)
         loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
-        recipe = self.cfg.recipe
         loss_u = pseudo_label_loss(logits_u, teacher_logits, valid, recipe.threshold)
         weight = recipe.unlabeled_weight * rampup_factor(self.iteration, recipe.rampup_iters)
-        return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u}
+        return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u, "mask_ratio": mask_ratio}
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
-        """One optimisation step at the schedule's lr (spec 5: set before the step); returns the rank-averaged
-        losses and that lr. Raises NonFiniteLossError before touching the weights when the loss is NaN or
-        infinite."""
+        """One optimisation step at the schedule's lr (METHODS.md 5: set before the step); returns the rank-averaged
+        losses (and, with unlabeled images, the share of their pixels the threshold keeps) and that lr. With
+        `train.accumulate` N the batches hold N micro-batches, whose gradients add up before the one update
+        (README: what differs from one large batch). Raises NonFiniteLossError before touching the weights when
+        the loss is NaN or infinite."""
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        batch_l = _to(batch_l, self.device)
-        batch_u = _to(batch_u, self.device) if batch_u is not None else None
-        terms = self.losses(batch_l, batch_u, use_memory)
-        values = torch.stack([terms["loss"].detach(), terms["loss_l"].detach(), terms["loss_u"].detach()]).float()
-        values = dist_utils.all_reduce_sum(values) / self.info.world_size  # every rank sees a NaN anywhere
-        loss, loss_l, loss_u = values.tolist()
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss} at iteration {self.iteration} (labeled {loss_l}, "
-                                     f"unlabeled {loss_u})")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+        count, total = self.cfg.train.accumulate, None
+        for part_l, part_u in zip(micro_batches(batch_l, count), micro_batches(batch_u, count)):
+            terms = self.losses(_to(part_l, self.device), _to(part_u, self.device) if part_u is not None else None,
+                                 use_memory)
+            self.scaler.scale(terms["loss"] / count).backward()
+            values = torch.stack([term.detach().float() for term in terms.values()]) / count
+            total = values if total is None else total + values
+        total = dist_utils.all_reduce_sum(total) / self.info.world_size  # every rank sees a NaN anywhere
+        record = dict(zip(terms, total.tolist()))
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLossError(f"loss is {record['loss']} at iteration {self.iteration} (labeled "
+                                     f"{record['loss_l']}, unlabeled {record['loss_u']})")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema:
             self.ema.update(self.model, self.iteration)
         self.scheduler.step()
-        return {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "lr": lr}
+        return {**record, "lr": lr}
 
     def state_dict(self) -> dict:
         """The optimizer's, loss scaler's and EMA teacher's (if any) state, for `latest.state.pt` (the schedule
@@ -246,8 +261,8 @@ class Position:
     epoch: int = 0
     epoch_iter: int = 0  # batches of `epoch` already trained
     iteration: int = 0
-    best_miou: float = -1.0  # best validation mIoU so far
-    miou: float = float("nan")  # latest validation mIoU
+    best_miou: float = -1.0  # best validation mIoU so far, of the model `train.best_of` names
+    miou: float = float("nan")  # latest validation mIoU of that model
 
     @classmethod
     def from_state(cls, state: dict) -> Position:
@@ -356,10 +371,13 @@ class _Run:
         """The current epoch's remaining steps, with their metrics lines and periodic checkpoints."""
         cfg, at = self.cfg, self.at
         use_memory = self.trainer.use_memory(at.epoch)
+        step_seconds = []  # of the steps since the last train line (data loading not counted)
         for batch_l, batch_u in self.batches():
             if at.epoch_iter >= self.iters_per_epoch or at.iteration >= self.total:
                 break
-            record = self.trainer.step(batch_l, batch_u, use_memory)
+            started = time.perf_counter()
+            record = self.trainer.step(batch_l, batch_u, use_memory)  # ends in a host sync (the losses' values)
+            step_seconds.append(time.perf_counter() - started)
             at.iteration += 1
             at.epoch_iter += 1
             # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
@@ -367,7 +385,8 @@ class _Run:
             bar.update(1)
             if self.writer and (at.iteration % cfg.train.log_every == 0 or at.iteration == 1):
                 self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
-                                   "use_memory": int(use_memory)})
+                                   "use_memory": int(use_memory), "step_time": sum(step_seconds) / len(step_seconds)})
+                step_seconds = []
             self.agree_on_stop()
             if self.stop_signal:
                 return
@@ -382,19 +401,29 @@ class _Run:
         self.save()
 
     def evaluate(self) -> None:
-        """Validation mIoU (logged and written); `best.safetensors` when it improves."""
+        """Validation mIoU of the student and, with an EMA teacher, of the teacher (both logged and written);
+        `best.safetensors` holds the model `train.best_of` names whenever its mIoU improves."""
         at, info = self.at, self.info
-        confusion = evaluate(self.trainer.model, self.val, self.cfg, info.device, amp=self.cfg.train.amp,
-                             progress=self.progress and info.is_main)
-        at.miou, iou = confusion.miou(), confusion.iou().tolist()
-        self.log.info("epoch %d, iteration %d: mIoU %.2f", at.epoch, at.iteration, at.miou * 100)
+        models = {"": self.trainer.model}  # metrics key suffix -> model
+        if self.trainer.ema:
+            models["_ema"] = self.trainer.ema.model
+        record = {"split": "val", "iter": at.iteration, "epoch": at.epoch}
+        for suffix, model in models.items():
+            confusion = evaluate(model, self.val, self.cfg, info.device, amp=self.cfg.train.amp,
+                                 progress=self.progress and info.is_main)
+            record.update({f"miou{suffix}": confusion.miou(), f"iou{suffix}": confusion.iou().tolist()})
+        teacher = f", EMA teacher {record['miou_ema'] * 100:.2f}" if "miou_ema" in record else ""
+        self.log.info("epoch %d, iteration %d: mIoU %.2f%s", at.epoch, at.iteration, record["miou"] * 100, teacher)
         if self.writer:
-            self.writer.write({"split": "val", "iter": at.iteration, "epoch": at.epoch, "miou": at.miou, "iou": iou})
+            self.writer.write(record)
+        followed = "_ema" if self.cfg.train.best_of == "ema" else ""
+        at.miou = record["miou" + followed]
         if at.miou > at.best_miou:
             at.best_miou = at.miou
             if info.is_main:
-                save_weights(self.folder.weights("best"), self.trainer.model.state_dict(),
-                             self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}"})
+                save_weights(self.folder.weights("best"), models[followed].state_dict(),
+                             self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}",
+                                              "best_of": self.cfg.train.best_of})
 
     def save(self) -> None:
         """Write `latest` at the current position. Every rank calls it: each rank's RNG state is gathered."""

@@ -1,6 +1,6 @@
 """`allspark export`: the per-image inference graph as ONNX with dynamic height and width.
 
-Inference is per image (spec 1.3, 5): the AllSpark module attends to the image's own channels,
+Inference is per image (METHODS.md 1.3, 5): the AllSpark module attends to the image's own channels,
 so the graph needs no memory and no other batch member. Exporter: torch.export-based
 (`torch.onnx.export(..., dynamo=True)`, the default in torch 2.13); the TorchScript exporter
 (`dynamo=False`) stops on `aten::mT`, which the attention uses.

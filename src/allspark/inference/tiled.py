@@ -1,6 +1,6 @@
 """Sliding-window inference in bands of rows, for images too large to predict whole: one window at a
 time goes through the model and finished rows leave the accumulator, so memory grows with the window
-and the image width, never with the image's area. Window placement is `window_starts`'s (spec 3)."""
+and the image width, never with the image's area. Window placement is `window_starts`'s (METHODS.md 3)."""
 from __future__ import annotations
 
 from typing import Callable, Iterator

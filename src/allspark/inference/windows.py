@@ -1,8 +1,8 @@
 """Per-image inference: whole image, sliding window or centre crop, with optional flip and
-multi-scale test-time augmentation, returning softmax probabilities (spec 3).
+multi-scale test-time augmentation, returning softmax probabilities (METHODS.md 3).
 
 `model(images)` must return logits (N, K, h, w) at the input size and treat every image on its
-own (spec 5), so any callable with that contract works here, not only the real segmenter.
+own (METHODS.md 5), so any callable with that contract works here, not only the real segmenter.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def predict_probs(model: Callable, images: torch.Tensor, mode: str = "whole", wi
                   placement: str = "aligned") -> torch.Tensor:
     """Softmax probabilities (N, K, H, W), float32, for normalised images (N, 3, H, W).
 
-    mode "whole" runs the model on the full image; "sliding" on window x window crops (spec 3);
+    mode "whole" runs the model on the full image; "sliding" on window x window crops (METHODS.md 3);
     "center" predicts only the central window (see `center_crop_box`), so its output is
     (N, K, min(window, H), min(window, W)) and pixels outside it get no prediction.
     `flip` averages in the horizontally flipped prediction; `scales` resizes the input by each

@@ -1,4 +1,4 @@
-"""The AllSpark segmenter (spec 1): `build_model` for training, `load_model` for our weights files,
+"""The AllSpark segmenter (METHODS.md 1): `build_model` for training, `load_model` for our weights files,
 `load_official` for checkpoints of the authors' release."""
 from allspark.models.factory import build_model
 from allspark.models.official import load_official

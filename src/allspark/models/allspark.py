@@ -1,4 +1,4 @@
-"""The AllSpark bottleneck: channel-wise attention, Semantic Memory and grouping (spec 1.1-1.3, 5)."""
+"""The AllSpark bottleneck: channel-wise attention, Semantic Memory and grouping (METHODS.md 1.1-1.3, 5)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
 MODULE_ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the Table 5 rows that have the module
 GROUPINGS = config.GROUPINGS
-IN_EPS = 1e-5  # instance norm of the attention maps (spec 1.1)
+IN_EPS = 1e-5  # instance norm of the attention maps (METHODS.md 1.1)
 LN_EPS = 1e-6
 ENCODER_STRIDE = 32
 
@@ -48,7 +48,7 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
 @torch.compiler.disable
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
                       fast: bool = True) -> torch.Tensor:
-    """softmax(IN(q k^T)) v for every map, in fp32 (spec 1.1, 6): q (B, H, n, d); k, v (B, H, m, d)
+    """softmax(IN(q k^T)) v for every map, in fp32 (METHODS.md 1.1, 6): q (B, H, n, d); k, v (B, H, m, d)
     or (1, 1, m, d) shared by all maps. IN normalises each whole (n x m) map; no 1/sqrt(d) scaling.
 
     fast: softmax ignores the one mean IN subtracts per map, so softmax(IN(S)) = softmax(S / std(S));
@@ -77,7 +77,7 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
 
 
 class ChannelAttention(nn.Module):
-    """Channel-wise attention: unlabeled self-attention with heads, labeled cross-attention without (spec 1.1)."""
+    """Channel-wise attention: unlabeled self-attention with heads, labeled cross-attention without (METHODS.md 1.1)."""
 
     def __init__(self, channels: int, heads: int, dropout: float, fast: bool = True):
         super().__init__()
@@ -105,7 +105,8 @@ class ChannelAttention(nn.Module):
 
     def labeled(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention from each image's C*H query channels to all channels of source (S, d, C),
-        shared by the batch; source None: each image's own channels (inference, spec 1.3). (B, d, C) -> (B, d, C)."""
+        shared by the batch; source None: each image's own channels (inference, METHODS.md 1.3). (B, d, C) -> (B, d, C).
+        """
         b, d, c = x.shape
         q = self.q_l(x).mT.unsqueeze(1)  # (B, 1, CH, d)
         kv = x if source is None else source
@@ -117,7 +118,7 @@ class ChannelAttention(nn.Module):
 
 
 class SemanticMemory(nn.Module):
-    """S-Mem (spec 1.2): K FIFO queues of C channel vectors of length d, one write pointer each."""
+    """S-Mem (METHODS.md 1.2): K FIFO queues of C channel vectors of length d, one write pointer each."""
 
     def __init__(self, num_classes: int, channels: int, tokens: int):
         super().__init__()
@@ -127,7 +128,7 @@ class SemanticMemory(nn.Module):
 
 def group_channels(x_u: torch.Tensor, teacher_logits: torch.Tensor, token_grid: tuple[int, int],
                    probs: bool = True) -> torch.Tensor:
-    """Channel-wise Semantic Grouping (spec 1.2): the class of each channel of x_u (B, d, C), d = h*w, by
+    """Channel-wise Semantic Grouping (METHODS.md 1.2): the class of each channel of x_u (B, d, C), d = h*w, by
     cosine similarity with the teacher's class maps (B, K, H, W) resized to token_grid (h, w) -> (B, C).
 
     probs=True: softmax over classes before resizing (paper); False: raw logits (the release).
@@ -144,7 +145,7 @@ def group_channels(x_u: torch.Tensor, teacher_logits: torch.Tensor, token_grid: 
 @torch.no_grad()
 def enqueue(queue: torch.Tensor, ptr: torch.Tensor, channels: torch.Tensor, classes: torch.Tensor) -> None:
     """Write channels (..., d) into the class ring buffers of queue (K, S, d) in place, advancing ptr (K,):
-    vectorised on the device, no host sync; equal to enqueue_sequential (spec 1.2)."""
+    vectorised on the device, no host sync; equal to enqueue_sequential (METHODS.md 1.2)."""
     num_q, slots, d = queue.shape
     channels, classes = channels.reshape(-1, d), classes.reshape(-1)  # (N, d), (N,) in (image, channel) order
     seen = (classes[:, None] == torch.arange(num_q, device=classes.device)).long().cumsum(0)  # (N, K)
@@ -174,7 +175,7 @@ def enqueue_sequential(queue: torch.Tensor, ptr: torch.Tensor, channels: torch.T
 
 
 def gather_from_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Concatenate each tensor over all ranks along dim 0 in rank order (spec 5: every rank writes the
+    """Concatenate each tensor over all ranks along dim 0 in rank order (METHODS.md 5: every rank writes the
     global batch); unchanged without an initialised process group. Needs equal shapes on every rank."""
     if not is_initialized() or dist.get_world_size() == 1:
         return tensors
@@ -187,7 +188,7 @@ def gather_from_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class AllSparkBottleneck(nn.Module):
-    """AllSpark on the last encoder stage (spec 1): map_in, channel attention + residual, map_out.
+    """AllSpark on the last encoder stage (METHODS.md 1): map_in, channel attention + residual, map_out.
 
     Ablations (Table 5): "cca" never writes or reads the memory; "cca_mem" writes all channels without
     grouping, treating the K*C slots as one ring buffer (pointer in ptr[0]); "full" groups channels by class.
@@ -223,13 +224,13 @@ class AllSparkBottleneck(nn.Module):
         return self.map_out(y.reshape(*y.shape[:2], *size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference (spec 1.3): (N, C, h, w) -> (N, C, h, w), each image attending to its own channels."""
+        """Inference (METHODS.md 1.3): (N, C, h, w) -> (N, C, h, w), each image attending to its own channels."""
         tokens = self._tokens(x)
         return self._finish(self.attn.labeled(self.attn_norm(tokens)), tokens, x.shape[-2:])
 
     def forward_semi(self, x_l: torch.Tensor, x_u: torch.Tensor, teacher_logits_u: torch.Tensor | None,
                      use_memory: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training step (spec 1.1, 1.2): (B, C, h, w) x 2 and teacher logits (B, K, H, W) -> (y_l, y_u).
+        """Training step (METHODS.md 1.1, 1.2): (B, C, h, w) x 2 and teacher logits (B, K, H, W) -> (y_l, y_u).
 
         In train mode "cca_mem"/"full" write the memory before the attention; use_memory makes the memory
         the labeled branch's keys (ignored for "cca"). teacher_logits_u is only read by "full".
@@ -257,7 +258,7 @@ class AllSparkBottleneck(nn.Module):
 
     @torch.no_grad()
     def _update_memory(self, norm_u: torch.Tensor, teacher_logits_u: torch.Tensor | None, grid) -> None:
-        """Group (full) and enqueue this step's unlabeled channels from all ranks (spec 1.2, 5)."""
+        """Group (full) and enqueue this step's unlabeled channels from all ranks (METHODS.md 1.2, 5)."""
         queue, ptr = self.memory.queue, self.memory.ptr
         if self.ablation == "full":
             if teacher_logits_u is None:

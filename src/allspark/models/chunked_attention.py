@@ -1,4 +1,4 @@
-"""Unscaled softmax(q k^T) v with dropout on the map, computed in cache-sized chunks (CPU training path, spec 1.1).
+"""Unscaled softmax(q k^T) v with dropout on the map, in cache-sized chunks (CPU training path, METHODS.md 1.1).
 
 CPU SDPA has no fused kernel with dropout: it falls back to the math path, which writes the whole map, a float
 Bernoulli mask and the dropped map to DRAM and keeps them for backward (with the memory on, one AllSpark step

@@ -33,7 +33,7 @@ _MIT_RULES = [
 ]
 
 # The release's decoder (SemiDecoder: `allspark` + SegFormerHead `decoder`) -> our segmenter.
-# The attention weights map 1:1: spec 1.1 fixes the release's head-major q/k/v and
+# The attention weights map 1:1: METHODS.md 1.1 fixes the release's head-major q/k/v and
 # channel-major `out_u` inputs, so no permutation is needed.
 _RELEASE_DECODER_RULES = [
     (r"decoder\.allspark\.(?P<m>map_in\.0|map_out\.0|attn_norm)\.(?P<p>weight|bias)", "allspark.{m}.{p}"),

@@ -1,13 +1,16 @@
 """SegFormer's Mix Transformer (MiT-B0..B5) from `transformers`: sizes, config and the four stages."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import SegformerConfig, SegformerModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-# (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (spec 1).
+# (stage widths, blocks per stage) of each size; heads, sr ratios and patch sizes are shared (METHODS.md 1).
 MIT_SIZES = {
     "mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
     "mit_b1": ((64, 128, 320, 512), (2, 2, 2, 2)),
@@ -67,6 +70,14 @@ class MiTEncoder(nn.Module):
                 block.layernorm_before.eps = self.config.layer_norm_eps
                 block.layernorm_after.eps = self.config.layer_norm_eps
         self.stages.apply(mit_init)  # pretrained weights, when given, are loaded over these
+
+    def checkpoint_blocks(self) -> None:
+        """Recompute every transformer block in the backward pass instead of keeping its activations, through
+        transformers' own switch on its layers; dropout and drop-path replay the same masks (RNG state kept)."""
+        replay = functools.partial(checkpoint, use_reentrant=False)
+        for module in self.stages.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing, module._gradient_checkpointing_func = True, replay
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         feats = []

@@ -8,7 +8,7 @@ from allspark.errors import ConversionError
 from allspark.models.convert import load_exact, read_checkpoint, release_to_ours
 from allspark.models.segmenter import AllSparkSegmenter, model_config
 
-# Key fragments of the published checkpoints' earlier layout (spec 6).
+# Key fragments of the published checkpoints' earlier layout (METHODS.md 6).
 _EARLIER_LAYOUT = re.compile(r"decoder\.allspark\.embeddings\.|(^|\.)encoder\.layer\.\d+\.attn_norm")
 
 
@@ -22,7 +22,7 @@ def load_official(source: str | Path | dict, cfg):
     if earlier:
         raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the "
                               "checkpoints the authors published, which their released code does not load either "
-                              "(spec 6, authors' issue #3); load_official reads the layout of the released "
+                              "(docs/METHODS.md 6, authors' issue #3); load_official reads the layout of the released "
                               "model/semseg/allspark.py")
     model = AllSparkSegmenter(model_config(cfg))
     load_exact(model, converted, where)

@@ -1,4 +1,4 @@
-"""The segmenter of spec 1: MiT encoder -> AllSpark bottleneck on c4 -> SegFormer decode head."""
+"""The segmenter of METHODS.md 1: MiT encoder -> AllSpark bottleneck on c4 -> SegFormer decode head."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,7 @@ from allspark.models.encoders import MiTEncoder
 
 
 class DecodeHead(nn.Module):
-    """SegFormer's all-MLP head (spec 1): per-stage Linear to E, resize to c1, concat c4..c1,
+    """SegFormer's all-MLP head (METHODS.md 1): per-stage Linear to E, resize to c1, concat c4..c1,
     1x1 conv + BN + ReLU, Dropout2d(0.1), 1x1 conv to K classes; initialised as the release's."""
 
     def __init__(self, in_channels: Sequence[int], embed_dim: int, num_classes: int, dropout: float = 0.1):
@@ -53,15 +53,15 @@ class DecodeHead(nn.Module):
 
 
 def default_embed_dim(encoder: str) -> int:
-    """Decode-head width E of spec 1: 256 for MiT-B0/B1, 768 for B2..B5."""
+    """Decode-head width E of METHODS.md 1: 256 for MiT-B0/B1, 768 for B2..B5."""
     return 256 if encoder in ("mit_b0", "mit_b1") else 768
 
 
 class AllSparkSegmenter(nn.Module):
     """Encoder -> AllSpark on c4 (nothing for ablation `none`, plain SegFormer) -> head -> input size.
 
-    `model(images)` is per-image inference (spec 1.3); `model(images_l, images_u=..., ...)` is the
-    training step (spec 1.1) and returns (logits_l, logits_u)."""
+    `model(images)` is per-image inference (METHODS.md 1.3); `model(images_l, images_u=..., ...)` is the
+    training step (METHODS.md 1.1) and returns (logits_l, logits_u)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -85,7 +85,7 @@ class AllSparkSegmenter(nn.Module):
 
     def forward_semi(self, images_l: torch.Tensor, images_u: torch.Tensor,
                      teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False):
-        """One student pass on [labeled ; unlabeled] (spec 2, step 2): encoder and head see the
+        """One student pass on [labeled ; unlabeled] (METHODS.md 2, step 2): encoder and head see the
         whole batch (BatchNorm statistics over both), AllSpark gets the two halves of c4."""
         if images_l.shape[1:] != images_u.shape[1:]:
             raise ValueError(f"labeled and unlabeled images must share a shape; got {tuple(images_l.shape)} "

@@ -23,7 +23,7 @@ def bottleneck_of(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def feature_channels(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """c4 of one normalised image (3, H, W) after map_in and after the whole module, each (C, h, w);
-    the module runs as at inference: the image's own channels are the keys (spec 1.3)."""
+    the module runs as at inference: the image's own channels are the keys (METHODS.md 1.3)."""
     bottleneck = bottleneck_of(model)
     c4 = model.encoder(image[None])[-1]  # (1, C, h, w)
     return bottleneck.map_in(c4)[0], bottleneck(c4)[0]

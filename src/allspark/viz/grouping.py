@@ -17,7 +17,7 @@ def grouping_counts(model: torch.nn.Module, images: Iterable[torch.Tensor], num_
                     probs: bool = True) -> np.ndarray:
     """Channels assigned to each class, summed over normalised images (3, H, W): (K,) int64.
 
-    As in training (spec 1.2) but with the model's eval-mode prediction as the teacher: the channels
+    As in training (METHODS.md 1.2) but with the model's eval-mode prediction as the teacher: the channels
     are the normalised c4 tokens after map_in, compared with the class maps on the token grid."""
     bottleneck = bottleneck_of(model)
     counts = np.zeros(num_classes, dtype=np.int64)
