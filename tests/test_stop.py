@@ -44,7 +44,8 @@ def test_a_stop_signal_saves_the_step_and_the_resumed_run_is_exact(data_root, tm
     train(make_cfg(data_root, whole), progress=False)
     _signal_during_step(monkeypatch, 4, signum)  # iteration 4 is not a checkpoint_every multiple
     with pytest.raises(SystemExit) as code:
-        main(["train", "demo", f"data.root={data_root}", f"run_dir={parts}", *ARGS])
+        main(["train", "demo", f"data.root={data_root}", f"run_dir={parts}", *ARGS,
+              "--threads", "1"])  # as the in-process runs (conftest), for equal sums
     assert code.value.code == status
     assert load_checkpoint(parts)[1]["iteration"] == 5  # the step that was running finished and was saved
     log = (parts / "train.log").read_text().splitlines()
