@@ -6,8 +6,10 @@ from inference_helpers import run_cli, tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Every test on one torch thread: tiny models run faster so, and the test machine's cores are shared."""
+def one_thread(monkeypatch):
+    """Every test on one torch thread, and commands run in-process take one as well (OMP_NUM_THREADS): tiny models
+    run faster so, the test machine's cores are shared, and no busy-machine note lands in a captured stderr."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
