@@ -2,6 +2,7 @@
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,37 @@ def test_every_amp_mode_has_its_dtype_and_autocast():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "off"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_demo_seed_sets_every_rows_training_seed(tmp_path):
+    from allspark.engine import demo
+
+    for run, (preset, _) in demo.DEMO_RUNS.items():
+        assert load_config(preset, demo.demo_overrides(run, tmp_path, tmp_path, 10, seed=7)).train.seed == 7
+
+
+def test_demo_folders_carry_the_seeds_so_no_seed_reuses_anothers():
+    from allspark.engine import demo
+
+    assert demo.default_folders(0, 0) == (Path("runs/demo"), Path("demo_data"))
+    pairs = [(seed, data_seed) for seed in (0, 1, 2) for data_seed in (0, 1, 2)]
+    outs = {demo.default_folders(*pair)[0] for pair in pairs}
+    datas = {demo.default_folders(*pair)[1] for pair in pairs}
+    assert len(outs) == len(pairs) and len(datas) == 3
+
+
+def test_demo_data_seed_generates_another_set_and_refuses_a_mismatched_folder(tmp_path):
+    from allspark.engine import demo
+    from allspark.errors import UsageError
+
+    small = dict(num_train=2, num_val=1, num_classes=3)
+    demo._generate_unless_there(tmp_path / "a", "a set", 0, progress=False, **small)
+    demo._generate_unless_there(tmp_path / "b", "a set", 5, progress=False, **small)
+    first = (tmp_path / "a" / "images" / "train_00000.jpg").read_bytes()
+    assert first != (tmp_path / "b" / "images" / "train_00000.jpg").read_bytes()
+    demo._generate_unless_there(tmp_path / "b", "a set", 5, progress=False, **small)  # the same seed: reused
+    with pytest.raises(UsageError, match=f"{tmp_path / 'b'}.*seed 5, not 0"):
+        demo._generate_unless_there(tmp_path / "b", "a set", 0, progress=False, **small)
+    (tmp_path / "a" / demo.SEED_FILE).unlink()  # a set made before the seed file: seed 0
+    demo._generate_unless_there(tmp_path / "a", "a set", 0, progress=False, **small)
+    assert (tmp_path / "a" / "images" / "train_00000.jpg").read_bytes() == first

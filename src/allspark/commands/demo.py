@@ -5,12 +5,14 @@ import argparse
 from pathlib import Path
 
 from allspark.commands.options import add_threads_option, set_threads
-from allspark.engine.demo import run_demo
+from allspark.engine.demo import default_folders, run_demo
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
-    run_demo(out=Path(args.out), data=Path(args.data), iters=args.iters)
+    out, data = default_folders(args.seed, args.data_seed)
+    run_demo(out=Path(args.out) if args.out else out, data=Path(args.data) if args.data else data,
+             iters=args.iters, seed=args.seed, data_seed=args.data_seed)
     return 0
 
 
@@ -19,8 +21,12 @@ def register(sub) -> None:
                                             "synthetic source set, then train SupBaseline, AllSpark with the paper's "
                                             "loop and AllSpark with the recipe on the same budget, and print their "
                                             "mIoU (what `make demo` runs; minutes on a CPU).")
-    p.add_argument("--out", default="runs/demo", help="parent of the run directories (one per row of the table)")
-    p.add_argument("--data", default="demo_data", help="synthetic dataset folder (generated if missing)")
+    p.add_argument("--out", default=None, help="parent of the run directories (one per row of the table; default "
+                                               "runs/demo, with the seeds in the name when they are not 0)")
+    p.add_argument("--data", default=None, help="synthetic dataset folder, generated if missing (default demo_data, "
+                                                "with the data seed in the name when it is not 0)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: the preset)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the three rows (train.seed)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed that generates the demo set and its split")
     add_threads_option(p)
     p.set_defaults(run=run)

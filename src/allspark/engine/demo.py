@@ -15,6 +15,7 @@ from allspark.config import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import SOURCE_SHAPES, generate_synthetic
 from allspark.engine.trainer import train
+from allspark.errors import UsageError
 from allspark.run_folder import RunFolder
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
@@ -22,22 +23,38 @@ SOURCE_TRAIN, SOURCE_VAL, SOURCE_ITERS = 3000, 200, 1500  # the source set and t
 # the demo's rows: run name -> (preset, label); every row gets the same iteration budget
 DEMO_RUNS = {"sup": ("demo", "SupBaseline"), "allspark": ("demo", "AllSpark, paper's loop"),
              "allspark_recipe": ("demo_recipe", "AllSpark + recipe")}
+SEED_FILE = "data_seed.txt"  # the generation seed of a synthetic set, written before its images
 
 
-def _generate_unless_there(data: Path, what: str, progress: bool = True, **kwargs) -> None:
-    """generate_synthetic(data, size=IMAGE_SIZE, seed=0, **kwargs) unless a complete set (val.txt is written
-    last) is already in `data`."""
-    if not (data / "val.txt").is_file():
-        print(f"generating {what} in {data} ...")
-        generate_synthetic(data, size=IMAGE_SIZE, seed=0, progress=progress, **kwargs)
+def default_folders(seed: int, data_seed: int) -> tuple[Path, Path]:
+    """(out, data) of a demo at training `seed` and generation `data_seed`: runs/demo and demo_data at 0 and 0,
+    names carrying the seeds otherwise, so another seed never resumes or reuses a different one's files."""
+    tag = (f"_seed{seed}" if seed else "") + (f"_data{data_seed}" if data_seed else "")
+    return Path(f"runs/demo{tag}"), Path("demo_data" + (f"_seed{data_seed}" if data_seed else ""))
 
 
-def prepare_demo_data(data: Path, num_classes: int) -> None:
-    """Generate the synthetic set and its labeled/unlabeled split under `data` unless already there."""
-    _generate_unless_there(data, "the synthetic dataset", num_train=NUM_TRAIN, num_val=NUM_VAL,
+def _generate_unless_there(data: Path, what: str, seed: int = 0, progress: bool = True, **kwargs) -> None:
+    """generate_synthetic(data, size=IMAGE_SIZE, seed=seed, **kwargs) unless a complete set (val.txt is written
+    last) is already in `data`; a set generated with another seed is refused (one made before the seed file
+    existed counts as seed 0)."""
+    if (data / "val.txt").is_file():
+        found = int((data / SEED_FILE).read_text()) if (data / SEED_FILE).is_file() else 0
+        if found != seed:
+            raise UsageError(f"{data} holds {what} generated with seed {found}, not {seed}: pass another folder")
+        return
+    print(f"generating {what} in {data} ...")
+    data.mkdir(parents=True, exist_ok=True)
+    (data / SEED_FILE).write_text(f"{seed}\n")
+    generate_synthetic(data, size=IMAGE_SIZE, seed=seed, progress=progress, **kwargs)
+
+
+def prepare_demo_data(data: Path, num_classes: int, seed: int = 0) -> None:
+    """Generate the synthetic set (generation `seed`) and its labeled/unlabeled split (the same seed) under
+    `data` unless already there."""
+    _generate_unless_there(data, "the synthetic dataset", seed, num_train=NUM_TRAIN, num_val=NUM_VAL,
                            num_classes=num_classes)
     if not (data / "splits" / "unlabeled.txt").is_file():
-        make_split(data / "train.txt", data / "splits", count=NUM_LABELED, seed=0)
+        make_split(data / "train.txt", data / "splits", count=NUM_LABELED, seed=seed)
 
 
 def source_overrides(data: Path, run_dir: Path, iters: int, seed: int = 0) -> list[str]:
@@ -55,7 +72,7 @@ def pretrain_source_encoder(out: Path, iters: int = SOURCE_ITERS, extra: tuple[s
     """Train (or resume, or find finished) SupBaseline on the source set, generated under out/source_data if
     missing, in out/source_encoder; returns its weights file, whose encoder `model.pretrained` loads."""
     data, run_dir = out / "source_data", out / "source_encoder"
-    _generate_unless_there(data, "the source set (other shapes, hues and textures)", progress,
+    _generate_unless_there(data, "the source set (other shapes, hues and textures)", 0, progress,
                            num_train=SOURCE_TRAIN, num_val=SOURCE_VAL, num_classes=len(SOURCE_SHAPES) + 1,
                            classes="source")
     cfg = load_config("demo", [*source_overrides(data, run_dir, iters), *extra])
@@ -64,8 +81,10 @@ def pretrain_source_encoder(out: Path, iters: int = SOURCE_ITERS, extra: tuple[s
     return RunFolder(run_dir).weights("latest")
 
 
-def demo_overrides(run: str, out: Path, data: Path, iters: int | None, encoder: Path | None = None) -> list[str]:
-    """Overrides of the demo preset for the `run` of DEMO_RUNS, starting from the `encoder` weights if given:
+def demo_overrides(run: str, out: Path, data: Path, iters: int | None, encoder: Path | None = None,
+                   seed: int = 0) -> list[str]:
+    """Overrides of the demo preset for the `run` of DEMO_RUNS at training `seed`, starting from the `encoder`
+    weights if given:
     every run gets the same iteration budget and about the same number of evaluations, so the epochs (passes
     over the unlabeled list, or over the few labeled images for SupBaseline) are scaled to match."""
     base = load_config("demo")
@@ -74,20 +93,21 @@ def demo_overrides(run: str, out: Path, data: Path, iters: int | None, encoder: 
     per_epoch = NUM_LABELED // base.train.batch_size if run == "sup" else unlabeled_epoch
     epochs = math.ceil(total / per_epoch)
     evals = base.train.epochs // base.train.eval_every
-    overrides = [f"run_dir={out / run}", f"data.root={data}", f"train.max_iters={total}",
+    overrides = [f"run_dir={out / run}", f"data.root={data}", f"train.seed={seed}", f"train.max_iters={total}",
                  f"train.epochs={epochs}", f"train.eval_every={max(1, epochs // evals)}"]
     overrides += [f"model.pretrained={encoder}"] if encoder else []
     return overrides + (["method=sup"] if run == "sup" else [])  # model.ablation follows the method
 
 
-def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"),
-             iters: int | None = None) -> dict[str, dict]:
-    """Train the runs of DEMO_RUNS on the demo set, print the mIoU table; returns {run: result}."""
-    prepare_demo_data(data, load_config("demo").model.num_classes)
+def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None,
+             seed: int = 0, data_seed: int = 0) -> dict[str, dict]:
+    """Train the runs of DEMO_RUNS at training `seed` on the demo set of generation `data_seed`, print the mIoU
+    table; returns {run: result}. The source encoder is the same at every seed: the rows' common start."""
+    prepare_demo_data(data, load_config("demo").model.num_classes, data_seed)
     encoder = pretrain_source_encoder(out)
     results = {}
     for run, (preset, label) in DEMO_RUNS.items():
-        cfg = load_config(preset, demo_overrides(run, out, data, iters, encoder))
+        cfg = load_config(preset, demo_overrides(run, out, data, iters, encoder, seed))
         print(f"\n== {label}: {cfg.run_dir}")
         started = time.time()
         result = train(cfg, device="cpu")
