@@ -15,7 +15,7 @@ from allspark.data.transforms import TrainTransform
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor
-from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_view
+from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_views
 from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.errors import ConfigError
@@ -155,7 +155,7 @@ def test_cutmix_carries_pseudo_labels_confidence_and_ignore_mask():
     batch = {"image": torch.randn(b, 3, s, s), "strong": torch.randn(b, 3, s, s), "box": box,
              "valid": torch.rand(b, s, s) > 0.3}
     logits = torch.randn(b, k, s, s)
-    images, mixed, valid = student_view(batch, logits)
+    images, mixed, valid = student_views(batch, logits)
     source = [1, 2, 0]  # the sample each one's box reads from
     for i in range(b):
         inside, outside = box[i], ~box[i]
@@ -165,7 +165,7 @@ def test_cutmix_carries_pseudo_labels_confidence_and_ignore_mask():
     pseudo, confidence = mixed.argmax(1), mixed.softmax(1).amax(1)
     assert torch.equal(pseudo, cutmix(logits.argmax(1), box))
     assert torch.equal(confidence, cutmix(logits.softmax(1).amax(1), box))
-    assert student_view({k: v for k, v in batch.items() if k != "box"}, logits)[0] is batch["strong"]
+    assert student_views({k: v for k, v in batch.items() if k != "box"}, logits)[0] is batch["strong"]
 
 
 def test_threshold_leaves_out_unconfident_and_padded_pixels():

@@ -36,6 +36,9 @@ WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pi
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
+CUTMIX_PARTNERS = ("roll", "flip")  # recipe.cutmix_partner: the next image of the batch, or its mirror (the release)
+OPTIMIZERS = ("sgd", "adamw")  # train.optimizer
+LR_TIMINGS = ("before", "after")  # train.lr_timing: the poly lr of step i set before it, or after step i - 1
 BEST_OF = ("student", "ema")  # train.best_of: whose validation mIoU `best` follows
 ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
 MIN_CROP = 32  # the smallest crop or window MiT can encode: its first attention reduces 8x8 tokens at stride 4
@@ -106,6 +109,8 @@ class TrainConfig:
     best_of: str = "student"  # student | ema: whose validation mIoU `best` follows (ema: recipe.teacher=ema)
     accumulate: int = 1  # micro-batches of batch_size per optimiser step: one GPU takes a multi-GPU batch
     activation_checkpointing: bool = False  # recompute encoder blocks in the backward pass: less memory, more time
+    optimizer: str = "sgd"  # sgd (momentum) | adamw (betas 0.9/0.999, UniMatch V2's); both take weight_decay
+    lr_timing: str = "before"  # before: step i at poly(i) (METHODS.md 5) | after: at poly(i - 1), UniMatch V2's
 
 
 @dataclass
@@ -128,6 +133,20 @@ class RecipeConfig:
     teacher: str = "student"  # student (the paper) | ema (an exponential moving average of the student)
     ema_momentum: float = 0.999  # teacher = m * teacher + (1 - m) * student after each step
     rampup_iters: int = 0  # the unlabeled weight rises over these first steps (Mean Teacher's curve); 0: from step 0
+    views: int = 1  # student views per unlabeled image: 2 gives each its own strong view and CutMix box (UniMatch V2)
+    cutmix_partner: str = "roll"  # roll: a box shows the next image of the batch | flip: the mirrored batch's (release)
+    comp_drop: bool = False  # complementary channel dropout on the encoder features of the two views (views 2)
+
+
+# `recipe: NAME` in a config: these keys, under whatever the config itself sets (README, recipes). For method sup
+# only the train keys apply: UniMatch V2's labeled-only baseline (its supervised.py) trains with the same optimiser.
+RECIPES = {
+    "unimatch_v2": {
+        "recipe": {"strong_views": True, "views": 2, "cutmix_prob": 0.5, "cutmix_partner": "flip", "comp_drop": True,
+                   "threshold": 0.95, "teacher": "ema", "ema_momentum": 0.996},
+        "train": {"optimizer": "adamw", "lr": 5e-6, "lr_multi": 40.0, "weight_decay": 0.01, "lr_timing": "after"},
+    },
+}
 
 
 @dataclass
@@ -154,6 +173,9 @@ _CHOICES = {
     "eval.miou_over": MIOU_OVER,
     "recipe.teacher": TEACHERS,
     "train.best_of": BEST_OF,
+    "recipe.cutmix_partner": CUTMIX_PARTNERS,
+    "train.optimizer": OPTIMIZERS,
+    "train.lr_timing": LR_TIMINGS,
 }
 
 
@@ -224,7 +246,8 @@ def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence
     the method's, METHOD_ABLATION). Errors start with `where`, or with "command line" for a key among
     `command_line` (the overridden keys)."""
     try:
-        cfg = _build(Config, data or {}, "")
+        data = expand_recipe(data or {})
+        cfg = _build(Config, data, "")
         if "ablation" not in ((data or {}).get("model") or {}):
             cfg.model.ablation = METHOD_ABLATION.get(cfg.method, cfg.model.ablation)
         validate(cfg)
@@ -232,6 +255,27 @@ def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence
         given = any(_related(key, other) for key in err.keys for other in command_line)
         raise ConfigError(f"{'command line' if given else where}: {err}", *err.keys) from None
     return cfg
+
+
+def expand_recipe(data: dict) -> dict:
+    """`data` with a named recipe (`recipe: unimatch_v2`) replaced by its keys (RECIPES), the config's own train
+    keys kept over the recipe's; for method sup only the recipe's train keys."""
+    name = data.get("recipe")
+    if not isinstance(name, str):
+        return data
+    if name not in RECIPES:
+        raise ConfigError(f"key 'recipe' names no recipe: {name!r} (known: {', '.join(RECIPES)}; or a mapping of "
+                          "recipe keys)", "recipe")
+    named = RECIPES[name]
+    own_train = data.get("train") or {}
+    if not isinstance(own_train, dict):
+        return data  # _build reports the malformed section
+    expanded = {**data, "train": {**named["train"], **own_train}}
+    if data.get("method") == "sup":
+        expanded.pop("recipe")
+    else:
+        expanded["recipe"] = dict(named["recipe"])
+    return expanded
 
 
 def model_config_from_dict(data: dict, where: str = "<model config>") -> ModelConfig:
@@ -290,6 +334,7 @@ _RANGES = (
     (("train.ohem_thresh", "recipe.cutmix_prob", "recipe.threshold", "recipe.ema_momentum"), lambda v: 0 <= v <= 1,
      "in [0, 1]"),
     (("eval.stride_ratio",), lambda v: 0 < v <= 1, "in (0, 1]"),
+    (("recipe.views",), lambda v: v in (1, 2), "1 or 2"),
 )
 
 
@@ -321,6 +366,9 @@ def validate(cfg: Config) -> None:
     if cfg.method == "allspark" and cfg.model.ablation == "none":
         raise ConfigError("key 'model.ablation' is 'none' but method is 'allspark'; use method=semi for the "
                           "baseline or one of cca, cca_mem, full", "model.ablation", "method")
+    if cfg.recipe.comp_drop and cfg.recipe.views != 2:
+        raise ConfigError(f"key 'recipe.comp_drop' pairs the two student views of each image; set recipe.views=2 "
+                          f"(got {cfg.recipe.views})", "recipe.comp_drop", "recipe.views")
     if cfg.train.best_of == "ema" and cfg.recipe.teacher != "ema":
         raise ConfigError(f"key 'train.best_of' is 'ema' but recipe.teacher is {cfg.recipe.teacher!r}: only an EMA "
                           "teacher is evaluated apart from the student; set recipe.teacher=ema or train.best_of=student",
@@ -381,6 +429,7 @@ def load_yaml_with_base(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    data = expand_recipe(data)  # here too, so that a file's overrides and a later file's keys go on top
     base = data.pop("base", None)
     if base is None:
         return data

@@ -130,7 +130,7 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     recipe = cfg.recipe
     views = None
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
-        views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob)
+        views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob, recipe.views)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
     sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=derive_seed(cfg.train.seed, stream))
     per_step = cfg.train.batch_size * cfg.train.accumulate  # the trainer splits it into micro-batches
@@ -149,7 +149,8 @@ def build_labeled_loader(cfg: Config, rank: int = 0, world_size: int = 1, length
 
 def build_unlabeled_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Unlabeled batches {"image" (B,3,S,S), "valid" (B,S,S) bool}: geometric augmentation only (the weak view);
-    with recipe.strong_views also "strong" (B,3,S,S), with recipe.cutmix_prob > 0 "box" (B,S,S) bool."""
+    with recipe.strong_views also "strong" (B,3,S,S), with recipe.cutmix_prob > 0 "box" (B,S,S) bool; with
+    recipe.views 2 also "strong2" and "box2", the second view's."""
     return _train_loader(cfg, "unlabeled_list", "unlabeled", _UNLABELED, rank, world_size, None)
 
 

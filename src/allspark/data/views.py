@@ -1,4 +1,4 @@
-"""Extra views of an unlabeled sample for the recipes (README, recipes): a strong view and a CutMix box.
+"""Extra views of an unlabeled sample for the recipes (README, recipes): strong views and CutMix boxes.
 
 Both are drawn from the sample's own seed, like its crop and flip, so a resumed run and any number of
 loader workers see the same ones.
@@ -37,28 +37,32 @@ def cutmix_box(size: int, prob: float, rng: np.random.Generator) -> torch.Tensor
 
 
 class UnlabeledViews:
-    """The extra keys of an unlabeled sample: "strong" (3, S, S), the weak view with the colour part of the
-    augmentation on top (same geometry, so the teacher's pseudo-labels fit it pixel for pixel), and "box"
-    (S, S) bool, the CutMix box of the sample."""
+    """The extra keys of an unlabeled sample, per student view (recipe.views): "strong" (3, S, S), the weak view with
+    the colour part of the augmentation on top (same geometry, so the teacher's pseudo-labels fit it pixel for
+    pixel), and "box" (S, S) bool, the view's CutMix box; a second view adds "strong2" and "box2", drawn apart
+    (UniMatch V2's two strong views)."""
 
-    def __init__(self, crop_size: int, strong: bool, cutmix_prob: float):
+    def __init__(self, crop_size: int, strong: bool, cutmix_prob: float, views: int = 1):
         self.crop_size, self.cutmix_prob = crop_size, cutmix_prob
-        self.colour = A.Compose(colour_steps()) if strong else None
-        self.rng = np.random.default_rng(0)
+        self.colours = [A.Compose(colour_steps()) for _ in range(views)] if strong else []
+        self.rngs = [np.random.default_rng(0) for _ in range(views)]
 
     def reseed(self, seed: int) -> None:
-        """Restart from the sample's seed; the colour steps and the box draw from two children of it, apart
-        from the geometric steps (which use `seed` itself)."""
-        colour_seed, box_seed = derive_seeds(2, seed, 1).tolist()
-        if self.colour is not None:
-            seed_steps(self.colour, colour_seed)
-        self.rng = np.random.default_rng(box_seed)
+        """Restart from the sample's seed; each view's colour steps and box draw from their own children of it,
+        apart from the geometric steps (which use `seed` itself). The first view's children are those a one-view
+        run draws, so adding a second view leaves the first as it was."""
+        seeds = derive_seeds(2 * len(self.rngs), seed, 1).tolist()  # colour, box, colour2, box2
+        for view, colour in enumerate(self.colours):
+            seed_steps(colour, seeds[2 * view])
+        self.rngs = [np.random.default_rng(seeds[2 * view + 1]) for view in range(len(self.rngs))]
 
     def __call__(self, weak: np.ndarray) -> dict[str, torch.Tensor]:
         """The extra keys for the weak view `weak` (S, S, 3) uint8."""
         extra = {}
-        if self.colour is not None:
-            extra["strong"] = normalize_image(self.colour(image=weak)["image"])
-        if self.cutmix_prob > 0:
-            extra["box"] = cutmix_box(self.crop_size, self.cutmix_prob, self.rng)
+        for view, rng in enumerate(self.rngs):
+            suffix = str(view + 1) if view else ""
+            if self.colours:
+                extra["strong" + suffix] = normalize_image(self.colours[view](image=weak)["image"])
+            if self.cutmix_prob > 0:
+                extra["box" + suffix] = cutmix_box(self.crop_size, self.cutmix_prob, rng)
         return extra

@@ -1,4 +1,5 @@
-"""SGD with the two learning-rate groups of METHODS.md 2 and the per-iteration poly schedule of 5 (a LambdaLR)."""
+"""SGD (or UniMatch V2's AdamW) with the two learning-rate groups of METHODS.md 2 and the per-iteration poly
+schedule of 5 (a LambdaLR)."""
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,12 @@ def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict]:
     return [{"params": encoder, "lr": lr, "name": "encoder"}, {"params": rest, "lr": lr * lr_multi, "name": "head"}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(param_groups(model, cfg.lr, cfg.lr_multi), lr=cfg.lr,
-                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """`train.optimizer`: SGD with momentum, or AdamW with betas 0.9/0.999 (train.momentum unused) as UniMatch V2."""
+    groups = param_groups(model, cfg.lr, cfg.lr_multi)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
@@ -26,10 +30,13 @@ def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
     return max(0.0, 1.0 - iteration / total) ** power
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0) -> LambdaLR:
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0, timing: str = "before") -> LambdaLR:
     """The poly schedule over `total` iterations: step i runs at each group's `initial_lr` times
     poly_factor(i, total), set before the step (METHODS.md 5) once `scheduler.step()` follows each optimizer step;
-    `start` places it at step `start` (a resumed run), from the groups' current `initial_lr`."""
+    timing "after": at poly_factor(i - 1) from step 1 on (step 0 at the full lr), as UniMatch V2 sets the next step's
+    lr after each step from the index of the step just taken. `start` places it at step `start` (a resumed run),
+    from the groups' current `initial_lr`."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    return LambdaLR(optimizer, lambda step: poly_factor(step, total), last_epoch=start - 1)
+    lag = 1 if timing == "after" else 0
+    return LambdaLR(optimizer, lambda step: poly_factor(max(step - lag, 0), total), last_epoch=start - 1)

@@ -16,21 +16,43 @@ from allspark.engine.losses import unlabeled_loss
 from allspark.models.allspark import SemanticMemory
 
 
-def cutmix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """x (B, ..., H, W) with the pixels of sample i inside box[i] (B, H, W) taken from sample (i + 1) % B."""
+def cutmix(x: torch.Tensor, box: torch.Tensor, partner: str = "roll") -> torch.Tensor:
+    """x (B, ..., H, W) with the pixels of sample i inside box[i] (B, H, W) taken from its partner: sample
+    (i + 1) % B for "roll", sample B - 1 - i for "flip" (UniMatch V2's mirrored batch; the middle one of an odd
+    batch is its own partner there)."""
     mask = box.view(box.shape[0], *([1] * (x.dim() - 3)), *box.shape[1:])
-    return torch.where(mask, x.roll(-1, 0), x)
+    return torch.where(mask, x.roll(-1, 0) if partner == "roll" else x.flip(0), x)
 
 
-def student_view(batch_u: dict, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, teacher logits, valid) the student learns from: the strong view if the batch has one, else the
-    teacher's own (weak) view; with CutMix boxes, the images, the teacher's logits (so pseudo-labels, confidence
-    and the grouping's probabilities) and the padding mask are all mixed by the same boxes, pixel for pixel."""
-    images, valid = batch_u.get("strong", batch_u["image"]), batch_u["valid"]
-    if "box" in batch_u:
-        box = batch_u["box"]
-        images, teacher_logits, valid = cutmix(images, box), cutmix(teacher_logits, box), cutmix(valid, box)
-    return images, teacher_logits, valid
+VIEW_KEYS = (("strong", "box"), ("strong2", "box2"))  # the batch keys of the student's first and second view
+
+
+def student_views(batch_u: dict, teacher_logits: torch.Tensor, views: int = 1, partner: str = "roll"
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, teacher logits, valid) the student learns from, the `views` views of the batch one after the other
+    along the batch dimension: each the view's strong image if the batch has one, else the teacher's own (weak)
+    view; with CutMix boxes, the images, the teacher's logits (so pseudo-labels, confidence and the grouping's
+    probabilities) and the padding mask are all mixed by that view's boxes, pixel for pixel."""
+    parts = []
+    for image_key, box_key in VIEW_KEYS[:views]:
+        images, logits, valid = batch_u.get(image_key, batch_u["image"]), teacher_logits, batch_u["valid"]
+        if box_key in batch_u:
+            box = batch_u[box_key]
+            images, logits, valid = (cutmix(images, box, partner), cutmix(logits, box, partner),
+                                     cutmix(valid, box, partner))
+        parts.append((images, logits, valid))
+    return parts[0] if views == 1 else tuple(torch.cat(items) for items in zip(*parts))
+
+
+def complementary_masks(pairs: int, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(2 * pairs, channels) channel masks of UniMatch V2's complementary dropout, rows i and pairs + i for the two
+    views of image i: half of the images (rounded down, chosen at random) keep both views whole (1/1); for the
+    others each channel is 2 in one view and 0 in the other (a fair coin per channel), so their two views see
+    disjoint halves of the features, scaled to keep the expectation."""
+    first = torch.bernoulli(torch.full((pairs, channels), 0.5), generator=generator) * 2.0
+    kept = torch.randperm(pairs, generator=generator)[:pairs // 2]
+    first[kept] = 1.0
+    return torch.cat([first, 2.0 - first])
 
 
 def rampup_factor(iteration: int, rampup_iters: int) -> float:

@@ -27,7 +27,8 @@ from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
-from allspark.engine.recipes import EmaTeacher, confident_share, pseudo_label_loss, rampup_factor, student_view
+from allspark.engine.recipes import (EmaTeacher, complementary_masks, confident_share, pseudo_label_loss,
+                                     rampup_factor, student_views)
 from allspark.engine.stop import StopRequest
 from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
                                  truncate_metrics, write_run_config)
@@ -65,7 +66,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.total = total
-        self.scheduler = poly_schedule(self.optimizer, total)
+        self.scheduler = poly_schedule(self.optimizer, total, timing=cfg.train.lr_timing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         student = self.model
         if self.info.distributed:
@@ -93,11 +94,11 @@ class Trainer:
     def losses(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, torch.Tensor]:
         """Forward passes and loss terms of one iteration (METHODS.md 2); batch_u is None for `sup`."""
         t = self.cfg.train
-        images_l, masks = batch_l["image"], batch_l["mask"]
+        images_l, masks_l = batch_l["image"], batch_l["mask"]
         if self.cfg.method == "sup":
             with autocast(self.device, self.cfg.train.amp):
                 logits_l = self.student(images_l)
-            loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
+            loss_l = labeled_loss(logits_l, masks_l, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
             return {"loss": loss_l, "loss_l": loss_l, "loss_u": torch.zeros_like(loss_l)}
         self.model.eval()  # the student as its own teacher; an EMA teacher is always in eval mode
         with torch.no_grad(), autocast(self.device, self.cfg.train.amp):
@@ -105,14 +106,20 @@ class Trainer:
         self.model.train()
         recipe = self.cfg.recipe
         mask_ratio = confident_share(teacher_logits, batch_u["valid"], recipe.threshold)  # on the teacher's view
-        # the memory is written from this pass: the student's channels of its own view, grouped by the
+        # the memory is written from this pass: the student's channels of its own views, grouped by the
         # teacher's probabilities carried through the same CutMix boxes
-        images_u, teacher_logits, valid = student_view(batch_u, teacher_logits)
+        images_u, teacher_logits, valid = student_views(batch_u, teacher_logits, recipe.views, recipe.cutmix_partner)
+        masks = None
+        if recipe.comp_drop:
+            masks = complementary_masks(len(batch_u["image"]), max(self.model.encoder.channels)).to(self.device)
         with autocast(self.device, self.cfg.train.amp):
             logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
-                                              use_memory=use_memory)
-        loss_l = labeled_loss(logits_l, masks, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
-        loss_u = pseudo_label_loss(logits_u, teacher_logits, valid, recipe.threshold)
+                                              use_memory=use_memory, channel_masks=masks)
+        loss_l = labeled_loss(logits_l, masks_l, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
+        # one term per view, each over its own unpadded pixels, then their mean (UniMatch V2's (s1 + s2) / 2)
+        loss_u = torch.stack([pseudo_label_loss(*parts, recipe.threshold) for parts in
+                              zip(logits_u.chunk(recipe.views), teacher_logits.chunk(recipe.views),
+                                  valid.chunk(recipe.views))]).mean()
         weight = recipe.unlabeled_weight * rampup_factor(self.iteration, recipe.rampup_iters)
         return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u, "mask_ratio": mask_ratio}
 
@@ -163,7 +170,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for group, hyper in zip(self.optimizer.param_groups, wanted):
             group.update(hyper)
-        self.scheduler = poly_schedule(self.optimizer, self.total, start=state["iteration"])
+        self.scheduler = poly_schedule(self.optimizer, self.total, start=state["iteration"],
+                                       timing=self.cfg.train.lr_timing)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]

@@ -52,6 +52,13 @@ class DecodeHead(nn.Module):
         return self.classifier(self.dropout(x))  # (N, K, H/4, W/4)
 
 
+def mask_channels(feat: torch.Tensor, masks: torch.Tensor, start: int) -> torch.Tensor:
+    """feat (N, C_s, h, w) with rows start.. multiplied by masks (N - start, C) channel by channel, its first C_s
+    columns: one draw serves every stage, as UniMatch V2's one mask serves its four equally wide DINOv2 layers."""
+    scale = torch.cat([masks.new_ones(start, feat.shape[1]), masks[:, :feat.shape[1]]]).to(feat.dtype)
+    return feat * scale[:, :, None, None]
+
+
 def default_embed_dim(encoder: str) -> int:
     """Decode-head width E of METHODS.md 1: 256 for MiT-B0/B1, 768 for B2..B5."""
     return 256 if encoder in ("mit_b0", "mit_b1") else 768
@@ -75,23 +82,28 @@ class AllSparkSegmenter(nn.Module):
         self.head = DecodeHead(self.encoder.channels, cfg.embed_dim or default_embed_dim(cfg.encoder), cfg.num_classes)
 
     def forward(self, images: torch.Tensor, images_u: torch.Tensor | None = None,
-                teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False):
+                teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False,
+                channel_masks: torch.Tensor | None = None):
         if images_u is not None:
-            return self.forward_semi(images, images_u, teacher_logits_u, use_memory)
+            return self.forward_semi(images, images_u, teacher_logits_u, use_memory, channel_masks)
         feats = self.encoder(images)
         if self.allspark is not None:
             feats[3] = self.allspark(feats[3])  # (N, C, h, w), each image on its own
         return self._decode(feats, images.shape[-2:])
 
     def forward_semi(self, images_l: torch.Tensor, images_u: torch.Tensor,
-                     teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False):
+                     teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False,
+                     channel_masks: torch.Tensor | None = None):
         """One student pass on [labeled ; unlabeled] (METHODS.md 2, step 2): encoder and head see the
-        whole batch (BatchNorm statistics over both), AllSpark gets the two halves of c4."""
+        whole batch (BatchNorm statistics over both), AllSpark gets the two halves of c4. channel_masks
+        (B_u, C) scale the unlabeled rows' encoder features channel by channel (recipe.comp_drop)."""
         if images_l.shape[1:] != images_u.shape[1:]:
             raise ValueError(f"labeled and unlabeled images must share a shape; got {tuple(images_l.shape)} "
                              f"and {tuple(images_u.shape)}")
         n_l = images_l.shape[0]
         feats = self.encoder(torch.cat([images_l, images_u]))
+        if channel_masks is not None:
+            feats = [mask_channels(feat, channel_masks, n_l) for feat in feats]
         if self.allspark is not None:
             y_l, y_u = self.allspark.forward_semi(feats[3][:n_l], feats[3][n_l:], teacher_logits_u, use_memory)
             feats[3] = torch.cat([y_l, y_u])  # (B_l + B_u, C, h, w)
