@@ -257,9 +257,10 @@ def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence
     return cfg
 
 
-def expand_recipe(data: dict) -> dict:
-    """`data` with a named recipe (`recipe: unimatch_v2`) replaced by its keys (RECIPES), the config's own train
-    keys kept over the recipe's; for method sup only the recipe's train keys."""
+def expand_recipe(data: dict, over: bool = False) -> dict:
+    """`data` with a named recipe (`recipe: unimatch_v2`) replaced by its keys (RECIPES); for method sup only the
+    recipe's train keys. The config's own train keys stay over the recipe's, or with `over` (a `recipe=NAME`
+    override) the recipe's over those set so far."""
     name = data.get("recipe")
     if not isinstance(name, str):
         return data
@@ -270,7 +271,8 @@ def expand_recipe(data: dict) -> dict:
     own_train = data.get("train") or {}
     if not isinstance(own_train, dict):
         return data  # _build reports the malformed section
-    expanded = {**data, "train": {**named["train"], **own_train}}
+    train = {**own_train, **named["train"]} if over else {**named["train"], **own_train}
+    expanded = {**data, "train": train}
     if data.get("method") == "sup":
         expanded.pop("recipe")
     else:
@@ -400,6 +402,8 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{part}' is not a section")
         node[parts[-1]] = value
+        if key == "recipe":
+            data = expand_recipe(data, over=True)  # so that later overrides can change its keys
     return data
 
 
