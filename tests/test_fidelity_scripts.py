@@ -13,6 +13,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 # one entry per release: the script and the arguments of its brief run (well under a minute on one thread)
 SCRIPTS = [
     ["fidelity_allspark.py", "--quick", "--threads", "1"],
+    ["fidelity_v2_training.py", "--steps", "4", "--threads", "1"],
 ]
 
 

@@ -112,7 +112,8 @@ def test_a_second_view_leaves_the_first_and_draws_its_own():
 def test_recipe_name_expands_to_its_keys_and_the_command_line_wins(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2")
     named = RECIPES["unimatch_v2"]
-    assert cfg.recipe == RecipeConfig(**named["recipe"])
+    assert cfg.recipe == RecipeConfig(**{**named["recipe"], "passes": "joint"})  # AllSpark's module: one pass
+    assert make_cfg(data_root, tmp_path, "semi", "recipe=unimatch_v2").recipe == RecipeConfig(**named["recipe"])
     assert {k: getattr(cfg.train, k) for k in named["train"]} == named["train"]
     assert cfg.train.epochs == 2  # what the recipe does not name stays
     tweaked = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2", "recipe.threshold=0.9",
@@ -135,7 +136,8 @@ def test_recipe_name_in_a_file_keeps_the_files_train_keys(tmp_path):
                                            ("recipe.cutmix_partner=mirror", "recipe.cutmix_partner"),
                                            ("train.optimizer=adam", "train.optimizer"),
                                            ("train.lr_timing=later", "train.lr_timing"),
-                                           ("recipe.comp_drop=true", "recipe.comp_drop")])
+                                           ("recipe.comp_drop=true", "recipe.comp_drop"),
+                                           ("recipe.passes=apart", "recipe.passes")])
 def test_bad_v2_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config("demo", [override])
@@ -143,9 +145,10 @@ def test_bad_v2_values_name_the_key(override, key):
 
 def _v2_reference(model, cfg, batch_l, batch_u, masks, steps, total):
     """unimatch_v2.py's loop written plainly on our model: the EMA teacher on the weak view; each strong view mixed
-    with the mirrored batch inside its box, and so its pseudo-labels, confidence and ignore mask; one student pass
-    with the fixed channel masks; (CE_l + (s1 + s2) / 2) / 2 with conf >= 0.95 and padding out, over the unpadded
-    pixels; AdamW, the poly lr of step i set after it; EMA ratio min(1 - 1 / (i + 1), 0.996)."""
+    with the mirrored batch inside its box, and so its pseudo-labels, confidence and ignore mask; the student's
+    passes (labeled, then the views, as the release; one for AllSpark) with the fixed channel masks;
+    (CE_l + (s1 + s2) / 2) / 2 with conf >= 0.95 and padding out, over the unpadded pixels; AdamW, the poly lr of
+    step i set after it; EMA ratio min(1 - 1 / (i + 1), 0.996)."""
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     encoder = {id(p) for p in model.encoder.parameters()}
     lr, multi = cfg.train.lr, cfg.train.lr_multi
@@ -171,8 +174,11 @@ def _v2_reference(model, cfg, batch_l, batch_u, masks, steps, total):
             ignores.append(torch.where(box, ignore.flip(0), ignore))
         mixed_logits = torch.cat([torch.where(batch_u[b][:, None], pred.flip(0), pred) for b in ("box", "box2")])
         model.train()
-        logits_l, logits_u = model(batch_l["image"], images_u=torch.cat(images), teacher_logits_u=mixed_logits,
-                                   use_memory=False, channel_masks=masks)
+        if cfg.recipe.passes == "apart":  # the release's two passes
+            logits_l, logits_u = model(batch_l["image"]), model(torch.cat(images), channel_masks=masks)
+        else:  # one pass, as the AllSpark module needs
+            logits_l, logits_u = model(batch_l["image"], images_u=torch.cat(images), teacher_logits_u=mixed_logits,
+                                       use_memory=False, channel_masks=masks)
         loss_x = F.cross_entropy(logits_l, batch_l["mask"], ignore_index=255)
         terms = []
         for pred_s, m, c, ig in zip(logits_u.chunk(2), labels, confs, ignores):
@@ -197,6 +203,7 @@ def _v2_reference(model, cfg, batch_l, batch_u, masks, steps, total):
 @pytest.mark.parametrize("method", ["semi", "allspark"])
 def test_v2_loop_with_fixed_masks_equals_the_plain_reference(data_root, tmp_path, monkeypatch, method):
     cfg = make_cfg(data_root, tmp_path, method, *V2)
+    assert cfg.recipe.passes == ("apart" if method == "semi" else "joint")
     batch_l, batch_u = _batches(cfg)
     assert {"strong", "strong2", "box", "box2"} <= set(batch_u) and batch_u["box"].any() and batch_u["box2"].any()
     torch.manual_seed(0)
@@ -289,6 +296,9 @@ def test_each_v2_switch_changes_only_its_part(data_root, tmp_path, monkeypatch):
                     "recipe.cutmix_partner=flip")
     flip, _ = _first_steps(four, *_batches(four), steps=1)
     assert flip[0]["mask_ratio"] == rolled[0]["mask_ratio"] and flip[0]["loss_u"] != rolled[0]["loss_u"]
+    # passes apart: the labeled batch alone through the student, so its BatchNorm statistics and loss change
+    apart, _ = _first_steps(make_cfg(data_root, tmp_path, "semi", *base, "recipe.passes=apart"), batch_l, batch_u)
+    assert apart[0]["mask_ratio"] == plain[0]["mask_ratio"] and apart[0]["loss_l"] != plain[0]["loss_l"]
     # views 2: the first view's term is the one-view run's
     one, _ = _first_steps(make_cfg(data_root, tmp_path, "semi", *base[:2]), batch_l, batch_u, steps=1)
     assert one[0]["mask_ratio"] == plain[0]["mask_ratio"] and one[0]["loss_u"] != plain[0]["loss_u"]

@@ -113,8 +113,11 @@ class Trainer:
         if recipe.comp_drop:
             masks = complementary_masks(len(batch_u["image"]), max(self.model.encoder.channels)).to(self.device)
         with autocast(self.device, self.cfg.train.amp):
-            logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
-                                              use_memory=use_memory, channel_masks=masks)
+            if recipe.passes == "apart":  # UniMatch V2: labeled, then the views (BatchNorm statistics per pass)
+                logits_l, logits_u = self.student(images_l), self.student(images_u, channel_masks=masks)
+            else:
+                logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
+                                                  use_memory=use_memory, channel_masks=masks)
         loss_l = labeled_loss(logits_l, masks_l, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
         # one term per view, each over its own unpadded pixels, then their mean (UniMatch V2's (s1 + s2) / 2)
         loss_u = torch.stack([pseudo_label_loss(*parts, recipe.threshold) for parts in

@@ -68,7 +68,8 @@ class AllSparkSegmenter(nn.Module):
     """Encoder -> AllSpark on c4 (nothing for ablation `none`, plain SegFormer) -> head -> input size.
 
     `model(images)` is per-image inference (METHODS.md 1.3); `model(images_l, images_u=..., ...)` is the
-    training step (METHODS.md 1.1) and returns (logits_l, logits_u)."""
+    training step (METHODS.md 1.1) and returns (logits_l, logits_u); `model(images, channel_masks=...)` scales the
+    encoder features channel by channel (recipe.comp_drop)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -87,6 +88,8 @@ class AllSparkSegmenter(nn.Module):
         if images_u is not None:
             return self.forward_semi(images, images_u, teacher_logits_u, use_memory, channel_masks)
         feats = self.encoder(images)
+        if channel_masks is not None:  # a pass of unlabeled views alone (recipe.passes apart)
+            feats = [mask_channels(feat, channel_masks, 0) for feat in feats]
         if self.allspark is not None:
             feats[3] = self.allspark(feats[3])  # (N, C, h, w), each image on its own
         return self._decode(feats, images.shape[-2:])
