@@ -412,7 +412,10 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
                 raise ConfigError(f"override '{text}': '{part}' is not a section")
         node[parts[-1]] = value
         if key == "recipe":
-            data = expand_recipe(data, over=True)  # so that later overrides can change its keys
+            try:
+                data = expand_recipe(data, over=True)  # so that later overrides can change its keys
+            except ConfigError as err:
+                raise ConfigError(f"command line: {err}", *err.keys) from None
     return data
 
 

@@ -3,7 +3,8 @@
 Per iteration: teacher pass (eval mode, no gradient) on the unlabeled batch -> pseudo-labels and the
 logits that feed grouping; student pass (train mode) on [labeled; unlabeled]; (CE_l + CE_u) / 2;
 SGD with the poly lr set before the step. Resumable from `latest` at any iteration. The `recipe`
-section changes the teacher, the student's unlabeled view and the unlabeled term (engine/recipes.py).
+section changes the teacher, the student's unlabeled views and passes and the unlabeled term
+(engine/recipes.py); `train.optimizer` and `train.lr_timing` give UniMatch V2's AdamW and lr order.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class Trainer:
         return {"loss": (loss_l + weight * loss_u) / 2, "loss_l": loss_l, "loss_u": loss_u, "mask_ratio": mask_ratio}
 
     def step(self, batch_l: dict, batch_u: dict | None, use_memory: bool) -> dict[str, float]:
-        """One optimisation step at the schedule's lr (METHODS.md 5: set before the step); returns the rank-averaged
+        """One optimisation step at the schedule's lr (METHODS.md 5, train.lr_timing); returns the rank-averaged
         losses (and, with unlabeled images, the share of their pixels the threshold keeps) and that lr. With
         `train.accumulate` N the batches hold N micro-batches, whose gradients add up before the one update
         (README: what differs from one large batch). Raises NonFiniteLossError before touching the weights when
