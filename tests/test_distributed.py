@@ -45,7 +45,7 @@ def worker(root: str, run_dir: str, out: str) -> None:
 
 
 def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Two ranks of this file's worker (`mode`: none, or "stop") on fresh synthetic data: (run, out, process)."""
+    """Two ranks of this file's worker (`mode`: none, "stop" or "v2") on fresh synthetic data: (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
 
@@ -120,6 +120,42 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert state["iteration"] == 3 and len(state["rng"]) == 2
 
 
+def v2_worker(root: str, run_dir: str, out: str) -> None:
+    """One rank of `method=semi recipe=unimatch_v2`: two student passes per step (labeled, then the views) under
+    DDP, then the parameters of every rank."""
+    from allspark import distributed as dist_utils
+    from allspark.config import load_config
+    from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
+    from allspark.engine.trainer import Trainer
+
+    torch.set_num_threads(1)
+    info = dist_utils.init_distributed("cpu")
+    cfg = load_config("demo", ["method=semi", "recipe=unimatch_v2", f"data.root={root}", f"run_dir={run_dir}",
+                               "model.crop_size=64", "train.batch_size=2"])
+    dist_utils.seed_everything(cfg.train.seed)
+    trainer = Trainer(cfg, info, total=10)
+    dist_utils.seed_everything(cfg.train.seed, info.rank)
+    start = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
+    batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
+    for _ in range(2):
+        trainer.step(batch_l, batch_u, use_memory=False)
+    params = dist_utils.all_gather_object({name: p.detach().clone() for name, p in trainer.model.named_parameters()})
+    if info.is_main:
+        Path(out).write_text(json.dumps({
+            "equal": all(torch.equal(params[0][k], params[1][k]) for k in params[0]),
+            "moved": any(not torch.equal(params[0][k], start[k]) for k in start)}))
+    dist_utils.cleanup()
+
+
+@pytest.mark.slow
+def test_v2_loops_two_passes_keep_the_ranks_in_step(tmp_path):
+    """BatchNorm statistics stay per rank (no SyncBatchNorm on CPU); the parameters must agree."""
+    _, out, done = _torchrun(tmp_path, "v2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"equal": True, "moved": True}
+
+
 def test_nproc_relaunches_under_torchrun(monkeypatch):
     from allspark.cli import main
     from allspark.commands import train as train_command
@@ -148,5 +184,7 @@ def test_nproc_relaunches_under_torchrun(monkeypatch):
 if __name__ == "__main__":
     if sys.argv[1] == "stop":
         stop_worker(*sys.argv[2:5])
+    elif sys.argv[1] == "v2":
+        v2_worker(*sys.argv[2:5])
     else:
         worker(*sys.argv[1:4])
