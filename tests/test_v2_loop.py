@@ -112,8 +112,7 @@ def test_a_second_view_leaves_the_first_and_draws_its_own():
 def test_recipe_name_expands_to_its_keys_and_the_command_line_wins(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2")
     named = RECIPES["unimatch_v2"]
-    assert cfg.recipe == RecipeConfig(**{**named["recipe"], "passes": "joint"})  # AllSpark's module: one pass
-    assert make_cfg(data_root, tmp_path, "semi", "recipe=unimatch_v2").recipe == RecipeConfig(**named["recipe"])
+    assert cfg.recipe == RecipeConfig(**named["recipe"]) and cfg.recipe.passes == "auto"
     assert {k: getattr(cfg.train, k) for k in named["train"]} == named["train"]
     assert cfg.train.epochs == 2  # what the recipe does not name stays
     tweaked = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2", "recipe.threshold=0.9",
@@ -174,7 +173,7 @@ def _v2_reference(model, cfg, batch_l, batch_u, masks, steps, total):
             ignores.append(torch.where(box, ignore.flip(0), ignore))
         mixed_logits = torch.cat([torch.where(batch_u[b][:, None], pred.flip(0), pred) for b in ("box", "box2")])
         model.train()
-        if cfg.recipe.passes == "apart":  # the release's two passes
+        if cfg.method == "semi":  # the release's two passes
             logits_l, logits_u = model(batch_l["image"]), model(torch.cat(images), channel_masks=masks)
         else:  # one pass, as the AllSpark module needs
             logits_l, logits_u = model(batch_l["image"], images_u=torch.cat(images), teacher_logits_u=mixed_logits,
@@ -203,11 +202,11 @@ def _v2_reference(model, cfg, batch_l, batch_u, masks, steps, total):
 @pytest.mark.parametrize("method", ["semi", "allspark"])
 def test_v2_loop_with_fixed_masks_equals_the_plain_reference(data_root, tmp_path, monkeypatch, method):
     cfg = make_cfg(data_root, tmp_path, method, *V2)
-    assert cfg.recipe.passes == ("apart" if method == "semi" else "joint")
     batch_l, batch_u = _batches(cfg)
     assert {"strong", "strong2", "box", "box2"} <= set(batch_u) and batch_u["box"].any() and batch_u["box2"].any()
     torch.manual_seed(0)
     trainer = Trainer(cfg, total=10)
+    assert trainer.two_passes == (method == "semi")  # auto: one pass for the AllSpark module
     start = copy.deepcopy(trainer.model.state_dict())
     masks = complementary_masks(2, max(trainer.model.encoder.channels), torch.Generator().manual_seed(3))
     monkeypatch.setattr(trainer_module, "complementary_masks", lambda pairs, channels: masks)

@@ -37,7 +37,7 @@ WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
 CUTMIX_PARTNERS = ("roll", "flip")  # recipe.cutmix_partner: the next image of the batch, or its mirror (the release)
-PASSES = ("joint", "apart")  # recipe.passes: the student's labeled and unlabeled images in one pass or two
+PASSES = ("joint", "apart", "auto")  # recipe.passes: the student's images in one pass or two; auto: two unless AllSpark
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer
 LR_TIMINGS = ("before", "after")  # train.lr_timing: the poly lr of step i set before it, or after step i - 1
 BEST_OF = ("student", "ema")  # train.best_of: whose validation mIoU `best` follows
@@ -138,6 +138,7 @@ class RecipeConfig:
     cutmix_partner: str = "roll"  # roll: a box shows the next image of the batch | flip: the mirrored batch's (release)
     comp_drop: bool = False  # complementary channel dropout on the encoder features of the two views (views 2)
     passes: str = "joint"  # joint: [labeled; unlabeled] in one student pass (the paper) | apart: two (UniMatch V2)
+    # | auto: apart, or joint where the model has the AllSpark module (it reads both halves of one pass)
 
 
 # `recipe: NAME` in a config: these keys, under whatever the config itself sets (README, recipes). For method sup
@@ -145,7 +146,7 @@ class RecipeConfig:
 RECIPES = {
     "unimatch_v2": {
         "recipe": {"strong_views": True, "views": 2, "cutmix_prob": 0.5, "cutmix_partner": "flip", "comp_drop": True,
-                   "threshold": 0.95, "teacher": "ema", "ema_momentum": 0.996, "passes": "apart"},
+                   "threshold": 0.95, "teacher": "ema", "ema_momentum": 0.996, "passes": "auto"},
         "train": {"optimizer": "adamw", "lr": 5e-6, "lr_multi": 40.0, "weight_decay": 0.01, "lr_timing": "after"},
     },
 }
@@ -280,8 +281,6 @@ def expand_recipe(data: dict, over: bool = False) -> dict:
         expanded.pop("recipe")
     else:
         expanded["recipe"] = dict(named["recipe"])
-        if data.get("method", Config.method) == "allspark":
-            expanded["recipe"]["passes"] = "joint"  # the AllSpark module takes both halves in one pass
     return expanded
 
 
@@ -375,7 +374,7 @@ def validate(cfg: Config) -> None:
                           "baseline or one of cca, cca_mem, full", "model.ablation", "method")
     if cfg.recipe.passes == "apart" and cfg.model.ablation != "none":
         raise ConfigError("key 'recipe.passes' is 'apart' but the model has the AllSpark module, whose labeled "
-                          "branch reads the unlabeled half of the same pass; use recipe.passes=joint",
+                          "branch reads the unlabeled half of the same pass; use recipe.passes=joint or auto",
                           "recipe.passes", "model.ablation")
     if cfg.recipe.comp_drop and cfg.recipe.views != 2:
         raise ConfigError(f"key 'recipe.comp_drop' pairs the two student views of each image; set recipe.views=2 "

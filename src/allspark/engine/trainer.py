@@ -80,6 +80,8 @@ class Trainer:
                 broadcast_buffers=False)
         self.student = torch.compile(student) if cfg.train.compile else student
         self.ema = EmaTeacher(self.model, cfg.recipe.ema_momentum) if cfg.recipe.teacher == "ema" else None
+        # the AllSpark module reads the unlabeled half of the labeled images' pass, so `auto` keeps one pass there
+        self.two_passes = cfg.recipe.passes == "apart" or (cfg.recipe.passes == "auto" and cfg.model.ablation == "none")
         teacher = self.ema.model if self.ema else self.model
         self.teacher = torch.compile(teacher) if cfg.train.compile else teacher
 
@@ -114,7 +116,7 @@ class Trainer:
         if recipe.comp_drop:
             masks = complementary_masks(len(batch_u["image"]), max(self.model.encoder.channels)).to(self.device)
         with autocast(self.device, self.cfg.train.amp):
-            if recipe.passes == "apart":  # UniMatch V2: labeled, then the views (BatchNorm statistics per pass)
+            if self.two_passes:  # UniMatch V2: labeled, then the views (BatchNorm statistics per pass)
                 logits_l, logits_u = self.student(images_l), self.student(images_u, channel_masks=masks)
             else:
                 logits_l, logits_u = self.student(images_l, images_u=images_u, teacher_logits_u=teacher_logits,
