@@ -34,7 +34,7 @@ from release_harness import DEFAULT_REFERENCE, import_harness
 class ReleaseShaped(nn.Module):
     """Our segmenter as the harness expects the release's DPT: encoder as `backbone` (registered first, so its
     parameters are named backbone.*), `model(x, comp_drop=True)` scaling the encoder features of the stacked strong
-    views by the next of `masks` (the release's per-channel mask, sliced to each stage's width as ours is)."""
+    views by the next of `masks`, channel by channel, as the release's DPT does."""
 
     def __init__(self, net: nn.Module, masks: list[torch.Tensor]):
         super().__init__()
@@ -43,11 +43,7 @@ class ReleaseShaped(nn.Module):
         self.masks = masks
 
     def forward(self, x: torch.Tensor, comp_drop: bool = False) -> torch.Tensor:
-        feats = self.backbone(x)
-        if comp_drop:
-            mask = self.masks.pop(0)
-            feats = [feat * mask[:, :feat.shape[1], None, None] for feat in feats]
-        return self.net._decode(feats, x.shape[-2:])
+        return self.net(x, channel_masks=self.masks.pop(0) if comp_drop else None)
 
 
 def deterministic(model: nn.Module) -> nn.Module:
