@@ -11,7 +11,8 @@ in one pass (METHODS.md), which only batch statistics and dropout draws could te
 neither (until that model is in the package, MiT-B0 stands in for it).
 
 Per step: losses, mask ratio, both learning rates, the student's and the EMA teacher's weights (relative); at the
-end the validation mIoU of the EMA teacher by both evaluations. One line per check; the last line is
+end the validation mIoU of the EMA teacher by both evaluations, and the CutMix boxes of `cutmix_boxes: release`
+against the release's own sampler (share with a box, share taller than wide, mean area). One line per check; the last line is
 `fidelity: PASS`, or `fidelity: FAIL` with exit status 1.
 
     .venv/bin/python benchmarks/fidelity_v2_training.py --threads 1     # 10 steps each side, ~1 min
@@ -148,6 +149,39 @@ def semi_checks(report: Report, harness, root: Path, args) -> None:
                  abs(ours - release), 1e-6)
 
 
+def box_shapes(draw, count: int) -> dict[str, float]:
+    """Statistics of `count` boxes from draw() ((S, S) masks; empty when no box): the share with a box, then over
+    the boxes the share taller than wide and the mean area over the crop."""
+    kept, tall, area = 0, 0, 0.0
+    for _ in range(count):
+        mask = torch.as_tensor(draw()).bool()
+        if mask.any():
+            rows, cols = mask.any(1).sum().item(), mask.any(0).sum().item()
+            kept, tall, area = kept + 1, tall + (rows > cols), area + mask.float().mean().item()
+    return {"box": kept / count, "taller": tall / kept, "area": area / kept}
+
+
+def box_checks(report: Report, harness, args) -> None:
+    """recipe.cutmix_boxes=release against the release's obtain_cutmix_box (its own code, NumPy's global
+    generator): the same distribution, within 4 standard errors of the difference of two samples."""
+    import random
+
+    import numpy as np
+
+    from allspark.data.views import release_cutmix_box
+    harness.load_release()
+    from dataset.transform import obtain_cutmix_box  # the release's module, put on sys.path by load_release
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    theirs = box_shapes(lambda: obtain_cutmix_box(args.crop, p=0.5), args.boxes)
+    rng = np.random.default_rng(args.seed)
+    ours = box_shapes(lambda: release_cutmix_box(args.crop, 0.5, rng), args.boxes)
+    for key, spread in (("box", 0.5), ("taller", 0.45), ("area", 0.11)):  # the statistic's standard deviation
+        bound = 4 * spread * (2 / (args.boxes * (0.5 if key != "box" else 1))) ** 0.5
+        report.check(f"boxes: {key}, ours {ours[key]:.4f} vs release {theirs[key]:.4f}",
+                     abs(ours[key] - theirs[key]), bound)
+
+
 def sup_checks(report: Report, harness, root: Path, args) -> None:
     cfg = config(root, "sup", args)
     torch.manual_seed(args.seed)
@@ -177,6 +211,7 @@ def main() -> None:
                    "release's evaluation resizes nothing")
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--boxes", type=int, default=20000, help="CutMix boxes drawn by each sampler")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tol", type=float, default=1e-5, help="relative, float32")
     args = p.parse_args()
@@ -192,6 +227,7 @@ def main() -> None:
         make_split(root / "train.txt", root / "splits", count=4, seed=args.seed)
         semi_checks(report, harness, root, args)
         sup_checks(report, harness, root, args)
+    box_checks(report, harness, args)
     if report.failed:
         print(f"fidelity: FAIL ({len(report.failed)} checks: {', '.join(report.failed[:5])})")
         sys.exit(1)

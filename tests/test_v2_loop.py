@@ -109,6 +109,28 @@ def test_a_second_view_leaves_the_first_and_draws_its_own():
     assert any(not torch.equal(d["box"], d["box2"]) for _, d in pairs)
 
 
+@pytest.mark.parametrize("boxes, taller", [("symmetric", (0.42, 0.58)), ("release", (0.67, 0.79))])
+def test_box_samplers_differ_in_shape_only(boxes, taller):
+    """UniMatch's draw (h / w uniform in 0.3..3.3, the corner redrawn until the box fits) makes about 3 in 4 boxes
+    taller than wide; ours, log-uniform, as many tall as wide. Both: one rectangle inside the crop, 2..40 % of it,
+    with the given probability."""
+    views = UnlabeledViews(40, False, 0.5, boxes=boxes)
+    views.reseed(0)
+    weak = np.zeros((40, 40, 3), dtype=np.uint8)
+    drawn = [views(weak)["box"] for _ in range(1500)]
+    kept = [box for box in drawn if box.any()]
+    assert 0.45 < len(kept) / len(drawn) < 0.55
+    shares, tall = [], 0
+    for box in kept:
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert box.sum() == height * width and rows[-1] - rows[0] + 1 == height  # one rectangle
+        shares.append(height * width / 1600)
+        tall += height > width
+    assert taller[0] < tall / len(kept) < taller[1]
+    assert 0.005 < min(shares) and max(shares) <= 0.41
+
+
 def test_recipe_name_expands_to_its_keys_and_the_command_line_wins(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2")
     named = RECIPES["unimatch_v2"]

@@ -36,6 +36,7 @@ WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pi
 WINDOW_PLACEMENTS = ("aligned", "release")
 MIOU_OVER = ("present", "all")
 TEACHERS = ("student", "ema")
+CUTMIX_BOXES = ("symmetric", "release")  # recipe.cutmix_boxes: how a box's shape and place are drawn (data/views.py)
 CUTMIX_PARTNERS = ("roll", "flip")  # recipe.cutmix_partner: the next image of the batch, or its mirror (the release)
 PASSES = ("joint", "apart", "auto")  # recipe.passes: the student's images in one pass or two; auto: two unless AllSpark
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer
@@ -136,6 +137,7 @@ class RecipeConfig:
     rampup_iters: int = 0  # the unlabeled weight rises over these first steps (Mean Teacher's curve); 0: from step 0
     views: int = 1  # student views per unlabeled image: 2 gives each its own strong view and CutMix box (UniMatch V2)
     cutmix_partner: str = "roll"  # roll: a box shows the next image of the batch | flip: the mirrored batch's (release)
+    cutmix_boxes: str = "symmetric"  # symmetric: aspect log-uniform, placed where it fits | release: UniMatch's draw
     comp_drop: bool = False  # complementary channel dropout on the encoder features of the two views (views 2)
     passes: str = "joint"  # joint: [labeled; unlabeled] in one student pass (the paper) | apart: two (UniMatch V2)
     # | auto: apart, or joint where the model has the AllSpark module (it reads both halves of one pass)
@@ -145,7 +147,8 @@ class RecipeConfig:
 # only the train keys apply: UniMatch V2's labeled-only baseline (its supervised.py) trains with the same optimiser.
 RECIPES = {
     "unimatch_v2": {
-        "recipe": {"strong_views": True, "views": 2, "cutmix_prob": 0.5, "cutmix_partner": "flip", "comp_drop": True,
+        "recipe": {"strong_views": True, "views": 2, "cutmix_prob": 0.5, "cutmix_partner": "flip",
+                   "cutmix_boxes": "release", "comp_drop": True,
                    "threshold": 0.95, "teacher": "ema", "ema_momentum": 0.996, "passes": "auto"},
         "train": {"optimizer": "adamw", "lr": 5e-6, "lr_multi": 40.0, "weight_decay": 0.01, "lr_timing": "after"},
     },
@@ -177,6 +180,7 @@ _CHOICES = {
     "recipe.teacher": TEACHERS,
     "train.best_of": BEST_OF,
     "recipe.cutmix_partner": CUTMIX_PARTNERS,
+    "recipe.cutmix_boxes": CUTMIX_BOXES,
     "recipe.passes": PASSES,
     "train.optimizer": OPTIMIZERS,
     "train.lr_timing": LR_TIMINGS,

@@ -130,7 +130,8 @@ def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     recipe = cfg.recipe
     views = None
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
-        views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob, recipe.views)
+        views = UnlabeledViews(cfg.model.crop_size, recipe.strong_views, recipe.cutmix_prob, recipe.views,
+                               recipe.cutmix_boxes)
     dataset = _dataset(cfg, key, mode, transform, SeededListDataset, views)
     sampler = AugmentedSampler(len(dataset), length, rank, world_size, seed=derive_seed(cfg.train.seed, stream))
     per_step = cfg.train.batch_size * cfg.train.accumulate  # the trainer splits it into micro-batches

@@ -36,14 +36,36 @@ def cutmix_box(size: int, prob: float, rng: np.random.Generator) -> torch.Tensor
     return box
 
 
+def release_cutmix_box(size: int, prob: float, rng: np.random.Generator) -> torch.Tensor:
+    """(size, size) bool, a box drawn as UniMatch (V1 and V2) draw theirs: with probability `prob`, an area uniform
+    in BOX_AREA of the crop, then height / width uniform (not log-uniform) in BOX_ASPECT, sides truncated, and a
+    top-left corner uniform over the crop, the ratio and corner drawn again until the box fits. Taller boxes are
+    the likelier (about 3 in 4), and large ones lose more draws to the crop border."""
+    box = torch.zeros(size, size, dtype=torch.bool)
+    if rng.random() > prob:
+        return box
+    area = rng.uniform(*BOX_AREA) * size * size
+    while True:
+        aspect = rng.uniform(*BOX_ASPECT)
+        height, width = int(math.sqrt(area * aspect)), int(math.sqrt(area / aspect))
+        x, y = rng.integers(0, size), rng.integers(0, size)
+        if x + width <= size and y + height <= size:
+            break
+    box[y:y + height, x:x + width] = True
+    return box
+
+
+BOX_SAMPLERS = {"symmetric": cutmix_box, "release": release_cutmix_box}  # recipe.cutmix_boxes
+
+
 class UnlabeledViews:
     """The extra keys of an unlabeled sample, per student view (recipe.views): "strong" (3, S, S), the weak view with
     the colour part of the augmentation on top (same geometry, so the teacher's pseudo-labels fit it pixel for
     pixel), and "box" (S, S) bool, the view's CutMix box; a second view adds "strong2" and "box2", drawn apart
     (UniMatch V2's two strong views)."""
 
-    def __init__(self, crop_size: int, strong: bool, cutmix_prob: float, views: int = 1):
-        self.crop_size, self.cutmix_prob = crop_size, cutmix_prob
+    def __init__(self, crop_size: int, strong: bool, cutmix_prob: float, views: int = 1, boxes: str = "symmetric"):
+        self.crop_size, self.cutmix_prob, self.draw_box = crop_size, cutmix_prob, BOX_SAMPLERS[boxes]
         self.colours = [A.Compose(colour_steps()) for _ in range(views)] if strong else []
         self.rngs = [np.random.default_rng(0) for _ in range(views)]
 
@@ -64,5 +86,5 @@ class UnlabeledViews:
             if self.colours:
                 extra["strong" + suffix] = normalize_image(self.colours[view](image=weak)["image"])
             if self.cutmix_prob > 0:
-                extra["box" + suffix] = cutmix_box(self.crop_size, self.cutmix_prob, rng)
+                extra["box" + suffix] = self.draw_box(self.crop_size, self.cutmix_prob, rng)
         return extra
