@@ -161,7 +161,7 @@ def box_shapes(draw, count: int) -> dict[str, float]:
     return {"box": kept / count, "taller": tall / kept, "area": area / kept}
 
 
-def box_checks(report: Report, harness, args) -> None:
+def box_checks(report: Report, harness, root: Path, args) -> None:
     """recipe.cutmix_boxes=release against the release's obtain_cutmix_box (its own code, NumPy's global
     generator): the same distribution, within 4 standard errors of the difference of two samples."""
     import random
@@ -202,6 +202,10 @@ def sup_checks(report: Report, harness, root: Path, args) -> None:
         compare_states(report, f"sup step {i}: weights", trainer.model, theirs.net, args.tol)
 
 
+# each (report, harness, data root, args): a list, so the model checks of fidelity_unimatch_v2.py can run beside them
+TRAINING_CHECKS = (semi_checks, sup_checks, box_checks)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
@@ -225,9 +229,8 @@ def main() -> None:
         root = generate_synthetic(Path(tmp) / "data", num_train=4 + 4 * args.batch, num_val=3, size=args.crop,
                                   seed=args.seed, num_classes=args.classes)
         make_split(root / "train.txt", root / "splits", count=4, seed=args.seed)
-        semi_checks(report, harness, root, args)
-        sup_checks(report, harness, root, args)
-    box_checks(report, harness, args)
+        for checks in TRAINING_CHECKS:
+            checks(report, harness, root, args)
     if report.failed:
         print(f"fidelity: FAIL ({len(report.failed)} checks: {', '.join(report.failed[:5])})")
         sys.exit(1)
