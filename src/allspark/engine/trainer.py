@@ -355,7 +355,7 @@ class _Run:
             bar.close()
             if self.writer:
                 self.writer.close()
-        self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", self.iteration, time.time() - started,
+        self.log.info("done: %d iterations in %.1f s, best mIoU %.2f %%", self.iteration, time.time() - started,
                       at.best_miou * 100)
         return {"iteration": self.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
 
@@ -416,8 +416,8 @@ class _Run:
             confusion = evaluate(model, self.val, self.cfg, info.device, amp=self.cfg.train.amp,
                                  progress=self.progress and info.is_main)
             record.update({f"miou{suffix}": confusion.miou(), f"iou{suffix}": confusion.iou().tolist()})
-        teacher = f", EMA teacher {record['miou_ema'] * 100:.2f}" if "miou_ema" in record else ""
-        self.log.info("epoch %d, iteration %d: mIoU %.2f%s", at.epoch, self.iteration, record["miou"] * 100, teacher)
+        teacher = f", EMA teacher {record['miou_ema'] * 100:.2f} %" if "miou_ema" in record else ""
+        self.log.info("epoch %d, iteration %d: mIoU %.2f %%%s", at.epoch, self.iteration, record["miou"] * 100, teacher)
         if self.writer:
             self.writer.write(record)
         followed = "_ema" if self.cfg.train.best_of == "ema" else ""
