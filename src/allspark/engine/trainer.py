@@ -219,35 +219,18 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
             dist_utils.cleanup()
 
 
-def _on_main(info: DistInfo, job):
-    """Run `job` on rank 0 only and return its result there; when it fails, every rank raises (rank 0 the
-    error itself, the others a ConfigError with its message), so no rank waits for a step that never comes."""
-    result, failure = None, None
-    if info.is_main:
-        try:
-            result = job()
-        except Exception as err:  # re-raised below, once the other ranks have its message
-            failure = err
-    message = dist_utils.broadcast_object(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if message is not None:
-        raise ConfigError(f"rank 0: {message}")
-    return result
-
-
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
     """Lock the run directory, build the run and resume it; config.yaml is written only once all of that has
     succeeded, so a failed or refused start leaves the directory as it was."""
-    lock = _on_main(info, lambda: lock_run_dir(cfg.run_dir))
+    lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
-        changed = _on_main(info, lambda: check_run_dir(cfg, force_config))
+        changed = dist_utils.on_main(info, lambda: check_run_dir(cfg, force_config))
         run = _Run(cfg, info, progress)
         run.resume()
         if changed:
             run.log.info("config.yaml replaced at iteration %d (the old one kept as config.%d.yaml): %s",
                          run.iteration, run.iteration, "; ".join(changed))
-        _on_main(info, lambda: write_run_config(cfg, run.iteration))
+        dist_utils.on_main(info, lambda: write_run_config(cfg, run.iteration))
         return run.fit()
     finally:
         if lock is not None:
