@@ -52,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run (allspark train --threads)")
     p.add_argument("--parallel", type=int, default=1, help="methods trained at the same time (GPU: all five)")
     p.add_argument("--methods", default="sup,semi,cca,cca_mem,allspark",
                    help="comma-separated subset of " + ",".join(SLUGS.values()))
@@ -83,7 +84,7 @@ def command(name: str, seed: int, args: argparse.Namespace, lists: tuple[Path, P
     optional = {"train.lr": args.lr, "train.warmup_epochs": args.warmup_epochs, "model.crop_size": args.crop}
     overrides += [f"{key}={value}" for key, value in optional.items() if value is not None]
     return [sys.executable, "-m", "allspark", "train", preset, *overrides, *extra, *args.extra,
-            "--device", args.device, "--no-progress"]
+            "--device", args.device, "--threads", str(args.threads), "--no-progress"]
 
 
 def last_val(run_dir: Path) -> dict:

@@ -44,7 +44,9 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out).resolve()
     results = Path(args.results or ROOT / f"benchmarks/results/source_pretrain/i{args.iters}")
-    weights = pretrain_source_encoder(out, args.iters, extra=(f"model.crop_size={CROP}",), progress=False)
+    # checkpoint_every as the recorded runs (results/source_pretrain/i*/config.yaml) had it: no effect on the result
+    weights = pretrain_source_encoder(out, args.iters, extra=(f"model.crop_size={CROP}", "train.checkpoint_every=100"),
+                                      progress=False)
     run_dir = weights.parents[1]
     val = [r for r in read_metrics(run_dir) if r.get("split") == "val"][-1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)

@@ -45,7 +45,7 @@ def worker(root: str, run_dir: str, out: str) -> None:
 
 
 def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Two ranks of this file's worker (`mode`: none, "stop" or "v2") on fresh synthetic data: (run, out, process)."""
+    """Two ranks of this file's worker (`mode`: none, "stop", "v2" or "evalout") on fresh synthetic data: (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
 
@@ -108,6 +108,39 @@ def stop_worker(root: str, run_dir: str, out: str) -> None:
     except TrainingInterrupted as err:
         status = err.exit_status
     Path(f"{out}.{info.rank}").write_text(str(status))
+
+
+def eval_out_worker(weights: str, bad_out: str, out: str) -> None:
+    """One rank of `allspark eval` whose --out cannot be written: each rank writes the error it ended with."""
+    from allspark import distributed as dist_utils
+    from allspark.engine.evaluate import run_evaluation
+    from allspark.errors import InputError
+
+    torch.set_num_threads(1)
+    rank = dist_utils.init_distributed("cpu").rank
+    try:
+        run_evaluation(None, weights, out=bad_out, device="cpu")
+        message = "no error"
+    except (InputError, OSError) as err:  # rank 0: the file system's error (cli.main's one line), the others InputError
+        message = str(err)
+    Path(f"{out}.{rank}").write_text(message)
+    dist_utils.cleanup()
+
+
+@pytest.mark.slow
+def test_an_unwritable_eval_out_stops_every_rank_before_the_work(tmp_path):
+    from inference_helpers import tiny_checkpoint
+
+    weights = tiny_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "result"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+               "evalout", str(weights), str(tmp_path / "file" / "eval"), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    messages = [Path(f"{out}.{rank}").read_text() for rank in (0, 1)]
+    assert str(tmp_path / "file") in messages[0] and messages[1].startswith("rank 0: ") and messages[0] in messages[1]
 
 
 @pytest.mark.slow
@@ -186,5 +219,7 @@ if __name__ == "__main__":
         stop_worker(*sys.argv[2:5])
     elif sys.argv[1] == "v2":
         v2_worker(*sys.argv[2:5])
+    elif sys.argv[1] == "evalout":
+        eval_out_worker(*sys.argv[2:5])
     else:
         worker(*sys.argv[1:4])

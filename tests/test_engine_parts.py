@@ -242,3 +242,14 @@ def test_demo_data_seed_generates_another_set_and_refuses_a_mismatched_folder(tm
     (tmp_path / "a" / demo.SEED_FILE).unlink()  # a set made before the seed file: seed 0
     demo._generate_unless_there(tmp_path / "a", "a set", 0, progress=False, **small)
     assert (tmp_path / "a" / "images" / "train_00000.jpg").read_bytes() == first
+
+
+def test_demo_library_prints_nothing_and_says_through_the_callers_function(tmp_path, capsys):
+    from allspark.engine import demo
+
+    small = dict(num_train=2, num_val=1, num_classes=3)
+    demo._generate_unless_there(tmp_path / "quiet", "a set", progress=False, **small)
+    said = []
+    demo._generate_unless_there(tmp_path / "told", "a set", progress=False, say=said.append, **small)
+    assert capsys.readouterr().out == ""
+    assert said == [f"generating a set in {tmp_path / 'told'} ..."]

@@ -79,3 +79,19 @@ def test_models_without_allspark_are_refused_clearly(tmp_path, capsys):
     baseline = tiny_checkpoint(tmp_path / "baseline", ablation="none")
     assert run_cli(["viz", "memory", "--checkpoint", str(baseline), "--out", str(tmp_path / "m.png")]) == 1
     assert "no AllSpark module" in capsys.readouterr().err
+
+
+def test_figures_draw_miou_in_percent_from_the_files_fractions(tmp_path, monkeypatch):
+    from allspark.viz import confusion, curves
+
+    drawn = {}
+    for module in (confusion, curves):
+        monkeypatch.setattr(module, "save_figure", lambda fig, out, name=module.__name__: drawn.setdefault(name, fig))
+    confusion.plot_confusion({"iou": [0.25, 0.5], "miou": 0.375, "confusion": [[3, 1], [0, 2]]}, tmp_path / "c.png")
+    bars = drawn["allspark.viz.confusion"].axes[1]  # matrix, bars, then the colour bar
+    assert bars.get_xlabel() == "IoU (%)" and [p.get_width() for p in bars.patches] == [25.0, 50.0]
+    assert bars.get_legend().get_texts()[0].get_text() == "mIoU 37.50 %"
+    curves.plot_curves([{"split": "val", "iter": 5, "miou": 0.4}, {"split": "val", "iter": 10, "miou": 0.5}],
+                       tmp_path / "m.png")
+    panel = drawn["allspark.viz.curves"].axes[0]
+    assert panel.get_title() == "validation mIoU (%)" and list(panel.lines[0].get_ydata()) == [40.0, 50.0]

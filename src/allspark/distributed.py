@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from allspark.errors import DeviceError
+from allspark.errors import ConfigError, DeviceError
 
 
 @dataclass
@@ -91,6 +91,23 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(info: DistInfo, job):
+    """Run `job` on rank 0 only and return its result there; when it fails, every rank raises (rank 0 the
+    error itself, the others a ConfigError with its message), so no rank waits for a step that never comes."""
+    result, failure = None, None
+    if info.is_main:
+        try:
+            result = job()
+        except Exception as err:  # re-raised below, once the other ranks have its message
+            failure = err
+    message = broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise ConfigError(f"rank 0: {message}")
+    return result
 
 
 def all_gather_object(obj) -> list:

@@ -5,14 +5,15 @@ import argparse
 from pathlib import Path
 
 from allspark.commands.options import add_threads_option, set_threads
-from allspark.engine.demo import default_folders, run_demo
+from allspark.engine.demo import default_folders, format_demo_table, run_demo
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
     out, data = default_folders(args.seed, args.data_seed)
-    run_demo(out=Path(args.out) if args.out else out, data=Path(args.data) if args.data else data,
-             iters=args.iters, seed=args.seed, data_seed=args.data_seed)
+    results = run_demo(out=Path(args.out) if args.out else out, data=Path(args.data) if args.data else data,
+                       iters=args.iters, seed=args.seed, data_seed=args.data_seed, say=print)
+    print("\n" + format_demo_table(results))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 from allspark.config import load_config
 from allspark.data.splits import make_split
@@ -24,6 +25,11 @@ SOURCE_TRAIN, SOURCE_VAL, SOURCE_ITERS = 3000, 200, 1500  # the source set and t
 DEMO_RUNS = {"sup": ("demo", "SupBaseline"), "allspark": ("demo", "AllSpark, paper's loop"),
              "allspark_recipe": ("demo_recipe", "AllSpark + recipe")}
 SEED_FILE = "data_seed.txt"  # the generation seed of a synthetic set, written before its images
+Say = Callable[[str], None]  # where the demo's progress lines go (the command passes print; the library is silent)
+
+
+def _silent(line: str) -> None:
+    """The default `say`: library functions print nothing of their own."""
 
 
 def default_folders(seed: int, data_seed: int) -> tuple[Path, Path]:
@@ -33,7 +39,8 @@ def default_folders(seed: int, data_seed: int) -> tuple[Path, Path]:
     return Path(f"runs/demo{tag}"), Path("demo_data" + (f"_seed{data_seed}" if data_seed else ""))
 
 
-def _generate_unless_there(data: Path, what: str, seed: int = 0, progress: bool = True, **kwargs) -> None:
+def _generate_unless_there(data: Path, what: str, seed: int = 0, progress: bool = True, say: Say = _silent,
+                           **kwargs) -> None:
     """generate_synthetic(data, size=IMAGE_SIZE, seed=seed, **kwargs) unless a complete set (val.txt is written
     last) is already in `data`; a set generated with another seed is refused (one made before the seed file
     existed counts as seed 0)."""
@@ -42,16 +49,16 @@ def _generate_unless_there(data: Path, what: str, seed: int = 0, progress: bool 
         if found != seed:
             raise UsageError(f"{data} holds {what} generated with seed {found}, not {seed}: pass another folder")
         return
-    print(f"generating {what} in {data} ...")
+    say(f"generating {what} in {data} ...")
     data.mkdir(parents=True, exist_ok=True)
     (data / SEED_FILE).write_text(f"{seed}\n")
     generate_synthetic(data, size=IMAGE_SIZE, seed=seed, progress=progress, **kwargs)
 
 
-def prepare_demo_data(data: Path, num_classes: int, seed: int = 0) -> None:
+def prepare_demo_data(data: Path, num_classes: int, seed: int = 0, say: Say = _silent) -> None:
     """Generate the synthetic set (generation `seed`) and its labeled/unlabeled split (the same seed) under
     `data` unless already there."""
-    _generate_unless_there(data, "the synthetic dataset", seed, num_train=NUM_TRAIN, num_val=NUM_VAL,
+    _generate_unless_there(data, "the synthetic dataset", seed, say=say, num_train=NUM_TRAIN, num_val=NUM_VAL,
                            num_classes=num_classes)
     if not (data / "splits" / "unlabeled.txt").is_file():
         make_split(data / "train.txt", data / "splits", count=NUM_LABELED, seed=seed)
@@ -68,15 +75,15 @@ def source_overrides(data: Path, run_dir: Path, iters: int, seed: int = 0) -> li
 
 
 def pretrain_source_encoder(out: Path, iters: int = SOURCE_ITERS, extra: tuple[str, ...] = (),
-                            progress: bool = True) -> Path:
+                            progress: bool = True, say: Say = _silent) -> Path:
     """Train (or resume, or find finished) SupBaseline on the source set, generated under out/source_data if
     missing, in out/source_encoder; returns its weights file, whose encoder `model.pretrained` loads."""
     data, run_dir = out / "source_data", out / "source_encoder"
-    _generate_unless_there(data, "the source set (other shapes, hues and textures)", 0, progress,
+    _generate_unless_there(data, "the source set (other shapes, hues and textures)", 0, progress, say,
                            num_train=SOURCE_TRAIN, num_val=SOURCE_VAL, num_classes=len(SOURCE_SHAPES) + 1,
                            classes="source")
     cfg = load_config("demo", [*source_overrides(data, run_dir, iters), *extra])
-    print(f"\n== the encoder: SupBaseline on {SOURCE_TRAIN} labeled source images, {iters} iterations: {run_dir}")
+    say(f"\n== the encoder: SupBaseline on {SOURCE_TRAIN} labeled source images, {iters} iterations: {run_dir}")
     train(cfg, device="cpu", progress=progress)
     return RunFolder(run_dir).weights("latest")
 
@@ -100,19 +107,19 @@ def demo_overrides(run: str, out: Path, data: Path, iters: int | None, encoder: 
 
 
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("demo_data"), iters: int | None = None,
-             seed: int = 0, data_seed: int = 0) -> dict[str, dict]:
-    """Train the runs of DEMO_RUNS at training `seed` on the demo set of generation `data_seed`, print the mIoU
-    table; returns {run: result}. The source encoder is the same at every seed: the rows' common start."""
-    prepare_demo_data(data, load_config("demo").model.num_classes, data_seed)
-    encoder = pretrain_source_encoder(out)
+             seed: int = 0, data_seed: int = 0, say: Say = _silent) -> dict[str, dict]:
+    """Train the runs of DEMO_RUNS at training `seed` on the demo set of generation `data_seed`, each row's
+    header through `say`; returns {run: result} (format_demo_table prints it). The source encoder is the same
+    at every seed: the rows' common start."""
+    prepare_demo_data(data, load_config("demo").model.num_classes, data_seed, say)
+    encoder = pretrain_source_encoder(out, say=say)
     results = {}
     for run, (preset, label) in DEMO_RUNS.items():
         cfg = load_config(preset, demo_overrides(run, out, data, iters, encoder, seed))
-        print(f"\n== {label}: {cfg.run_dir}")
+        say(f"\n== {label}: {cfg.run_dir}")
         started = time.time()
         result = train(cfg, device="cpu")
         results[run] = {**result, "seconds": time.time() - started, "run_dir": cfg.run_dir}
-    print("\n" + format_demo_table(results))
     return results
 
 

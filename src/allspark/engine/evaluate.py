@@ -62,8 +62,8 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     try:
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
-        if info.is_main:
-            ensure_writable(run.root)  # before the whole set is evaluated, not after
+        # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
+        dist_utils.on_main(info, lambda: ensure_writable(run.root))
         state, saved_cfg = read_weights(weights)
         if cfg is None:
             cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),

@@ -233,35 +233,18 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
             dist_utils.cleanup()
 
 
-def _on_main(info: DistInfo, job):
-    """Run `job` on rank 0 only and return its result there; when it fails, every rank raises (rank 0 the
-    error itself, the others a ConfigError with its message), so no rank waits for a step that never comes."""
-    result, failure = None, None
-    if info.is_main:
-        try:
-            result = job()
-        except Exception as err:  # re-raised below, once the other ranks have its message
-            failure = err
-    message = dist_utils.broadcast_object(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if message is not None:
-        raise ConfigError(f"rank 0: {message}")
-    return result
-
-
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
     """Lock the run directory, build the run and resume it; config.yaml is written only once all of that has
     succeeded, so a failed or refused start leaves the directory as it was."""
-    lock = _on_main(info, lambda: lock_run_dir(cfg.run_dir))
+    lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
-        changed = _on_main(info, lambda: check_run_dir(cfg, force_config))
+        changed = dist_utils.on_main(info, lambda: check_run_dir(cfg, force_config))
         run = _Run(cfg, info, progress)
         run.resume()
         if changed:
             run.log.info("config.yaml replaced at iteration %d (the old one kept as config.%d.yaml): %s",
-                         run.at.iteration, run.at.iteration, "; ".join(changed))
-        _on_main(info, lambda: write_run_config(cfg, run.at.iteration))
+                         run.iteration, run.iteration, "; ".join(changed))
+        dist_utils.on_main(info, lambda: write_run_config(cfg, run.iteration))
         return run.fit()
     finally:
         if lock is not None:
@@ -270,11 +253,11 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
 
 @dataclass
 class Position:
-    """Where a run stands; its fields are saved in `latest.state.pt` and restored on resume."""
+    """Where a run stands besides its iteration (the trainer's schedule counts that); its fields are saved in
+    `latest.state.pt` and restored on resume."""
 
     epoch: int = 0
     epoch_iter: int = 0  # batches of `epoch` already trained
-    iteration: int = 0
     best_miou: float = -1.0  # best validation mIoU so far, of the model `train.best_of` names
     miou: float = float("nan")  # latest validation mIoU of that model
 
@@ -322,30 +305,35 @@ class _Run:
         self.writer = None
         self.stop, self.stop_signal = None, 0
 
+    @property
+    def iteration(self) -> int:
+        """Steps taken so far, as the trainer's schedule counts them (the one count of the run)."""
+        return self.trainer.iteration
+
     def resume(self) -> None:
         """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is not None:
             self.trainer.load_state(*checkpoint)
             self.at = Position.from_state(checkpoint[1])
-            self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.at.iteration,
+            self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.iteration,
                           self.at.epoch, self.at.epoch_iter)
         if self.info.is_main:
-            truncate_metrics(self.run_dir, self.at.iteration)
+            truncate_metrics(self.run_dir, self.iteration)
 
     def fit(self) -> dict:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
         cfg, at, info = self.cfg, self.at, self.info
         names, _ = class_names_and_palette(cfg)
-        self.writer = MetricsWriter(self.run_dir, names, purge_after=at.iteration) if info.is_main else None
+        self.writer = MetricsWriter(self.run_dir, names, purge_after=self.iteration) if info.is_main else None
         self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
                       self.iters_per_epoch, info.world_size, info.device)
-        bar = tqdm(total=self.total, initial=at.iteration, desc=cfg.method, dynamic_ncols=True,
+        bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, dynamic_ncols=True,
                    disable=not (self.progress and info.is_main))
         started = time.time()
         try:
             with StopRequest() as self.stop:
-                while at.iteration < self.total and at.epoch < cfg.train.epochs and not self.stop_signal:
+                while self.iteration < self.total and at.epoch < cfg.train.epochs and not self.stop_signal:
                     self.train_one_epoch(bar)
                     if self.stop_signal:
                         break
@@ -355,7 +343,7 @@ class _Run:
                 if self.stop_signal:
                     self.save()
                     raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(self.stop_signal).name} at iteration {at.iteration} (epoch "
+                        f"stopped by {signal.Signals(self.stop_signal).name} at iteration {self.iteration} (epoch "
                         f"{at.epoch}, batch {at.epoch_iter}); saved {self.folder.weights()}, run the "
                         "same command to continue", self.stop_signal)
         except NonFiniteLossError as err:
@@ -364,9 +352,9 @@ class _Run:
             bar.close()
             if self.writer:
                 self.writer.close()
-        self.log.info("done: %d iterations in %.1f s, best mIoU %.2f", at.iteration, time.time() - started,
+        self.log.info("done: %d iterations in %.1f s, best mIoU %.2f %%", self.iteration, time.time() - started,
                       at.best_miou * 100)
-        return {"iteration": at.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
+        return {"iteration": self.iteration, "epoch": at.epoch, "best_miou": at.best_miou, "miou": at.miou}
 
     def agree_on_stop(self) -> None:
         """After a step: `stop_signal` becomes the signal any rank got (0: none), on every rank, so all ranks stop
@@ -387,30 +375,29 @@ class _Run:
         use_memory = self.trainer.use_memory(at.epoch)
         step_seconds = []  # of the steps since the last train line (data loading not counted)
         for batch_l, batch_u in self.batches():
-            if at.epoch_iter >= self.iters_per_epoch or at.iteration >= self.total:
+            if at.epoch_iter >= self.iters_per_epoch or self.iteration >= self.total:
                 break
             started = time.perf_counter()
             record = self.trainer.step(batch_l, batch_u, use_memory)  # ends in a host sync (the losses' values)
             step_seconds.append(time.perf_counter() - started)
-            at.iteration += 1
             at.epoch_iter += 1
             # refresh=False: the bar redraws at tqdm's own pace in update(), not once per step
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=at.epoch, refresh=False)
             bar.update(1)
-            if self.writer and (at.iteration % cfg.train.log_every == 0 or at.iteration == 1):
-                self.writer.write({"split": "train", "iter": at.iteration, "epoch": at.epoch, **record,
+            if self.writer and (self.iteration % cfg.train.log_every == 0 or self.iteration == 1):
+                self.writer.write({"split": "train", "iter": self.iteration, "epoch": at.epoch, **record,
                                    "use_memory": int(use_memory), "step_time": sum(step_seconds) / len(step_seconds)})
                 step_seconds = []
             self.agree_on_stop()
             if self.stop_signal:
                 return
-            if at.iteration % cfg.train.checkpoint_every == 0 and at.iteration < self.total:
+            if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < self.total:
                 self.save()
 
     def end_epoch(self) -> None:
         """Evaluate when due (keeping `best`), then checkpoint the epoch's end."""
         cfg, at = self.cfg, self.at
-        if at.epoch % cfg.train.eval_every == 0 or at.iteration >= self.total or at.epoch >= cfg.train.epochs:
+        if at.epoch % cfg.train.eval_every == 0 or self.iteration >= self.total or at.epoch >= cfg.train.epochs:
             self.evaluate()
         self.save()
 
@@ -421,13 +408,13 @@ class _Run:
         models = {"": self.trainer.model}  # metrics key suffix -> model
         if self.trainer.ema:
             models["_ema"] = self.trainer.ema.model
-        record = {"split": "val", "iter": at.iteration, "epoch": at.epoch}
+        record = {"split": "val", "iter": self.iteration, "epoch": at.epoch}
         for suffix, model in models.items():
             confusion = evaluate(model, self.val, self.cfg, info.device, amp=self.cfg.train.amp,
                                  progress=self.progress and info.is_main)
             record.update({f"miou{suffix}": confusion.miou(), f"iou{suffix}": confusion.iou().tolist()})
-        teacher = f", EMA teacher {record['miou_ema'] * 100:.2f}" if "miou_ema" in record else ""
-        self.log.info("epoch %d, iteration %d: mIoU %.2f%s", at.epoch, at.iteration, record["miou"] * 100, teacher)
+        teacher = f", EMA teacher {record['miou_ema'] * 100:.2f} %" if "miou_ema" in record else ""
+        self.log.info("epoch %d, iteration %d: mIoU %.2f %%%s", at.epoch, self.iteration, record["miou"] * 100, teacher)
         if self.writer:
             self.writer.write(record)
         followed = "_ema" if self.cfg.train.best_of == "ema" else ""
@@ -436,12 +423,13 @@ class _Run:
             at.best_miou = at.miou
             if info.is_main:
                 save_weights(self.folder.weights("best"), models[followed].state_dict(),
-                             self.cfg, extra={"iteration": str(at.iteration), "miou": f"{at.miou:.6f}",
+                             self.cfg, extra={"iteration": str(self.iteration), "miou": f"{at.miou:.6f}",
                                               "best_of": self.cfg.train.best_of})
 
     def save(self) -> None:
         """Write `latest` at the current position. Every rank calls it: each rank's RNG state is gathered."""
         rngs = dist_utils.all_gather_object(dist_utils.get_rng_state())
         if self.info.is_main:
-            state = {**asdict(self.at), **self.trainer.state_dict(), "world_size": self.info.world_size, "rng": rngs}
+            state = {**asdict(self.at), **self.trainer.state_dict(), "iteration": self.iteration,
+                     "world_size": self.info.world_size, "rng": rngs}
             save_checkpoint(self.run_dir, self.trainer.model.state_dict(), self.cfg, state)

@@ -23,9 +23,9 @@ def plot_curves(records: list[dict], out: str | Path, size: tuple[int, int] = (1
     lr = _series(records, "train", "lr")
     if lr[0]:
         panels.append(("learning rate", {"lr": lr}))
-    miou = _series(records, "val", "miou")
-    if miou[0]:
-        panels.append(("validation mIoU", {"mIoU": miou}))
+    iters, miou = _series(records, "val", "miou")  # fractions in metrics.jsonl, drawn in percent
+    if iters:
+        panels.append(("validation mIoU (%)", {"mIoU": (iters, [100 * value for value in miou])}))
     if not panels:
         raise InputError("no train or val records with 'iter' and loss, lr or miou to plot")
     fig = new_figure(size)
