@@ -45,7 +45,8 @@ def worker(root: str, run_dir: str, out: str) -> None:
 
 
 def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Two ranks of this file's worker (`mode`: none, "stop", "v2" or "evalout") on fresh synthetic data: (run, out, process)."""
+    """Two ranks of this file's worker (`mode`: none, "stop", "v2" or "evalout") on fresh synthetic data:
+    (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
 
