@@ -14,7 +14,8 @@ def _write(root, rel, size=(8, 6), mode="RGB", value=0):
     Image.new(mode, size, value).save(path)
 
 
-@pytest.mark.parametrize("name,count", [("pascal", 21), ("cityscapes", 19), ("coco", 81), ("camvid", 11)])
+@pytest.mark.parametrize("name,count", [("pascal", 21), ("cityscapes", 19), ("coco", 81), ("camvid", 11),
+                                        ("ade20k", 150), ("ade20k_prepared", 150)])
 def test_builtin_class_counts_and_palettes(name, count):
     layout = get_layout(name)
     assert layout.num_classes == count == len(layout.class_names)
@@ -63,6 +64,22 @@ def test_coco_ssss_tree(tmp_path):
     layout = get_layout("coco")
     assert layout.pairs(tmp_path, "train2017") == [("train2017/000000000009.jpg", "masks/train2017/000000000009.png")]
     assert layout.pairs(tmp_path, "val2017") == [("val2017/000000000139.jpg", "masks/val2017/000000000139.png")]
+
+
+def test_ade20k_tree_and_the_releases_preparation_of_raw_annotations(tmp_path):
+    for split, stem in (("training", "ADE_train_00000001"), ("validation", "ADE_val_00000001")):
+        _write(tmp_path, f"images/{split}/{stem}.jpg")
+        _write(tmp_path, f"annotations/{split}/{stem}.png", mode="L")
+    raw, prepared = get_layout("ade20k"), get_layout("ade20k_prepared")
+    for layout in (raw, prepared):
+        assert layout.pairs(tmp_path, "training") == [("images/training/ADE_train_00000001.jpg",
+                                                       "annotations/training/ADE_train_00000001.png")]
+        assert layout.pairs(tmp_path, "validation")[0][1] == "annotations/validation/ADE_val_00000001.png"
+    assert raw.class_names[0] == "wall" and raw.class_names[-1] == "flag"
+    annotation = np.array([[0, 1, 2], [150, 149, 0]], np.uint8)  # 0 = "other", k = class k - 1
+    np.testing.assert_array_equal(raw.convert_mask(annotation, "annotations/training/x.png"),
+                                  [[255, 0, 1], [149, 148, 255]])
+    np.testing.assert_array_equal(prepared.convert_mask(annotation, "annotations/training/x.png"), annotation)
 
 
 @pytest.mark.parametrize("image,mask", [("images/train/a.jpg", "labels/train/a.png"), ("train/a.png", "trainannot/a.png")])

@@ -28,7 +28,7 @@ METHODS = ("sup", "semi", "allspark")
 # The method says whether the model has the AllSpark module: model.ablation is `none` for the baselines, and for
 # AllSpark one of the Table 5 rows (full unless set). The model itself reads only model.ablation.
 METHOD_ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
-LAYOUTS = ("pascal", "cityscapes", "coco", "camvid", "folder", "synthetic")  # data.layout; see data.layouts
+LAYOUTS = ("pascal", "cityscapes", "coco", "ade20k", "ade20k_prepared", "camvid", "folder", "synthetic")  # data.layout; see data.layouts
 LABELED_LOSSES = ("ce", "ohem")
 AMP_MODES = ("off", "bf16", "fp16")  # train.amp and `eval --amp`
 EVAL_MODES = ("whole", "sliding", "center")  # eval.mode and `eval --mode`

@@ -68,11 +68,38 @@ CAMVID_PALETTE = np.array([
     (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
 ], dtype=np.uint8)
 
+# ADE20K's 150 SceneParsing classes in annotation order (raw value k + 1 is class k; raw 0 is "other")
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher",
+    "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier",
+    "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+_ADE20K_TRAIN_ID_LUT = np.full(256, 255, dtype=np.uint8)
+_ADE20K_TRAIN_ID_LUT[1:len(ADE20K_CLASSES) + 1] = np.arange(len(ADE20K_CLASSES), dtype=np.uint8)
+
 
 def cityscapes_label_ids_to_train_ids(mask: np.ndarray) -> np.ndarray:
     """Map a Cityscapes `labelIds` mask to the 19 train ids (255 for every unevaluated id)."""
     return _CITYSCAPES_TRAIN_ID_LUT[mask]
 
+
+
+def ade20k_raw_to_train_ids(mask: np.ndarray) -> np.ndarray:
+    """Map a raw ADEChallengeData2016 annotation (0 = other, 1..150 the classes) to train ids 0..149 with
+    255 for "other", the preparation UniMatch V2 applies before training."""
+    return _ADE20K_TRAIN_ID_LUT[mask]
 
 @dataclass(frozen=True, eq=False)
 class Layout:
@@ -181,6 +208,14 @@ _BUILTIN = {
         "coco", COCO_CLASSES, voc_palette(81),
         image_globs=("{split}/*.jpg",), mask_templates=("masks/{split}/{stem}.png",),
         splits=("train2017", "val2017")),
+    "ade20k": Layout(
+        "ade20k", ADE20K_CLASSES, voc_palette(len(ADE20K_CLASSES)),
+        image_globs=("images/{split}/*.jpg",), mask_templates=("annotations/{split}/{stem}.png",),
+        splits=("training", "validation"), mask_converters=((".png", ade20k_raw_to_train_ids),)),
+    "ade20k_prepared": Layout(
+        "ade20k_prepared", ADE20K_CLASSES, voc_palette(len(ADE20K_CLASSES)),
+        image_globs=("images/{split}/*.jpg",), mask_templates=("annotations/{split}/{stem}.png",),
+        splits=("training", "validation")),
     "camvid": Layout(
         "camvid", CAMVID_CLASSES, CAMVID_PALETTE,
         image_globs=("images/{split}/*", "{split}/*"),
