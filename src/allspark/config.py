@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import yaml
 
 from allspark.errors import ConfigError
+from allspark.registry import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 
-ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 ABLATIONS = ("none", "cca", "cca_mem", "full")
 GROUPINGS = ("probs", "logits")
 METHODS = ("sup", "semi", "allspark")
@@ -67,15 +67,18 @@ def load_yaml(text: str):
 
 @dataclass
 class ModelConfig:
-    encoder: str = "mit_b0"  # mit_b0 .. mit_b5
+    encoder: str = "mit_b0"  # a name of allspark.registry.ENCODERS: mit_b0..b5, dinov2_*, dinov2_reg_*, dinov3_*
+    head: str = "auto"  # segformer | dpt | auto: the encoder's default (dpt for ViTs, segformer otherwise)
     num_classes: int = 21
     crop_size: int = 513  # training crop: fixes the memory's token count d (METHODS.md 1)
     heads: int = 2
-    embed_dim: int | None = None  # decode-head width E; None: 256 for b0/b1, 768 for b2..b5
+    embed_dim: int | None = None  # SegFormer head width E; None: the encoder's (256 for b0/b1, 768 for b2..b5)
     ablation: str = "full"  # none (plain SegFormer) | cca | cca_mem (no grouping) | full; a config file's default
     # follows `method` (METHOD_ABLATION), so only an AllSpark row of Table 5 other than full needs setting
     grouping: str = "probs"  # probs (paper) | logits (the release's behaviour)
-    pretrained: str | None = None  # HF hub id, local HF directory, or an original mit_bX.pth
+    pretrained: str | None = None  # HF hub id, local HF directory, an original mit_bX.pth or dinov2_*_pretrain.pth
+    freeze_encoder: bool = False  # train the heads only (UniMatch V2's lock_backbone)
+    pos_embed: str = "release"  # DINOv2 position table resized as its release (release) or to the exact grid
 
 
 @dataclass
@@ -168,7 +171,9 @@ class Config:
 
 _CHOICES = {
     "method": METHODS,
-    "model.encoder": ENCODERS,
+    "model.encoder": ENCODERS,  # read at each check, so an entry added to the registry is a valid name at once
+    "model.head": HEADS,
+    "model.pos_embed": POS_EMBED_MODES,
     "model.ablation": ABLATIONS,
     "model.grouping": GROUPINGS,
     "data.layout": LAYOUTS,
@@ -383,10 +388,29 @@ def validate(cfg: Config) -> None:
     if cfg.recipe.comp_drop and cfg.recipe.views != 2:
         raise ConfigError(f"key 'recipe.comp_drop' pairs the two student views of each image; set recipe.views=2 "
                           f"(got {cfg.recipe.views})", "recipe.comp_drop", "recipe.views")
+    _check_encoder(cfg)
     if cfg.train.best_of == "ema" and cfg.recipe.teacher != "ema":
         raise ConfigError(f"key 'train.best_of' is 'ema' but recipe.teacher is {cfg.recipe.teacher!r}: only an EMA "
                           "teacher is evaluated apart from the student; set recipe.teacher=ema or train.best_of=student",
                           "train.best_of", "recipe.teacher")
+
+
+def _check_encoder(cfg: Config) -> None:
+    """What the encoder asks of the head and the crops: DPT reads a ViT's four equal maps, a ViT's crops and
+    windows are whole patches (any other input is resized to them, registry.fit_to_patch)."""
+    spec = encoder_spec(cfg.model.encoder)
+    if cfg.model.head == "dpt" and not spec.is_vit:
+        raise ConfigError(f"key 'model.head' is 'dpt' but model.encoder {spec.name} is not a ViT (the DPT head reads "
+                          "four maps at one stride); use model.head=segformer", "model.head", "model.encoder")
+    if cfg.model.pos_embed != "release" and spec.family != "dinov2":
+        raise ConfigError(f"key 'model.pos_embed' applies to the dinov2_* encoders only (model.encoder is "
+                          f"{spec.name}); leave it at 'release'", "model.pos_embed", "model.encoder")
+    for key in ("model.crop_size", "eval.crop_size"):
+        size = _get(cfg, key)
+        if spec.is_vit and size is not None and size % spec.patch:
+            near = sorted({max(spec.patch, size // spec.patch * spec.patch), -(-size // spec.patch) * spec.patch})
+            raise ConfigError(f"key '{key}' must be a multiple of {spec.name}'s patch size {spec.patch}; got {size} "
+                              f"(try {' or '.join(map(str, near))})", key, "model.encoder")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

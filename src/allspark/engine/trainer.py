@@ -35,6 +35,7 @@ from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, loc
                                  truncate_metrics, write_run_config)
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
+from allspark.models.encoders import checkpoint_layers
 from allspark.models.weights import read_weights, save_weights
 from allspark.run_folder import RunFolder
 
@@ -61,7 +62,7 @@ class Trainer:
         self.device = self.info.device
         model = build_model(cfg)
         if cfg.train.activation_checkpointing:
-            model.encoder.checkpoint_blocks()
+            checkpoint_layers(model.encoder)
         if self.info.distributed and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)

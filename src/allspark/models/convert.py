@@ -1,6 +1,6 @@
-"""Key conversion into our layout: original SegFormer MiT names (`mit_bX.pth`, the release's
-`backbone.*`) and the authors' release checkpoints (ModelBuilder layout). Every key of the
-source is either placed or reported; nothing is dropped silently."""
+"""Key conversion into our layout: original SegFormer MiT names (`mit_bX.pth`, the release's `backbone.*`), the
+authors' release checkpoints (ModelBuilder layout), original DINOv2 names (`dinov2_vits14_pretrain.pth`) and
+UniMatch V2's DPT checkpoints. Every key of the source is either placed or reported; nothing is dropped silently."""
 from __future__ import annotations
 
 import re
@@ -13,15 +13,17 @@ from torch import nn
 
 from allspark.errors import ConversionError
 
-# Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1),
-# {half} marks the stacked `kv` Linear, split into k_proj (first C rows) and v_proj (next C rows).
+# Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1). A rule with a
+# third element splits a stacked Linear along its rows into equal parts, each named by filling {part}: MiT's
+# `kv` into k_proj (first C rows) and v_proj (next C rows).
 _MIT_RULES = [
     (r"patch_embed(?P<n>[1-4])\.proj\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.proj.{p}"),
     (r"patch_embed(?P<n>[1-4])\.norm\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.layer_norm.{p}"),
     (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm1\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_before.{p}"),
     (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm2\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_after.{p}"),
     (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.q\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.q_proj.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.kv\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.{half}_proj.{p}"),
+    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.kv\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.{part}_proj.{p}",
+     ("k", "v")),
     (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.proj\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.o_proj.{p}"),
     (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.sr\.(?P<p>weight|bias)",
      "stages.{s}.blocks.{j}.attention.sequence_reduction.sequence_reduction.{p}"),
@@ -49,6 +51,36 @@ _RELEASE_DECODER_RULES = [
     (r"decoder\.decoder\.linear_pred\.(?P<p>weight|bias)", "head.classifier.{p}"),
 ]
 
+# Original DINOv2 names (Meta's release, UniMatch V2's `backbone.*`) -> transformers' Dinov2 / Dinov2WithRegisters;
+# the stacked qkv splits into q, k, v, the giant's SwiGLU `w12` into gate and up.
+_DINOV2_RULES = [
+    (r"(?P<m>cls_token|mask_token|register_tokens)", "embeddings.{m}"),
+    (r"pos_embed", "embeddings.position_embeddings"),
+    (r"patch_embed\.proj\.(?P<p>weight|bias)", "embeddings.patch_embeddings.projection.{p}"),
+    (r"blocks\.(?P<j>\d+)\.(?P<m>norm1|norm2)\.(?P<p>weight|bias)", "encoder.layer.{j}.{m}.{p}"),
+    (r"blocks\.(?P<j>\d+)\.attn\.qkv\.(?P<p>weight|bias)", "encoder.layer.{j}.attention.{part}_proj.{p}", ("q", "k", "v")),
+    (r"blocks\.(?P<j>\d+)\.attn\.proj\.(?P<p>weight|bias)", "encoder.layer.{j}.attention.o_proj.{p}"),
+    (r"blocks\.(?P<j>\d+)\.ls(?P<i>[12])\.gamma", "encoder.layer.{j}.layer_scale{i}.lambda1"),
+    (r"blocks\.(?P<j>\d+)\.mlp\.(?P<m>fc1|fc2)\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.{m}.{p}"),
+    (r"blocks\.(?P<j>\d+)\.mlp\.w12\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.{part}_proj.{p}", ("gate", "up")),
+    (r"blocks\.(?P<j>\d+)\.mlp\.w3\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.down_proj.{p}"),
+    (r"norm\.(?P<p>weight|bias)", "layernorm.{p}"),
+]
+
+# UniMatch V2's DPT head (`head.*`) -> ours (models/dpt.py); {s} is the level (the digit n minus 1)
+_DPT_RULES = [
+    (r"projects\.(?P<i>[0-3])\.(?P<p>weight|bias)", "projects.{i}.{p}"),
+    (r"resize_layers\.(?P<i>[013])\.(?P<p>weight|bias)", "resizes.{i}.{p}"),
+    (r"scratch\.layer(?P<n>[1-4])_rn\.weight", "refines.{s}.weight"),
+    (r"scratch\.refinenet(?P<n>[1-4])\.out_conv\.(?P<p>weight|bias)", "fusions.{s}.project.{p}"),
+    (r"scratch\.refinenet(?P<n>[1-3])\.resConfUnit1\.(?P<c>conv[12])\.(?P<p>weight|bias)", "fusions.{s}.skip_unit.{c}.{p}"),
+    (r"scratch\.refinenet(?P<n>[1-4])\.resConfUnit2\.(?P<c>conv[12])\.(?P<p>weight|bias)", "fusions.{s}.path_unit.{c}.{p}"),
+    (r"scratch\.output_conv\.0\.(?P<p>weight|bias)", "out_conv.{p}"),
+    (r"scratch\.output_conv\.2\.(?P<p>weight|bias)", "classifier.{p}"),
+]
+# what the release builds but its forward never reads: the deepest fusion block's skip unit
+_DPT_UNUSED = re.compile(r"scratch\.refinenet4\.resConfUnit1\.")
+
 _LIST_LIMIT = 20
 
 
@@ -68,17 +100,17 @@ class Converted:
 def _apply_rules(key: str, tensor: torch.Tensor, rules, out: Converted, prefix: str = "", source: str = "") -> bool:
     """Place `key` under `prefix` through the first matching rule (`source` + key names it in
     errors); return False when no rule matches."""
-    for pattern, template in rules:
+    for pattern, template, *split in rules:
         match = re.fullmatch(pattern, key)
         if match is None:
             continue
         names = match.groupdict()
         if "n" in names:
             names["s"] = int(names["n"]) - 1
-        if "{half}" in template:
-            k, v = tensor.chunk(2, dim=0)  # (2C, ...) -> k (C, ...), v (C, ...)
-            out.put(prefix + template.format(half="k", **names), k, f"{source}{key} (first half)")
-            out.put(prefix + template.format(half="v", **names), v, f"{source}{key} (second half)")
+        if split:
+            parts = split[0]
+            for i, (part, rows) in enumerate(zip(parts, tensor.chunk(len(parts), dim=0))):  # (P*C, ...) -> P x (C, ...)
+                out.put(prefix + template.format(part=part, **names), rows, f"{source}{key} (part {i + 1} of {len(parts)})")
         else:
             out.put(prefix + template.format(**names), tensor, source + key)
         return True
@@ -111,8 +143,40 @@ def release_to_ours(state: dict[str, torch.Tensor]) -> Converted:
     return out
 
 
-def unwrap_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a `{"model": ...}` or `{"state_dict": ...}` wrapper, `module.` prefixes removed."""
+def dinov2_to_hf(state: dict[str, torch.Tensor], prefix: str = "", source: str = "") -> Converted:
+    """Original DINOv2 names (`blocks.0.attn.qkv.weight`, ...) -> transformers' names under `prefix`."""
+    out = Converted()
+    for key, tensor in state.items():
+        if not _apply_rules(key, tensor, _DINOV2_RULES, out, prefix, source):
+            out.unconsumed.append(source + key)
+    return out
+
+
+def unimatch_v2_to_ours(state: dict[str, torch.Tensor]) -> tuple[Converted, list[str]]:
+    """A UniMatch V2 DPT state dict (`backbone.*` DINOv2, `head.*` DPT; unwrapped) -> `AllSparkSegmenter` names,
+    and the keys left out on purpose (weights the release's forward never reads)."""
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    out = dinov2_to_hf(backbone, "encoder.backbone.", "backbone.")
+    dropped = []
+    for key, tensor in state.items():
+        if key.startswith("backbone."):
+            continue
+        inner = key.removeprefix("head.")
+        if key.startswith("head.") and _DPT_UNUSED.match(inner):
+            dropped.append(key)
+        elif not (key.startswith("head.") and _apply_rules(inner, tensor, _DPT_RULES, out, "head.", "head.")):
+            out.unconsumed.append(key)
+    return out, dropped
+
+
+def unwrap_checkpoint(obj: Any, where: str, entry: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict inside a `{"model": ...}` or `{"state_dict": ...}` wrapper (or the named `entry`, e.g.
+    UniMatch V2's `model_ema`), `module.` prefixes removed."""
+    if entry is not None:
+        if not (isinstance(obj, dict) and isinstance(obj.get(entry), dict)):
+            found = ", ".join(str(k) for k in obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ConversionError(f"{where}: no entry '{entry}' holding a state dict (found: {found})")
+        obj = obj[entry]
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -128,10 +192,11 @@ def unwrap_checkpoint(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_checkpoint(source: str | Path | dict) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, where for messages) from a `.pth` path (loaded with weights_only=True) or an in-memory mapping."""
+def read_checkpoint(source: str | Path | dict, entry: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, where for messages) from a `.pth` path (loaded with weights_only=True) or an in-memory mapping;
+    `entry` picks one of several state dicts (UniMatch V2 saves `model` and `model_ema`)."""
     if isinstance(source, dict):
-        return unwrap_checkpoint(source, "<state dict>"), "<state dict>"
+        return unwrap_checkpoint(source, "<state dict>", entry), "<state dict>"
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -139,7 +204,7 @@ def read_checkpoint(source: str | Path | dict) -> tuple[dict[str, torch.Tensor],
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # garbage bytes fail in many ways (unpickling, index, key, EOF, zip errors)
         raise ConversionError(f"{path}: not a PyTorch checkpoint loadable with weights_only=True ({err})") from None
-    return unwrap_checkpoint(obj, str(path)), str(path)
+    return unwrap_checkpoint(obj, str(path), entry), str(path)
 
 
 def _listing(title: str, items: list[str]) -> str:

@@ -1,24 +1,39 @@
-"""Pretrained encoder weights from any of their sources: an original `mit_bX.pth` ImageNet file, a Hugging Face
-directory or hub id, or the encoder of one of our own `.safetensors` checkpoints."""
+"""Pretrained encoder weights from any of their sources: an original file (`mit_bX.pth`, DINOv2's
+`dinov2_vits14_pretrain.pth`), a Hugging Face directory or hub id, or the encoder of one of our own `.safetensors`
+checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import huggingface_hub
+import transformers
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
-from transformers import SegformerModel
-
+from torch import nn
 
 from allspark.errors import ConfigError
-from allspark.models.convert import Converted, load_exact, mit_to_hf, read_checkpoint
-from allspark.models.encoders import MIT_SIZES, MiTEncoder
+from allspark.models.convert import Converted, dinov2_to_hf, load_exact, mit_to_hf, read_checkpoint
 from allspark.models.weights import read_weights
+from allspark.registry import FAMILY_CLASSES
+
+# the transformers config fields that fix an encoder's weights shapes, compared with the registry's
+_SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")
 
 
-def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
-    """Load weights into `encoder` from an original `mit_bX.pth` file, a Hugging Face directory or hub id,
-    or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to fine-tune from);
-    every key must match (errors list the ones that do not)."""
+def _original_to_ours(encoder: nn.Module, state: dict) -> Converted:
+    """An original release file's keys in our encoder's names, by family."""
+    family = encoder.spec.family
+    if family == "mit":
+        return mit_to_hf(state, drop_head=True)
+    if family in ("dinov2", "dinov2_reg"):
+        return dinov2_to_hf(state, prefix="backbone.")
+    raise ConfigError(f"model.pretrained: {encoder.name} weights load from a Hugging Face folder or hub id "
+                      "(no original file layout is read for this family)", "model.pretrained")
+
+
+def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
+    """Load weights into `encoder` (any of models.encoders) from an original release file, a Hugging Face directory
+    or hub id, or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to fine-tune
+    from); every key must match (errors list the ones that do not)."""
     if Path(source).suffix == ".safetensors":
         state, _ = read_weights(source)
         tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
@@ -26,12 +41,13 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
         return
     if Path(source).is_file():
         state, where = read_checkpoint(source)
-        load_exact(encoder, mit_to_hf(state, drop_head=True), where)
+        load_exact(encoder, _original_to_ours(encoder, state), where)
         return
     if not Path(source).is_dir():
         _check_hub(source)
+    model_class = getattr(transformers, FAMILY_CLASSES[encoder.spec.family])
     try:
-        hf, info = SegformerModel.from_pretrained(source, output_loading_info=True)
+        hf, info = model_class.from_pretrained(source, output_loading_info=True)
     except OSError as err:
         raise ConfigError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
                           f"directory or hub id failed: {err}", "model.pretrained") from None
@@ -41,13 +57,15 @@ def load_pretrained_encoder(encoder: MiTEncoder, source: str) -> None:
     if extra or missing:
         raise ConfigError(f"model.pretrained {source!r}: encoder weights missing or misshapen: {missing}; "
                           f"unknown weights: {extra}", "model.pretrained")
-    found = (tuple(hf.config.hidden_sizes), tuple(hf.config.depths))
-    if found != MIT_SIZES[encoder.name]:
-        raise ConfigError(f"model.pretrained {source!r} holds an encoder with widths {found[0]} and depths "
-                          f"{found[1]}; model.encoder {encoder.name} expects {MIT_SIZES[encoder.name]}",
-                          "model.pretrained")
-    state = hf.state_dict()
-    load_exact(encoder, Converted(tensors=state, origin={k: k for k in state}), source)
+    expected = {k: v for k, v in encoder.spec.hf.items() if k in _SHAPE_FIELDS}
+    found = {k: getattr(hf.config, k, None) for k in expected}
+    if {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in found.items()} != \
+            {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in expected.items()}:
+        raise ConfigError(f"model.pretrained {source!r} holds an encoder with {found}; model.encoder {encoder.name} "
+                          f"expects {expected}", "model.pretrained")
+    prefix = "" if encoder.spec.family == "mit" else "backbone."
+    state = {prefix + k: v for k, v in hf.state_dict().items()}
+    load_exact(encoder, Converted(tensors=state, origin={k: k.removeprefix(prefix) for k in state}), source)
 
 
 HUB_TIMEOUT_S = 10.0
@@ -56,7 +74,7 @@ HUB_TIMEOUT_S = 10.0
 def _check_hub(source: str) -> None:
     """Fail fast on a hub id that is neither in the local Hugging Face cache nor reachable (offline, no DNS):
     `from_pretrained` would retry for half a minute and then raise a long traceback."""
-    hint = "set model.pretrained=null (random init) or to a local folder / mit_bX.pth file"
+    hint = "set model.pretrained=null (random init) or to a local folder or original weights file"
     try:
         if isinstance(huggingface_hub.try_to_load_from_cache(source, "config.json"), str):
             return

@@ -1,4 +1,4 @@
-"""The segmenter of METHODS.md 1: MiT encoder -> AllSpark bottleneck on c4 -> SegFormer decode head."""
+"""The segmenter of METHODS.md 1: encoder -> AllSpark bottleneck on the last feature map -> SegFormer or DPT head."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,9 @@ from torch import nn
 
 from allspark.config import Config, ModelConfig, config_from_dict, model_config_from_dict
 from allspark.models.allspark import AllSparkBottleneck
-from allspark.models.encoders import MiTEncoder
+from allspark.models.dpt import DPTHead
+from allspark.models.encoders import build_encoder
+from allspark.registry import encoder_spec, fit_to_patch
 
 
 class DecodeHead(nn.Module):
@@ -59,34 +61,52 @@ def mask_channels(feat: torch.Tensor, masks: torch.Tensor, start: int) -> torch.
     return feat * scale[:, :, None, None]
 
 
-def default_embed_dim(encoder: str) -> int:
-    """Decode-head width E of METHODS.md 1: 256 for MiT-B0/B1, 768 for B2..B5."""
-    return 256 if encoder in ("mit_b0", "mit_b1") else 768
-
-
 class AllSparkSegmenter(nn.Module):
-    """Encoder -> AllSpark on c4 (nothing for ablation `none`, plain SegFormer) -> head -> input size.
+    """Encoder -> AllSpark on the last feature map (nothing for ablation `none`) -> head -> input size.
 
     `model(images)` is per-image inference (METHODS.md 1.3); `model(images_l, images_u=..., ...)` is the
     training step (METHODS.md 1.1) and returns (logits_l, logits_u); `model(images, channel_masks=...)` scales the
-    encoder features channel by channel (recipe.comp_drop)."""
+    encoder features channel by channel (recipe.comp_drop). A ViT sees its input resized to whole patches
+    (registry.fit_to_patch) and its logits resized back."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = MiTEncoder(cfg.encoder)
+        self.spec = encoder_spec(cfg.encoder)
+        self.encoder = build_encoder(cfg.encoder, cfg.pos_embed)
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        channels = self.spec.channels
         self.allspark = None
         if cfg.ablation != "none":
-            grid = AllSparkBottleneck.tokens_for_crop(cfg.crop_size)  # (h, w) of c4: the memory's d = h*w
-            self.allspark = AllSparkBottleneck(self.encoder.channels[-1], cfg.num_classes, grid,
+            grid = self.spec.feature_grid(cfg.crop_size)  # (h, w) of the last map: the memory's d = h*w
+            self.allspark = AllSparkBottleneck(channels[-1], cfg.num_classes, grid,
                                                heads=cfg.heads, ablation=cfg.ablation, grouping=cfg.grouping)
-        self.head = DecodeHead(self.encoder.channels, cfg.embed_dim or default_embed_dim(cfg.encoder), cfg.num_classes)
+        self.head_name = self.spec.head(cfg.head)
+        if self.head_name == "dpt":
+            features, widths = self.spec.dpt
+            self.head = DPTHead(channels[-1], cfg.num_classes, features, widths)
+        else:
+            self.head = DecodeHead(channels, cfg.embed_dim or self.spec.segformer_dim, cfg.num_classes)
 
     def forward(self, images: torch.Tensor, images_u: torch.Tensor | None = None,
                 teacher_logits_u: torch.Tensor | None = None, use_memory: bool = False,
                 channel_masks: torch.Tensor | None = None):
         if images_u is not None:
             return self.forward_semi(images, images_u, teacher_logits_u, use_memory, channel_masks)
+        h, w = images.shape[-2:]
+        if not self.spec.is_vit:
+            return self._infer(images, channel_masks)
+        # a ViT sees whole patches: the input resized to the nearest (bilinear, aligned corners, as UniMatch V2's
+        # evaluation) and the logits back; an exported graph always resizes, as its sizes are symbolic
+        fit = (fit_to_patch(h, self.spec.patch), fit_to_patch(w, self.spec.patch))
+        if fit == (h, w) and not torch.compiler.is_exporting():
+            return self._infer(images, channel_masks)
+        fitted = F.interpolate(images, size=fit, mode="bilinear", align_corners=True)
+        logits = self._infer(fitted, channel_masks)
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+
+    def _infer(self, images: torch.Tensor, channel_masks: torch.Tensor | None) -> torch.Tensor:
         feats = self.encoder(images)
         if channel_masks is not None:  # a pass of unlabeled views alone (recipe.passes apart)
             feats = [mask_channels(feat, channel_masks, 0) for feat in feats]
@@ -114,8 +134,9 @@ class AllSparkSegmenter(nn.Module):
         return logits[:n_l], logits[n_l:]
 
     def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
-        logits = self.head(feats)  # (N, K, H/4, W/4)
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        logits = self.head(feats)  # (N, K, H/4, W/4) SegFormer; (N, K, 8 H/patch, 8 W/patch) DPT
+        # each head's release resizes its logits its own way: SegFormer's half-pixel, DPT's with aligned corners
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.head_name == "dpt")
 
 
 def model_config(cfg: Config | ModelConfig | Mapping) -> ModelConfig:
