@@ -7,21 +7,25 @@ from pathlib import Path
 
 from allspark.config import apply_overrides, config_from_dict, load_config
 from allspark.errors import ConversionError
-from allspark.models.official import load_official
+from allspark.models.official import convert_official
 from allspark.models.weights import save_weights
 
 
 def register(sub) -> None:
     """`allspark convert-official SRC DST.safetensors [--config C] [key=value ...] [--force]`."""
     parser = sub.add_parser(
-        "convert-official", description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) into an allspark-seg "
-                    "safetensors file. The config must give model.encoder, model.num_classes and model.crop_size "
+        "convert-official", description="Convert a checkpoint of the AllSpark release (ModelBuilder layout) or of the "
+                    "UniMatch V2 release (DINOv2 + DPT) into an allspark-seg safetensors file; the layout is read "
+                    "from its keys. The config must give model.encoder, model.num_classes and model.crop_size "
                     "of the checkpoint, e.g. --config pascal/augmented/1_8/allspark, or model.encoder=mit_b5 "
-                    "model.num_classes=21 model.crop_size=513.")
+                    "model.num_classes=21 model.crop_size=513 (UniMatch V2: model.encoder=dinov2_small "
+                    "model.ablation=none method=sup model.crop_size=518).")
     parser.add_argument("src", help="release checkpoint (.pth)")
     parser.add_argument("dst", help="output weights file (.safetensors)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--config", help="YAML file or preset name (default: built-in defaults)")
+    parser.add_argument("--entry", help="which state dict of the checkpoint to convert (default: 'model' when present; "
+                                         "UniMatch V2 also saves its EMA teacher as 'model_ema')")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     parser.set_defaults(run=run)
 
@@ -36,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
     try:
-        model = load_official(args.src, cfg)
+        model, dropped = convert_official(args.src, cfg, args.entry)
     except (ConversionError, FileNotFoundError) as err:
         print(f"allspark convert-official: {err}", file=sys.stderr)
         return 1
     save_weights(dst, model.state_dict(), cfg)
+    if dropped:
+        print(f"left out {len(dropped)} weights the release builds but never reads: {', '.join(dropped)}")
     m = cfg.model
     print(f"wrote {dst}: {len(model.state_dict())} tensors ({m.encoder}, {m.num_classes} classes, crop {m.crop_size}, "
           f"ablation {m.ablation})")

@@ -51,8 +51,9 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
     except OSError as err:
         raise ConfigError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
                           f"directory or hub id failed: {err}", "model.pretrained") from None
-    # transformers fills missing weights with random ones; a classification or segmentation head is dropped.
-    extra = sorted(k for k in info["unexpected_keys"] if not k.startswith(("classifier.", "decode_head.")))
+    # transformers fills missing weights with random ones; a classification or segmentation head is dropped, and
+    # so is the final norm of DINOv3 ConvNeXt's pooled output (`layer_norm`), which its stage maps never pass
+    extra = sorted(k for k in info["unexpected_keys"] if not k.startswith(("classifier.", "decode_head.", "layer_norm.")))
     missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
     if extra or missing:
         raise ConfigError(f"model.pretrained {source!r}: encoder weights missing or misshapen: {missing}; "
