@@ -45,7 +45,7 @@ def worker(root: str, run_dir: str, out: str) -> None:
 
 
 def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Two ranks of this file's worker (`mode`: none, "stop", "v2" or "evalout") on fresh synthetic data:
+    """Two ranks of this file's worker (`mode`: none, "stop", "v2", "v2vit" or "evalout") on fresh synthetic data:
     (run, out, process)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
@@ -154,9 +154,9 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert state["iteration"] == 3 and len(state["rng"]) == 2
 
 
-def v2_worker(root: str, run_dir: str, out: str) -> None:
-    """One rank of `method=semi recipe=unimatch_v2`: two student passes per step (labeled, then the views) under
-    DDP, then the parameters of every rank."""
+def v2_worker(root: str, run_dir: str, out: str, *extra: str) -> None:
+    """One rank of `method=semi recipe=unimatch_v2` (then the `extra` overrides): two student passes per step
+    (labeled, then the views) under DDP, then the parameters of every rank."""
     from allspark import distributed as dist_utils
     from allspark.config import load_config
     from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
@@ -165,7 +165,7 @@ def v2_worker(root: str, run_dir: str, out: str) -> None:
     torch.set_num_threads(1)
     info = dist_utils.init_distributed("cpu")
     cfg = load_config("demo", ["method=semi", "recipe=unimatch_v2", f"data.root={root}", f"run_dir={run_dir}",
-                               "model.crop_size=64", "train.batch_size=2"])
+                               "model.crop_size=64", "train.batch_size=2", *extra])
     dist_utils.seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, info, total=10)
     dist_utils.seed_everything(cfg.train.seed, info.rank)
@@ -186,6 +186,14 @@ def v2_worker(root: str, run_dir: str, out: str) -> None:
 def test_v2_loops_two_passes_keep_the_ranks_in_step(tmp_path):
     """BatchNorm statistics stay per rank (no SyncBatchNorm on CPU); the parameters must agree."""
     _, out, done = _torchrun(tmp_path, "v2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"equal": True, "moved": True}
+
+
+@pytest.mark.slow
+def test_allspark_on_dinov2_with_the_v2_loop_keeps_the_ranks_in_step(tmp_path):
+    """DINOv2 + DPT + the AllSpark module under DDP: no unused parameter, the ranks agree."""
+    _, out, done = _torchrun(tmp_path, "v2vit")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(out.read_text()) == {"equal": True, "moved": True}
 
@@ -220,6 +228,8 @@ if __name__ == "__main__":
         stop_worker(*sys.argv[2:5])
     elif sys.argv[1] == "v2":
         v2_worker(*sys.argv[2:5])
+    elif sys.argv[1] == "v2vit":
+        v2_worker(*sys.argv[2:5], "method=allspark", "model.encoder=dinov2_small", "model.crop_size=56")
     elif sys.argv[1] == "evalout":
         eval_out_worker(*sys.argv[2:5])
     else:
