@@ -8,7 +8,8 @@ CutMix boxes and complementary-dropout masks; the release's side gets it dressed
 optimiser groups, a `comp_drop` forward that applies the step's masks). The model is our segmenter with its
 BatchNorm and dropout layers off: the release runs the labeled and the strong views through the model apart, we
 in one pass (METHODS.md), which only batch statistics and dropout draws could tell apart, and DINOv2 + DPT has
-neither (until that model is in the package, MiT-B0 stands in for it).
+neither. The model is DINOv2-small + DPT by default (`--encoder`; fidelity_unimatch_v2.py shows it equal to the
+release's on the same weights); any other encoder of the registry can stand in.
 
 Per step: losses, mask ratio, both learning rates, the student's and the EMA teacher's weights (relative); at the
 end the validation mIoU of the EMA teacher by both evaluations, and the CutMix boxes of `cutmix_boxes: release`
@@ -82,6 +83,7 @@ def config(root: Path, method: str, args):
     return load_config("demo", [f"method={method}", "recipe=unimatch_v2", f"data.root={root}",
                                 f"run_dir={root / 'run'}", f"model.num_classes={args.classes}",
                                 f"model.crop_size={args.crop}", f"train.batch_size={args.batch}",
+                                f"model.encoder={args.encoder}",
                                 "eval.miou_over=all", "data.workers=0", f"train.seed={args.seed}"])
 
 
@@ -214,6 +216,7 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=56, help="training crop and image side: a multiple of 14, so the "
                    "release's evaluation resizes nothing")
     p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--encoder", default="dinov2_small", help="model.encoder of both sides (its default head)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--boxes", type=int, default=20000, help="CutMix boxes drawn by each sampler")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
