@@ -42,6 +42,15 @@ def test_protocol_coverage():
         assert extra in names
 
 
+def test_generated_protocol_preset_reads_its_row_of_the_table():
+    cfg = load_config("pascal/u2pl/1_4/recipe")
+    assert (cfg.data.labeled_list, cfg.data.unlabeled_list) == ("splits/pascal_u2pl/1_4/labeled.txt",
+                                                                "splits/pascal_u2pl/1_4/unlabeled.txt")
+    assert (cfg.recipe.threshold, cfg.recipe.teacher, cfg.run_dir) == (0.95, "ema", "runs/pascal/u2pl/1_4/allspark_recipe")
+    with pytest.raises(ConfigError, match="did you mean pascal/u2pl/1_4/recipe"):
+        load_config("pascal/u2pl/1_4/recipes")
+
+
 def test_warmup_published():
     assert load_config("pascal/augmented/1_8/allspark").train.warmup_epochs == 5
     assert load_config("cityscapes/1_8/allspark").train.warmup_epochs == 15

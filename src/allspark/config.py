@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from allspark.errors import ConfigError
+from allspark.protocols import GENERATED_PRESETS
 from allspark.registry import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -446,11 +447,14 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
-def resolve_source(source: str | Path) -> Path:
-    """A YAML path, or a preset name such as `camvid/allspark` or `demo` shipped in the package."""
+def resolve_source(source: str | Path) -> Path | str:
+    """A YAML path, a preset file shipped in the package (`demo`, `pascal/base`) or the name of a generated protocol
+    preset (`pascal/original/183/allspark`, allspark.protocols), returned as it is."""
     path = Path(source)
     if path.is_file():
         return path
+    if str(source) in GENERATED_PRESETS:
+        return str(source)
     for candidate in (PRESETS_DIR / f"{source}.yaml", PRESETS_DIR / str(source)):
         if candidate.is_file():
             return candidate
@@ -460,24 +464,32 @@ def resolve_source(source: str | Path) -> Path:
 
 
 def list_presets() -> list[str]:
-    return sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("*.yaml"))
+    files = (str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("*.yaml"))
+    return sorted({*files, *GENERATED_PRESETS})
 
 
-def load_yaml_with_base(path: Path) -> dict:
-    """Read a YAML file; a top-level `base: other.yaml` (relative to the file) or `base: camvid/allspark` (a
-    preset) is merged underneath."""
-    try:
-        data = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    data = expand_recipe(data)  # here too, so that a file's overrides and a later file's keys go on top
+def load_yaml_with_base(source: Path | str) -> dict:
+    """Read a YAML file or a generated preset (resolve_source); a top-level `base: other.yaml` (relative to the file)
+    or `base: camvid/allspark` (a preset) is merged underneath."""
+    if isinstance(source, str):
+        data = expand_recipe(GENERATED_PRESETS[source])
+        where = Path(".")
+    else:
+        try:
+            data = load_yaml(source.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping")
+        data = expand_recipe(data)  # here too, so that a file's overrides and a later file's keys go on top
+        where = source.parent
+    data = dict(data)
     base = data.pop("base", None)
     if base is None:
         return data
-    beside = (path.parent / str(base)).resolve()
-    return _merge(load_yaml_with_base(beside if beside.is_file() else resolve_source(base)), data)
+    beside = (where / str(base)).resolve()
+    return _merge(load_yaml_with_base(beside if isinstance(source, Path) and beside.is_file() else resolve_source(base)),
+                  data)
 
 
 def _merge(base: dict, top: dict) -> dict:

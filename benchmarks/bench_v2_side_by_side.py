@@ -1,0 +1,91 @@
+"""UniMatch V2's model, ours against the release's: DINOv2 + DPT on the same weights, one process, interleaved.
+
+The release's DPT runs unmodified through the measuring harness (../shared/reference/harness/unimatch_v2.py;
+its attention is plain PyTorch here, xformers being absent); ours is the same weights converted with
+`allspark.load_official`. Per crop and precision (fp32, and bf16 under CPU autocast): forward + backward of a
+cross-entropy loss at the training batch, and inference without autograd at batch 1 and 4. Each round runs every
+case once, in turn, so a shared machine slows them alike; the table gives medians.
+
+    .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from bench_side_by_side import interleave
+from release_harness import DEFAULT_REFERENCE, import_harness
+
+
+def training(model, images, labels, amp: bool):
+    """One forward + backward of a CE loss, as a no-argument callable."""
+    model.train()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        F.cross_entropy(logits.float(), labels).backward()
+    return run
+
+
+def inference(model, images, amp: bool):
+    def run():
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            model(images)
+    return run
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--size", default="small", choices=["small", "base"])
+    p.add_argument("--crops", nargs="+", type=int, default=[98, 224], help="multiples of 14")
+    p.add_argument("--batch", type=int, default=2, help="training batch")
+    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import allspark
+    v2 = import_harness(args.reference, "unimatch_v2", "bench_v2_side_by_side")
+    v2.load_release()
+    torch.manual_seed(0)
+    release = v2.build_model(args.size, args.classes)
+    ours = allspark.load_official(release.state_dict(), {
+        "method": "sup", "model": {"encoder": f"dinov2_{args.size}", "head": "dpt", "ablation": "none",
+                                   "num_classes": args.classes, "crop_size": 518}})
+    load = os.getloadavg()[0]
+    generator = torch.Generator().manual_seed(0)
+    print(f"DINOv2-{args.size} + DPT, {args.classes} classes, {torch.get_num_threads()} thread(s), torch "
+          f"{torch.__version__}, medians of {args.rounds} interleaved rounds (ms); load average {load:.1f} at the start")
+    print("| case | crop | precision | release ms | ours ms | ours / release speed |")
+    print("|---|---|---|---|---|---|")
+    for crop in args.crops:
+        for amp in (False, True):
+            train_images = torch.randn(args.batch, 3, crop, crop, generator=generator)
+            labels = torch.randint(0, args.classes, (args.batch, crop, crop), generator=generator)
+            cases = {}
+            for side, model in (("release", release), ("ours", ours)):
+                cases[(f"forward + backward, batch {args.batch}", side)] = training(model, train_images, labels, amp)
+                for batch in (1, 4):
+                    images = train_images.new_empty(batch, 3, crop, crop).normal_(generator=generator)
+                    cases[(f"inference, batch {batch}", side)] = inference(model, images, amp)
+            times = interleave(cases, args.rounds, args.warmup)
+            for case in dict.fromkeys(name for name, _ in cases):
+                theirs, mine = times[(case, "release")], times[(case, "ours")]
+                print(f"| {case} | {crop} | {'bf16' if amp else 'fp32'} | {theirs * 1e3:.1f} | {mine * 1e3:.1f} | "
+                      f"{theirs / mine:.2f}x |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
