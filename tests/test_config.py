@@ -51,6 +51,35 @@ def test_generated_protocol_preset_reads_its_row_of_the_table():
         load_config("pascal/u2pl/1_4/recipes")
 
 
+# UniMatch V2's configs/*.yaml: classes, crop, epochs, batch per GPU, labeled loss, eval mode; and its splits
+V2_PUBLISHED = {
+    "pascal": ((21, 518, 60, 4, "ce", "whole"), ("92", "183", "366", "732", "1464")),
+    "cityscapes": ((19, 798, 180, 2, "ohem", "sliding"), ("1_16", "1_8", "1_4", "1_2")),
+    "coco": ((81, 518, 20, 4, "ce", "whole"), ("1_512", "1_256", "1_128", "1_64", "1_32")),
+    "ade20k": ((150, 518, 60, 2, "ce", "whole"), ("1_64", "1_32", "1_16", "1_8")),
+}
+
+
+@pytest.mark.parametrize("dataset", V2_PUBLISHED)
+def test_unimatch_v2_presets_carry_the_releases_settings(dataset):
+    settings, splits = V2_PUBLISHED[dataset]
+    names = set(list_presets())
+    for split in splits:
+        for size in ("small", "base"):
+            for method, ours, ablation in (("sup", "sup", "none"), ("unimatch_v2", "semi", "none"),
+                                           ("allspark", "allspark", "full")):
+                name = f"unimatch_v2/{dataset}/{split}/{size}/{method}"
+                assert name in names
+                cfg = load_config(name)
+                m, t = cfg.model, cfg.train
+                assert (m.num_classes, m.crop_size, t.epochs, t.batch_size, t.labeled_loss, cfg.eval.mode) == settings
+                assert (m.encoder, m.head, m.pretrained, m.ablation) == (f"dinov2_{size}", "dpt",
+                                                                         f"facebook/dinov2-{size}", ablation)
+                assert (cfg.method, t.optimizer, t.lr, t.lr_multi, t.lr_timing) == (ours, "adamw", 5e-6, 40.0, "after")
+                assert cfg.recipe.comp_drop == (ours != "sup") and cfg.eval.miou_over == "all"
+                assert cfg.data.labeled_list == f"splits/{dataset}/{split}/labeled.txt"
+
+
 def test_warmup_published():
     assert load_config("pascal/augmented/1_8/allspark").train.warmup_epochs == 5
     assert load_config("cityscapes/1_8/allspark").train.warmup_epochs == 15
