@@ -3,8 +3,11 @@
 The release's DPT runs unmodified through the measuring harness (../shared/reference/harness/unimatch_v2.py;
 its attention is plain PyTorch here, xformers being absent); ours is the same weights converted with
 `allspark.load_official`. Per crop and precision (fp32, and bf16 under CPU autocast): forward + backward of a
-cross-entropy loss at the training batch, and inference without autograd at batch 1 and 4. Each round runs every
-case once, in turn, so a shared machine slows them alike; the table gives medians.
+cross-entropy loss at the training batch, and inference without autograd at batch 1 and 4; then, in fp32, one
+whole step of the UniMatch V2 loop: the harness's `unimatch_v2_step` on the release's model against our
+`Trainer.step` (`method=semi recipe=unimatch_v2`) on the same synthetic batches (teacher pass, two strong views
+with complementary dropout, AdamW, EMA). Each round runs every case once, in turn, so a shared machine slows them
+alike; the table gives medians.
 
     .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +44,44 @@ def inference(model, images, amp: bool):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model(images)
     return run
+
+
+def loop_steps(v2, args, crop: int) -> dict:
+    """No-argument callables, one v2-loop step each side on the same next batch (cycling through a few)."""
+    from allspark.data.splits import make_split
+    from allspark.data.synthetic import generate_synthetic
+    from allspark.engine.trainer import Trainer
+    from fidelity_v2_training import batches, config
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_v2_"))
+    classes = 4  # the synthetic set's; the loop's cost hardly depends on it
+    root = generate_synthetic(tmp / "data", num_train=4 + 4 * args.batch, num_val=1, size=crop, seed=0,
+                              num_classes=classes)
+    make_split(root / "train.txt", root / "splits", count=4, seed=0)
+    settings = argparse.Namespace(classes=classes, crop=crop, batch=args.batch, seed=0, encoder=f"dinov2_{args.size}")
+    cfg = config(root, "semi", settings)
+    pairs = batches(cfg, 4, True)
+    total = 10 ** 6
+    trainer = Trainer(cfg, total=total)
+    release = v2.build_model(args.size, classes)
+    ema, optimizer = v2.make_ema(release), v2.make_optimizer(release, cfg.train.lr, cfg.train.lr_multi)
+    state = {"ours": 0, "release": 0}
+
+    def ours():
+        batch_l, batch_u = pairs[state["ours"] % len(pairs)]
+        state["ours"] += 1
+        trainer.step(batch_l, batch_u, use_memory=False)
+
+    def theirs():
+        batch_l, batch_u = pairs[state["release"] % len(pairs)]
+        i = state["release"]
+        state["release"] += 1
+        ignore = (~batch_u["valid"]).long() * 255
+        v2.unimatch_v2_step(release, ema, optimizer, (batch_l["image"], batch_l["mask"]),
+                            (batch_u["image"], batch_u["strong"], batch_u["strong2"], ignore, batch_u["box"].long(),
+                             batch_u["box2"].long()), conf_thresh=0.95, iters=i, total_iters=total,
+                            lr=cfg.train.lr, lr_multi=cfg.train.lr_multi)
+    return {("UniMatch V2 loop step", "release"): theirs, ("UniMatch V2 loop step", "ours"): ours}
 
 
 def main() -> int:
@@ -78,10 +121,13 @@ def main() -> int:
                 for batch in (1, 4):
                     images = train_images.new_empty(batch, 3, crop, crop).normal_(generator=generator)
                     cases[(f"inference, batch {batch}", side)] = inference(model, images, amp)
+            if not amp:
+                cases.update(loop_steps(v2, args, crop))
             times = interleave(cases, args.rounds, args.warmup)
             for case in dict.fromkeys(name for name, _ in cases):
                 theirs, mine = times[(case, "release")], times[(case, "ours")]
-                print(f"| {case} | {crop} | {'bf16' if amp else 'fp32'} | {theirs * 1e3:.1f} | {mine * 1e3:.1f} | "
+                batch = f", batch {args.batch} + {args.batch}" if "loop" in case else ""
+                print(f"| {case}{batch} | {crop} | {'bf16' if amp else 'fp32'} | {theirs * 1e3:.1f} | {mine * 1e3:.1f} | "
                       f"{theirs / mine:.2f}x |", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
