@@ -37,12 +37,20 @@ def test_short_run_then_load_and_predict(tmp_path, encoder, crop):
 
 
 @pytest.mark.slow
-def test_onnx_graph_of_a_dinov2_with_the_release_position_resize_equals_pytorch(tmp_path):
+@pytest.mark.parametrize("encoder,head,ablation,crop", [
+    ("dinov2_tiny", "dpt", "full", 56),  # the release's position resize, exported for any size
+    ("dinov2_reg_tiny", "segformer", "none", 56),
+    ("dinov3_vit_tiny", "dpt", "none", 64),
+    ("dinov3_convnext_test", "segformer", "full", 64),
+])
+def test_onnx_graph_of_every_family_equals_pytorch(tmp_path, encoder, head, ablation, crop):
     from allspark.config import config_from_dict
     from allspark.models.segmenter import AllSparkSegmenter
-    cfg = config_from_dict({"model": {"encoder": "dinov2_tiny", "num_classes": 3, "crop_size": 56}})
+    cfg = config_from_dict({"method": "sup" if ablation == "none" else "allspark",
+                            "model": {"encoder": encoder, "head": head, "ablation": ablation, "num_classes": 3,
+                                      "crop_size": crop}})
     torch.manual_seed(0)
     model = AllSparkSegmenter(cfg.model).eval()
     path = export_onnx(model, cfg, tmp_path / "model.onnx")
-    # the table's own grid, another whole-patch size, and sizes a ViT resizes to whole patches
-    assert max_onnx_difference(model, path, [(42, 42), (56, 84), (50, 75), (97, 61)]) < 1e-4
+    # the crop, another size of whole patches, and sizes a ViT resizes to whole patches
+    assert max_onnx_difference(model, path, [(crop, crop), (crop, 2 * crop), (50, 75), (97, 61)]) < 1e-4

@@ -154,3 +154,15 @@ def test_registry_names_every_family_and_size():
         assert {family + size for size in sizes} <= names
     assert ENCODERS["dinov2_large"].blocks == (4, 11, 17, 23) and ENCODERS["dinov2_giant"].blocks == (9, 19, 29, 39)
     assert ENCODERS["dinov2_small"].dpt == (64, (48, 96, 192, 384))
+
+
+def test_registers_position_resize_equals_transformers():
+    """Ours only keeps the grid symbolic for export; the values are transformers' own."""
+    from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+        Dinov2WithRegistersEmbeddings)
+    embeddings = segmenter("dinov2_reg_tiny", ablation="none").encoder.backbone.embeddings
+    for grid in (2, 3, 5, 8):
+        tokens = torch.zeros(1, grid * grid + 1, 32)
+        ours = embeddings.interpolate_pos_encoding(tokens, 14 * grid, 14 * grid)
+        theirs = Dinov2WithRegistersEmbeddings.interpolate_pos_encoding(embeddings, tokens, 14 * grid, 14 * grid)
+        assert torch.equal(ours, theirs)

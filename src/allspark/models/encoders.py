@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import SegformerConfig, SegformerModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import Dinov2WithRegistersEmbeddings
 
 from allspark.registry import FAMILY_CLASSES, EncoderSpec, encoder_spec
 
@@ -124,6 +125,24 @@ class ReleasePositionEmbeddings(Dinov2Embeddings):
         return torch.cat([table[:, :1], resized.to(table.dtype)], dim=1)
 
 
+class RegistersPositionEmbeddings(Dinov2WithRegistersEmbeddings):
+    """transformers' DINOv2-with-registers embeddings, resizing the position table as they do (bicubic to the exact
+    grid, antialiased), but from the symbolic grid size: theirs casts it to a Python int, which fixes an exported
+    graph to its example's grid."""
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        table = self.position_embeddings
+        positions = table.shape[1] - 1
+        if embeddings.shape[1] - 1 == positions and height == width and not torch.compiler.is_exporting():
+            return table
+        side = int(math.sqrt(positions))
+        patch = self.patch_embeddings.patch_size[0]
+        grid = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height // patch, width // patch), mode="bicubic", align_corners=False,
+                             antialias=True)
+        return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2).to(table.dtype)], dim=1)
+
+
 class ViTEncoder(nn.Module):
     """A DINOv2 / DINOv2-with-registers / DINOv3 ViT from transformers, giving the four maps of the registry's
     blocks, each through the final norm, at stride `patch` (UniMatch V2's get_intermediate_layers). The input
@@ -138,6 +157,8 @@ class ViTEncoder(nn.Module):
         self.backbone = backbone_class(config)
         if self.spec.family == "dinov2" and pos_embed == "release":
             self.backbone.embeddings.__class__ = ReleasePositionEmbeddings
+        elif self.spec.family == "dinov2_reg":
+            self.backbone.embeddings.__class__ = RegistersPositionEmbeddings
         # the masked-image token of DINO's pretraining is never read here: frozen, so DDP sees no unused parameter
         # (the release trains with find_unused_parameters and AdamW skips it as gradient-free: the same)
         self.backbone.embeddings.mask_token.requires_grad_(False)
