@@ -5,9 +5,11 @@ random init, then moved off it) is converted into ours with `allspark.load_offic
 the release's checkpoints. Per DINOv2 size and crop: the logits (batch 2, eval mode), the four intermediate maps,
 and the gradients of a cross-entropy loss for every weight; then our `pos_embed: exact` against the release
 (equal on the table's own 37 x 37 grid, crop 518, different elsewhere) and the semantics of our complementary
-dropout masks. One line per check; the last line is `fidelity: PASS`, or `fidelity: FAIL` with exit status 1.
+dropout masks; then the training checks of fidelity_v2_training.py (10 steps of the v2 loop and of supervised.py
+against the harness's, the EMA teacher's mIoU, the CutMix boxes; `--no-training` leaves them out). One line per
+check; the last line is `fidelity: PASS`, or `fidelity: FAIL` with exit status 1.
 
-    .venv/bin/python benchmarks/fidelity_unimatch_v2.py --threads 1               # small and base, crops 98 and 518
+    .venv/bin/python benchmarks/fidelity_unimatch_v2.py --threads 1               # small and base, crops 98 and 518, training
     .venv/bin/python benchmarks/fidelity_unimatch_v2.py --threads 1 --quick       # small only
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fidelity_allspark import Report, max_abs, move_off_init, relative
+from fidelity_v2_training import add_training_arguments, run_training_checks
 from release_harness import DEFAULT_REFERENCE, import_harness
 
 
@@ -123,6 +126,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tol", type=float, default=1e-5, help="max absolute difference of outputs, float32")
     p.add_argument("--grad-tol", type=float, default=1e-4, help="max relative difference of gradients")
+    p.add_argument("--no-training", action="store_true", help="the model checks only")
+    add_training_arguments(p, prefix="train-")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,6 +138,10 @@ def main() -> int:
         check_forward(report, v2, size, args)
     check_exact_mode(report, v2, args)
     check_comp_drop(report, args)
+    if not args.no_training:
+        run_training_checks(report, v2, argparse.Namespace(
+            **{k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_")},
+            encoder=args.encoder, boxes=args.boxes))
     if report.failed:
         print(f"fidelity: FAIL ({', '.join(report.failed)})")
         return 1

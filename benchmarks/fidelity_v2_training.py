@@ -208,32 +208,42 @@ def sup_checks(report: Report, harness, root: Path, args) -> None:
 TRAINING_CHECKS = (semi_checks, sup_checks, box_checks)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch", type=int, default=2, help="labeled and unlabeled images per step, each")
-    p.add_argument("--crop", type=int, default=56, help="training crop and image side: a multiple of 14, so the "
-                   "release's evaluation resizes nothing")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--encoder", default="dinov2_small", help="model.encoder of both sides (its default head)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--boxes", type=int, default=20000, help="CutMix boxes drawn by each sampler")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--tol", type=float, default=1e-5, help="relative, float32")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    harness = import_harness(Path(args.reference), "unimatch_v2", "fidelity_v2_training")
+def run_training_checks(report: Report, harness, args) -> None:
+    """Every check of TRAINING_CHECKS on a synthetic set made for the run (args: add_training_arguments')."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
-    report = Report()
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_synthetic(Path(tmp) / "data", num_train=4 + 4 * args.batch, num_val=3, size=args.crop,
                                   seed=args.seed, num_classes=args.classes)
         make_split(root / "train.txt", root / "splits", count=4, seed=args.seed)
         for checks in TRAINING_CHECKS:
             checks(report, harness, root, args)
+
+
+def add_training_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The training checks' options; `prefix` keeps them apart where a script has model checks of its own."""
+    p.add_argument(f"--{prefix}steps", type=int, default=10)
+    p.add_argument(f"--{prefix}batch", type=int, default=2, help="labeled and unlabeled images per step, each")
+    p.add_argument(f"--{prefix}crop", type=int, default=56, help="training crop and image side: a multiple of 14, "
+                   "so the release's evaluation resizes nothing")
+    p.add_argument(f"--{prefix}classes", type=int, default=4)
+    p.add_argument("--encoder", default="dinov2_small", help="model.encoder of both sides (its default head)")
+    p.add_argument(f"--{prefix}seed", type=int, default=0)
+    p.add_argument("--boxes", type=int, default=20000, help="CutMix boxes drawn by each sampler")
+    p.add_argument(f"--{prefix}tol", type=float, default=1e-5, help="relative, float32")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_training_arguments(p)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    harness = import_harness(Path(args.reference), "unimatch_v2", "fidelity_v2_training")
+    report = Report()
+    run_training_checks(report, harness, args)
     if report.failed:
         print(f"fidelity: FAIL ({len(report.failed)} checks: {', '.join(report.failed[:5])})")
         sys.exit(1)

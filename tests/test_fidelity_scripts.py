@@ -14,7 +14,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 SCRIPTS = [
     ["fidelity_allspark.py", "--quick", "--threads", "1"],
     ["fidelity_v2_training.py", "--steps", "4", "--threads", "1"],
-    ["fidelity_unimatch_v2.py", "--quick", "--crops", "98", "126", "--threads", "1"],
+    ["fidelity_unimatch_v2.py", "--quick", "--crops", "98", "126", "--train-steps", "2", "--threads", "1"],
 ]
 
 
