@@ -19,7 +19,7 @@ FAMILY_CLASSES = {
     "dinov3_convnext": "DINOv3ConvNextBackbone",
 }
 HEADS = ("auto", "segformer", "dpt")  # model.head; auto: the encoder's own (EncoderSpec.head)
-POS_EMBED_MODES = ("release", "exact")  # model.pos_embed: how a DINOv2 resizes its position table (METHODS.md 7)
+POS_EMBED_MODES = ("release", "exact")  # model.pos_embed: how a DINOv2 resizes its position table (METHODS.md 10)
 
 
 @dataclass(frozen=True)

@@ -102,27 +102,35 @@ def _bicubic_matrix(out: int, size: int, scale: float, like: torch.Tensor) -> to
     return (weights[:, :, None] * F.one_hot(taps, size).to(like.dtype)).sum(1)
 
 
+def _position_table(module: nn.Module, tokens: torch.Tensor, height: int, width: int, resize) -> torch.Tensor:
+    """`module`'s position table for a height x width input: as stored for its own square grid, else with the patch
+    part resized by resize(grid (side, side, C) float32, rows, cols) -> (rows, cols, C)."""
+    table = module.position_embeddings
+    positions = table.shape[1] - 1
+    if tokens.shape[1] - 1 == positions and height == width and not torch.compiler.is_exporting():
+        return table
+    side = int(math.sqrt(positions))
+    patch = module.patch_embeddings.patch_size[0]
+    rows, cols = height // patch, width // patch
+    grid = resize(table[:, 1:].float().reshape(side, side, -1), rows, cols)
+    return torch.cat([table[:, :1], grid.reshape(1, rows * cols, -1).to(table.dtype)], dim=1)
+
+
 class ReleasePositionEmbeddings(Dinov2Embeddings):
     """DINOv2's embeddings with the position table resized as the DINOv2 release does (and UniMatch V2 with it):
     bicubic by the factor (grid + 0.1) / side of the table rather than to the exact grid, which moves every value
-    on any grid but the table's own (METHODS.md 7). The weights were trained this way, so it is the default
+    on any grid but the table's own (METHODS.md 10). The weights were trained this way, so it is the default
     (model.pos_embed)."""
 
     OFFSET = 0.1
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        table = self.position_embeddings
-        positions = table.shape[1] - 1
-        if embeddings.shape[1] - 1 == positions and height == width and not torch.compiler.is_exporting():
-            return table
-        side = int(math.sqrt(positions))
-        patch = self.patch_embeddings.patch_size[0]
-        rows, cols = height // patch, width // patch
-        grid = table[:, 1:].float().reshape(side, side, -1)  # (37, 37, C)
-        along_h = _bicubic_matrix(rows, side, (rows + self.OFFSET) / side, grid)  # (h, 37)
-        along_w = _bicubic_matrix(cols, side, (cols + self.OFFSET) / side, grid)  # (w, 37)
-        resized = torch.einsum("hi,ijc,wj->hwc", along_h, grid, along_w).reshape(1, rows * cols, -1)
-        return torch.cat([table[:, :1], resized.to(table.dtype)], dim=1)
+        def resize(grid, rows, cols):  # grid (37, 37, C) -> (rows, cols, C)
+            side = grid.shape[0]
+            along_h = _bicubic_matrix(rows, side, (rows + self.OFFSET) / side, grid)  # (rows, 37)
+            along_w = _bicubic_matrix(cols, side, (cols + self.OFFSET) / side, grid)  # (cols, 37)
+            return torch.einsum("hi,ijc,wj->hwc", along_h, grid, along_w)
+        return _position_table(self, embeddings, height, width, resize)
 
 
 class RegistersPositionEmbeddings(Dinov2WithRegistersEmbeddings):
@@ -131,16 +139,11 @@ class RegistersPositionEmbeddings(Dinov2WithRegistersEmbeddings):
     graph to its example's grid."""
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        table = self.position_embeddings
-        positions = table.shape[1] - 1
-        if embeddings.shape[1] - 1 == positions and height == width and not torch.compiler.is_exporting():
-            return table
-        side = int(math.sqrt(positions))
-        patch = self.patch_embeddings.patch_size[0]
-        grid = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(height // patch, width // patch), mode="bicubic", align_corners=False,
-                             antialias=True)
-        return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2).to(table.dtype)], dim=1)
+        def resize(grid, rows, cols):
+            grid = F.interpolate(grid.permute(2, 0, 1)[None], size=(rows, cols), mode="bicubic", align_corners=False,
+                                 antialias=True)
+            return grid[0].permute(1, 2, 0)
+        return _position_table(self, embeddings, height, width, resize)
 
 
 class ViTEncoder(nn.Module):
