@@ -1,5 +1,8 @@
 """`allspark suggest` and `allspark splits --add`: the ranking on a model whose predictions are fixed by the
 image's colour, resume after a kill, the one-line errors, and moving labelled images between the lists."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +150,24 @@ def test_command_writes_lists_scores_and_sheet(tmp_path, capsys):
     assert sorted(line.split(",")[0] for line in rows[1:]) == ["", "", "1", "2", "3"]
     with Image.open(tmp_path / "out" / "contact_sheet.png") as sheet:
         assert sheet.width >= 3 * 2 * 160
+
+
+def test_two_ranks_share_the_scoring_and_rank_as_one_process(tmp_path):
+    weights = tiny_checkpoint(tmp_path / "run")
+    images = write_images(tmp_path / "data" / "images", [(40, 40)] * 5)
+    pool = _list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
+    common = ["suggest", "--checkpoint", str(weights), "--count", "3", "--list", str(pool), "--root",
+              str(tmp_path / "data"), "--threads", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    for out, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+        done = subprocess.run([sys.executable, *launcher, "-m", "allspark", *common, "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    shares = [len((tmp_path / "two" / "scoring" / f"rows.{r}.csv").read_text().splitlines()) - 1 for r in (0, 1)]
+    assert shares == [3, 2]
+    assert (tmp_path / "two" / "suggested.txt").read_text() == (tmp_path / "one" / "suggested.txt").read_text()
+    assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "empty list", "count over list", "unreadable image"])

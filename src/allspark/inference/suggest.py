@@ -24,7 +24,7 @@ from allspark.config import MIN_CROP, Config
 from allspark.data.io import IGNORE_INDEX, read_image, read_list, read_mask
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
-from allspark.distributed import all_gather_object, init_distributed
+from allspark.distributed import all_gather_object, init_distributed, on_main
 from allspark.errors import DataError, InputError, UsageError
 from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
                                           image_rarity, present_classes, select)
@@ -223,18 +223,16 @@ def _source_key(weights: Path, list_path: Path, max_side: int) -> dict:
             "list": str(list_path.resolve()), "max_side": max_side}
 
 
-def _check_source(out: Path, key: dict, force: bool, is_main: bool) -> None:
+def _check_source(out: Path, key: dict, force: bool) -> None:
     """Start OUT/scoring/ afresh with `force`; refuse stored scores of another checkpoint or list."""
     scoring, record = out / "scoring", out / "scoring" / "source.json"
-    if is_main and force and scoring.exists():
+    if force and scoring.exists():
         shutil.rmtree(scoring)
-    all_gather_object(None)  # every rank sees the folder after rank 0 cleared it
     if record.is_file() and json.loads(record.read_text()) != key:
         raise UsageError(f"{out} holds scores of another checkpoint or list ({record}); pass --force to score again "
                          "or another --out")
-    if is_main:
-        scoring.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(key, indent=1) + "\n")
+    scoring.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(key, indent=1) + "\n")
 
 
 def _write_outputs(out: Path, entries, rows: dict[int, dict], order: np.ndarray, indices: list[int]) -> tuple[Path, Path]:
@@ -284,7 +282,7 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
     counts = labeled_class_counts(root, Path(labeled_list) if labeled_entries else None, cfg.model.num_classes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_source(out, _source_key(weights, list_path, max_side), force, info.is_main)
+    on_main(info, lambda: _check_source(out, _source_key(weights, list_path, max_side), force))  # others wait
     done, _ = read_scored(out)
     mine = [i for i in indices if i not in done][info.rank::info.world_size]
     rarity = class_rarity(counts, cfg.model.num_classes)
