@@ -21,7 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -91,26 +91,31 @@ def random_pick(base: Path, seed: int, draw: int, target: Path) -> Path:
     return target
 
 
-def round1_jobs(seed: int, a: argparse.Namespace, done: dict) -> list[tuple[str, Path, int]]:
-    """The round-1 runs at `seed` not yet done: `allspark suggest` on its round-0 run with each strategy, and the
-    random draws, each as (name, splits, seed)."""
-    base, jobs = Path(a.data) / "splits", []
-    for strategy in a.strategies:
-        name = f"suggest_{strategy}_s{seed}"
-        if name in done:
-            continue
+def round1(name: str, seed: int, strategy: str | None, draw: int | None, a: argparse.Namespace) -> dict:
+    """One round-1 run: the 6 images from `allspark suggest --strategy` on the round-0 run at `seed` (its EMA
+    teacher), or random `draw`, moved to labeled with `allspark splits --add`, then the recipe trained."""
+    base, results = Path(a.data) / "splits", Path(a.results)
+    if strategy is not None:
         out = Path(a.out) / "suggest" / f"{strategy}_s{seed}"
         allspark(["suggest", "--checkpoint", str(Path(a.out) / f"round0_s{seed}"), "--which", "latest", "--count",
                   str(ADD), "--strategy", strategy, "--out", str(out), "--threads", "1", "--device", "cpu"],
-                 Path(a.results) / "logs" / f"suggest_{strategy}_s{seed}.log")
-        shutil.copy(out / "suggested.txt", Path(a.results) / f"suggested_{strategy}_s{seed}.txt")
-        jobs.append((name, split_with(name, base, out / "suggested.txt", a), seed))
-    for draw in range(a.draws):
-        name = f"random{draw}_s{seed}"
-        if name not in done:
-            chosen = random_pick(base, seed, draw, Path(a.results) / f"random{draw}_s{seed}.txt")
-            jobs.append((name, split_with(name, base, chosen, a), seed))
-    return jobs
+                 results / "logs" / f"{name}.suggest.log")
+        chosen = Path(shutil.copy(out / "suggested.txt", results / f"{name}.txt"))
+    else:
+        chosen = random_pick(base, seed, draw, results / f"{name}.txt")
+    return train(name, split_with(name, base, chosen, a), seed, a)
+
+
+def round1_jobs(a: argparse.Namespace, done: dict, seeds: list[int]) -> list[tuple]:
+    """(name, seed, strategy, draw) of the round-1 runs at `seeds` not yet done: the comparison first (suggest with
+    both parts, the random draws) at every seed, then the ablations (one part alone)."""
+    jobs = []
+    for seed in seeds:
+        jobs += [(f"suggest_{s}_s{seed}", seed, s, None) for s in a.strategies if s == "both"]
+        jobs += [(f"random{d}_s{seed}", seed, None, d) for d in range(a.draws)]
+    for seed in seeds:
+        jobs += [(f"suggest_{s}_s{seed}", seed, s, None) for s in a.strategies if s != "both"]
+    return [job for job in jobs if job[0] not in done]
 
 
 def table(rows: list[dict], seeds: list[int], strategies, draws: int) -> str:
@@ -151,13 +156,16 @@ def main() -> None:
         (results / "table.md").write_text(table(rows, a.seeds, a.strategies, a.draws))
 
     base = Path(a.data) / "splits"
-    with ThreadPoolExecutor(a.parallel) as pool:  # round 0 at every seed, then every round-1 run
-        for result in pool.map(lambda seed: train(f"round0_s{seed}", base, seed, a),
-                               [s for s in a.seeds if f"round0_s{s}" not in done]):
-            record(result)
-        jobs = [job for seed in a.seeds for job in round1_jobs(seed, a, done)]
-        for result in pool.map(lambda job: train(*job, a), jobs):
-            record(result)
+    with ThreadPoolExecutor(a.parallel) as pool:  # round-1 runs queue as soon as their seed's round 0 is there
+        ready = [s for s in a.seeds if f"round0_s{s}" in done]
+        pending = {pool.submit(train, f"round0_s{s}", base, s, a): s for s in a.seeds if s not in ready}
+        pending.update({pool.submit(round1, *job, a): None for job in round1_jobs(a, done, ready)})
+        while pending:
+            future = next(as_completed(pending))
+            seed = pending.pop(future)
+            record(future.result())
+            if seed is not None:
+                pending.update({pool.submit(round1, *job, a): None for job in round1_jobs(a, done, [seed])})
     print(table(rows, a.seeds, a.strategies, a.draws))
 
 
