@@ -130,7 +130,12 @@ def test_resume_after_kill_gives_the_same_ranking(tmp_path, fixed_model):
     fixed_model(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, lines, 4, out="killed")
-    assert len((tmp_path / "killed" / "scoring" / "rows.0.csv").read_text().splitlines()) == 1 + 3
+    scoring = tmp_path / "killed" / "scoring"
+    assert len((scoring / "rows.0.csv").read_text().splitlines()) == 1 + 3
+    with open(scoring / "features.0.f32", "ab") as handle:  # killed after a batch's features, inside its row
+        handle.write(np.ones(3, np.float32).tobytes())
+    with open(scoring / "rows.0.csv", "a") as handle:
+        handle.write("3,images/img3.png,,0.5")
     fixed_model()  # resumed: only the four images left are scored
     resumed, _ = _run(tmp_path, lines, 4, out="killed")
     assert resumed == whole

@@ -88,11 +88,18 @@ def load_pixels(path: Path, max_side: int) -> np.ndarray:
 
 
 class _LastFeature:
-    """A forward hook on the encoder keeping its last feature map averaged over space, L2-normalised (N, C)."""
+    """A forward hook on the encoder keeping its last feature map averaged over space, L2-normalised (N, C); a
+    context manager that removes the hook on leaving."""
 
     def __init__(self, encoder: torch.nn.Module):
         self.value: torch.Tensor | None = None
         self.handle = encoder.register_forward_hook(self)
+
+    def __enter__(self) -> _LastFeature:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
 
     def __call__(self, module, inputs, output) -> None:
         last = output[-1] if isinstance(output, (list, tuple)) else output
@@ -108,6 +115,14 @@ def probs_and_features(model: torch.nn.Module, images: torch.Tensor, hook: _Last
     return probs.cpu().numpy(), hook.value.cpu().numpy()
 
 
+def predict_one(model: torch.nn.Module, path: Path, max_side: int, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels, predicted mask, pooled feature) of one image: the contact sheet's and the labeled images' pass."""
+    pixels = load_pixels(path, max_side)
+    with _LastFeature(model.encoder) as hook:
+        probs, feats = probs_and_features(model, normalize_image(pixels)[None].to(device), hook)
+    return pixels, probs[0].argmax(0), feats[0]
+
+
 @dataclass
 class _Parts:
     """The files one rank appends to: rows (CSV) and features (raw float32, one row per CSV row)."""
@@ -119,17 +134,21 @@ def _parts(out: Path, rank: int) -> _Parts:
     return _Parts(out / "scoring" / f"rows.{rank}.csv", out / "scoring" / f"features.{rank}.f32")
 
 
+def _all_parts(out: Path) -> list[_Parts]:
+    """The files of every rank that scored into OUT (a resumed run may have another world size)."""
+    return [_parts(out, int(path.name.split(".")[1])) for path in sorted((out / "scoring").glob("rows.*.csv"))]
+
+
 def read_scored(out: Path) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
     """Every row and feature vector under OUT/scoring/ (any number of ranks), by list index."""
     rows, features = {}, {}
-    for rank_rows in sorted((out / "scoring").glob("rows.*.csv")):
-        with open(rank_rows, newline="") as handle:
+    for parts in _all_parts(out):
+        with open(parts.rows, newline="") as handle:
             done = list(csv.DictReader(handle))
         if not done:
             continue
         dim = int(done[0]["dim"])
-        flat = np.fromfile(rank_rows.with_name(rank_rows.name.replace("rows.", "features.")[:-4] + ".f32"),
-                           dtype=np.float32, count=len(done) * dim)
+        flat = np.fromfile(parts.features, dtype=np.float32, count=len(done) * dim)
         for number, row in enumerate(done):
             rows[int(row["index"])] = row
             features[int(row["index"])] = flat[number * dim:(number + 1) * dim]
@@ -137,10 +156,14 @@ def read_scored(out: Path) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
 
 
 def _trim(parts: _Parts) -> int:
-    """Cut the feature file to one vector per row of the CSV (a kill between the two writes leaves one vector
-    more: features are written first); returns the rows done."""
+    """Cut the rows file after its last whole line and the feature file to one vector per row (a kill between the
+    two writes leaves vectors without rows: features are written first); returns the rows done."""
     done = []
     if parts.rows.is_file():
+        text = parts.rows.read_bytes()
+        if not text.endswith(b"\n"):
+            with open(parts.rows, "r+b") as handle:
+                handle.truncate(text.rfind(b"\n") + 1)
         with open(parts.rows, newline="") as handle:
             done = list(csv.DictReader(handle))
     if parts.features.is_file():
@@ -159,47 +182,45 @@ def score_pool(model: torch.nn.Module, cfg: Config, root: Path, entries: Sequenc
     parts = _parts(out, rank)
     parts.rows.parent.mkdir(parents=True, exist_ok=True)
     new_file = _trim(parts) == 0
-    hook = _LastFeature(model.encoder)
     bar = tqdm(total=len(indices), desc=f"suggest (rank {rank})" if rank else "suggest", unit="img",
                file=sys.stderr, disable=not progress)
     scored = 0
-    try:
-        with open(parts.rows, "a", newline="") as rows_file, open(parts.features, "ab") as feats_file:
-            writer = csv.DictWriter(rows_file, FIELDS)
-            if new_file:
-                writer.writeheader()
-            batch: list[tuple[int, np.ndarray]] = []
+    with _LastFeature(model.encoder) as hook, bar, open(parts.rows, "a", newline="") as rows_file, \
+            open(parts.features, "ab") as feats_file:
+        writer = csv.DictWriter(rows_file, FIELDS)
+        if new_file:
+            writer.writeheader()
+        batch: list[tuple[int, np.ndarray]] = []
 
-            def flush() -> None:
-                images = torch.stack([normalize_image(pixels) for _, pixels in batch]).to(device)
-                probs, feats = probs_and_features(model, images, hook)
-                for (index, _), prob, feat in zip(batch, probs, feats):
-                    pred = prob.argmax(0)
-                    uncertainty, counts = class_balanced_uncertainty(entropy_map(prob), pred, k)
-                    lift = image_rarity(counts, rarity)
-                    image_rel, mask_rel = entries[index]
-                    feats_file.write(np.ascontiguousarray(feat, dtype=np.float32).tobytes())
-                    writer.writerow({"index": index, "image": image_rel, "mask": mask_rel or "",
-                                     "uncertainty": repr(uncertainty), "rarity": repr(lift),
-                                     "score": repr(combined_score(uncertainty, lift)),
-                                     "classes": "|".join(names[c] for c in np.flatnonzero(present_classes(counts))),
-                                     "dim": len(feat)})
-                feats_file.flush()
-                rows_file.flush()
-                bar.update(len(batch))
-                batch.clear()
+        def flush() -> None:
+            images = torch.stack([normalize_image(pixels) for _, pixels in batch]).to(device)
+            probs, feats = probs_and_features(model, images, hook)
+            rows = []
+            for (index, _), prob in zip(batch, probs):
+                pred = prob.argmax(0)
+                uncertainty, counts = class_balanced_uncertainty(entropy_map(prob), pred, k)
+                lift = image_rarity(counts, rarity)
+                image_rel, mask_rel = entries[index]
+                rows.append({"index": index, "image": image_rel, "mask": mask_rel or "",
+                             "uncertainty": repr(uncertainty), "rarity": repr(lift),
+                             "score": repr(combined_score(uncertainty, lift)),
+                             "classes": "|".join(names[c] for c in np.flatnonzero(present_classes(counts))),
+                             "dim": feats.shape[1]})
+            feats_file.write(np.ascontiguousarray(feats, dtype=np.float32).tobytes())
+            feats_file.flush()  # the features before their rows: a kill leaves rows <= features (see _trim)
+            writer.writerows(rows)
+            rows_file.flush()
+            bar.update(len(batch))
+            batch.clear()
 
-            for index in indices:
-                pixels = load_pixels(root / entries[index][0], max_side)
-                if batch and (len(batch) == batch_size or pixels.shape != batch[0][1].shape):
-                    flush()
-                batch.append((index, pixels))
-                scored += 1
-            if batch:
+        for index in indices:
+            pixels = load_pixels(root / entries[index][0], max_side)
+            if batch and (len(batch) == batch_size or pixels.shape != batch[0][1].shape):
                 flush()
-    finally:
-        hook.handle.remove()
-        bar.close()
+            batch.append((index, pixels))
+            scored += 1
+        if batch:
+            flush()
     return scored
 
 
@@ -224,7 +245,7 @@ def _source_key(weights: Path, list_path: Path, max_side: int) -> dict:
 
 
 def _check_source(out: Path, key: dict, force: bool) -> None:
-    """Start OUT/scoring/ afresh with `force`; refuse stored scores of another checkpoint or list."""
+    """Start OUT/scoring/ afresh with `force`; refuse stored scores of another checkpoint or list; trim the files."""
     scoring, record = out / "scoring", out / "scoring" / "source.json"
     if force and scoring.exists():
         shutil.rmtree(scoring)
@@ -233,6 +254,8 @@ def _check_source(out: Path, key: dict, force: bool) -> None:
                          "or another --out")
     scoring.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(key, indent=1) + "\n")
+    for parts in _all_parts(out):  # what a kill left half-written goes before any rank reads the files
+        _trim(parts)
 
 
 def _write_outputs(out: Path, entries, rows: dict[int, dict], order: np.ndarray, indices: list[int]) -> tuple[Path, Path]:
@@ -298,27 +321,12 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
     feats = np.stack([features[i] for i in indices])
     anchors = None
     if labeled_entries and strategy != "uncertainty":
-        hook = _LastFeature(model.encoder)
-        try:
-            anchors = np.concatenate([probs_and_features(model, normalize_image(load_pixels(root / image, max_side))
-                                                         [None].to(info.device), hook)[1]
-                                      for image, _ in labeled_entries])
-        finally:
-            hook.handle.remove()
+        anchors = np.stack([predict_one(model, root / image, max_side, info.device)[2] for image, _ in labeled_entries])
     order = select(scores, feats, count, strategy, anchors)
     suggested, scores_path = _write_outputs(out, entries, rows, order, indices)
-    sheet_images, sheet_masks = [], []
-    hook = _LastFeature(model.encoder)
-    try:
-        for i in order[:SHEET_MAX]:
-            pixels = load_pixels(root / entries[indices[i]][0], max_side)
-            probs, _ = probs_and_features(model, normalize_image(pixels)[None].to(info.device), hook)
-            sheet_images.append(pixels)
-            sheet_masks.append(probs[0].argmax(0).astype(np.uint8))
-    finally:
-        hook.handle.remove()
+    sheet = [predict_one(model, root / entries[indices[i]][0], max_side, info.device)[:2] for i in order[:SHEET_MAX]]
     names, palette = class_names_and_palette(cfg)
     lift = "rare-class lift from the labeled masks" if counts is not None else "no labeled masks: no rare-class lift"
     note = f"{what} of {weights}; strategy {strategy}; {lift}"
-    return Suggestion([rows[indices[i]] for i in order], suggested, scores_path, sheet_images, sheet_masks,
-                      names, palette, note)
+    return Suggestion([rows[indices[i]] for i in order], suggested, scores_path, [image for image, _ in sheet],
+                      [mask for _, mask in sheet], names, palette, note)
