@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=3, help="random draws per seed")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (each on one thread)")
+    p.add_argument("--table-only", action="store_true", help="rewrite RESULTS/table.md from RESULTS/runs.jsonl")
     return p.parse_args()
 
 
@@ -118,9 +119,10 @@ def round1_jobs(a: argparse.Namespace, done: dict, seeds: list[int]) -> list[tup
     return [job for job in jobs if job[0] not in done]
 
 
-def table(rows: list[dict], seeds: list[int], strategies, draws: int) -> str:
-    """Markdown: a row per arm (round 0, each strategy, the random draws' mean), a column per seed, the mean."""
-    by = {(r["run"].rsplit("_s", 1)[0], r["seed"]): r["miou"] for r in rows}
+def table(rows: list[dict], seeds: list[int], strategies, draws: int, key: str = "miou") -> str:
+    """Markdown: a row per arm (round 0, each strategy, each random draw, their mean and spread), a column per seed,
+    the mean; `key` miou (the student) or miou_ema (the EMA teacher)."""
+    by = {(r["run"].rsplit("_s", 1)[0], r["seed"]): r[key] for r in rows}
     lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---" * (len(seeds) + 2) + "|"]
 
     def line(label: str, values: list[float | None]) -> str:
@@ -135,9 +137,18 @@ def table(rows: list[dict], seeds: list[int], strategies, draws: int) -> str:
     for d in range(draws):
         lines.append(line(f"+6 random, draw {d}", [by.get((f"random{d}", s)) for s in seeds]))
     lines.append(line("+6 random, mean of draws", [statistics.mean(v) if v else None for v in randoms.values()]))
+    for strategy in strategies:
+        gains = [by[(f"suggest_{strategy}", s)] - statistics.mean(randoms[s])
+                 if (f"suggest_{strategy}", s) in by and randoms[s] else None for s in seeds]
+        lines.append(line(f"suggested ({strategy}) - random mean", gains))
     lines.append("| random: spread (max - min over draws) | " + " | ".join(
         f"{max(v) - min(v):.2f}" if len(v) > 1 else "" for v in randoms.values()) + " | |")
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def tables(rows: list[dict], a: argparse.Namespace) -> str:
+    return "\n".join(f"{title}\n\n{table(rows, a.seeds, a.strategies, a.draws, key)}" for title, key in
+                     (("Final mIoU (%), the student", "miou"), ("Final mIoU (%), the EMA teacher", "miou_ema")))
 
 
 def main() -> None:
@@ -153,8 +164,12 @@ def main() -> None:
         with open(runs, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
-        (results / "table.md").write_text(table(rows, a.seeds, a.strategies, a.draws))
+        (results / "table.md").write_text(tables(rows, a))
 
+    if a.table_only:
+        (results / "table.md").write_text(tables(rows, a))
+        print(tables(rows, a))
+        return
     base = Path(a.data) / "splits"
     with ThreadPoolExecutor(a.parallel) as pool:  # round-1 runs queue as soon as their seed's round 0 is there
         ready = [s for s in a.seeds if f"round0_s{s}" in done]
@@ -166,7 +181,7 @@ def main() -> None:
             record(future.result())
             if seed is not None:
                 pending.update({pool.submit(round1, *job, a): None for job in round1_jobs(a, done, [seed])})
-    print(table(rows, a.seeds, a.strategies, a.draws))
+    print(tables(rows, a))
 
 
 if __name__ == "__main__":
