@@ -1,14 +1,26 @@
-"""`allspark splits TRAIN_LIST --out DIR (--count N | --fraction F)`: labeled and unlabeled lists."""
+"""`allspark splits TRAIN_LIST --out DIR (--count N | --fraction F)`: labeled and unlabeled lists;
+`allspark splits --add suggested.txt --out DIR`: move newly labelled images from one to the other."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from allspark.config import LAYOUTS
-from allspark.data.splits import make_split, write_layout_list
+from allspark.data.splits import add_to_labeled, make_split, write_layout_list
+from allspark.errors import UsageError
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.add:
+        if args.train_list or args.count or args.fraction:
+            raise UsageError("--add moves images between the lists in --out; give no TRAIN_LIST, --count or --fraction")
+        root = Path(args.root) if args.root else Path(args.out).parent
+        moved, labeled, unlabeled = add_to_labeled(args.add, args.out, root)
+        print(f"moved {moved} image(s) to {labeled} ({len(labeled.read_text().splitlines())} images); "
+              f"{unlabeled} keeps {len(unlabeled.read_text().splitlines())}")
+        return 0
+    if not args.train_list or not (args.count or args.fraction):
+        raise UsageError("give TRAIN_LIST and --count or --fraction (or --add SUGGESTED)")
     source = Path(args.train_list)
     if source.is_dir():
         source = write_layout_list(source, args.layout, args.split, Path(args.out) / f"{args.split}.txt")
@@ -22,13 +34,16 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     parser = sub.add_parser("splits", description="Choose labeled images from TRAIN_LIST (lines 'image mask', or a dataset "
                                         "root read with --layout) and write OUT/labeled.txt and OUT/unlabeled.txt.")
-    parser.add_argument("train_list", metavar="TRAIN_LIST")
+    parser.add_argument("train_list", metavar="TRAIN_LIST", nargs="?")
     parser.add_argument("--out", required=True, help="output directory")
-    how = parser.add_mutually_exclusive_group(required=True)
+    how = parser.add_mutually_exclusive_group()
     how.add_argument("--count", type=int, help="number of labeled images, e.g. 92, 183, 366, 732, 1464")
     how.add_argument("--fraction", help="labeled fraction, e.g. 1/16, 1/8, 0.25 (rounded up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite existing lists")
     parser.add_argument("--layout", choices=LAYOUTS, default="folder", help="layout when TRAIN_LIST is a dataset root")
     parser.add_argument("--split", default="train", help="split to list when TRAIN_LIST is a dataset root")
+    parser.add_argument("--add", metavar="SUGGESTED", help="move the images of this list (`allspark suggest`'s "
+                        "suggested.txt, once labelled) from OUT/unlabeled.txt to OUT/labeled.txt")
+    parser.add_argument("--root", help="with --add: folder the masks' paths are relative to (default: OUT's parent)")
     parser.set_defaults(run=run)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -88,3 +89,39 @@ def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
         return f"allspark splits {Path(root) / 'train.txt'} --out {out} {size}"
     split = get_layout(layout).splits[0]
     return f"allspark splits {root} --layout {layout}{'' if split == 'train' else f' --split {split}'} --out {out} {size}"
+
+
+def add_to_labeled(suggested: str | Path, splits_dir: str | Path, root: str | Path) -> tuple[int, Path, Path]:
+    """Move the images of `suggested` (list lines; best first) from SPLITS_DIR/unlabeled.txt to the end of
+    SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
+    duplicating a line; images already labeled are left as they are. Refuses, naming them, images that are in
+    neither list or whose mask (relative to `root`) is not there yet. Each list is replaced in one step."""
+    splits_dir, root = Path(splits_dir), Path(root)
+    labeled_path, unlabeled_path = splits_dir / "labeled.txt", splits_dir / "unlabeled.txt"
+    labeled = read_list(labeled_path, need_masks=True)
+    unlabeled = read_list(unlabeled_path, need_masks=False)
+    is_labeled = {image for image, _ in labeled}
+    waiting = {image: mask for image, mask in unlabeled}
+    moving: dict[str, str | None] = {}
+    unknown = []
+    for image, mask in read_list(suggested, need_masks=False):
+        if image in is_labeled or image in moving:
+            continue
+        if image not in waiting:
+            unknown.append(image)
+            continue
+        moving[image] = mask or waiting[image]
+    if unknown:
+        raise InputError(f"{suggested}: {len(unknown)} image(s) in neither {labeled_path.name} nor "
+                         f"{unlabeled_path.name}: {', '.join(unknown[:5])}" + (", ..." if len(unknown) > 5 else ""))
+    missing = [image for image, mask in moving.items() if mask is None or not (root / mask).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} suggested image(s) have no mask yet (label them, or give 'image mask' lines "
+                         f"in {suggested}): {', '.join(missing[:5])}" + (", ..." if len(missing) > 5 else ""))
+    new_labeled = [f"{image} {mask}" for image, mask in labeled] + [f"{image} {mask}" for image, mask in moving.items()]
+    new_unlabeled = [" ".join(part for part in entry if part) for entry in unlabeled if entry[0] not in moving]
+    for path, lines in ((labeled_path, new_labeled), (unlabeled_path, new_unlabeled)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, path)
+    return len(moving), labeled_path, unlabeled_path

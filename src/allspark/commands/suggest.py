@@ -1,0 +1,52 @@
+"""`allspark suggest --checkpoint RUN --count N [--list unlabeled.txt] --out DIR`: which images to label next."""
+from __future__ import annotations
+
+import argparse
+
+from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
+                                       set_threads)
+from allspark.inference.selection import STRATEGIES
+from allspark.inference.suggest import suggest
+from allspark.viz.contact_sheet import save_contact_sheet
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args)
+    result = suggest(args.checkpoint, args.out, args.count, list_path=args.list, root=args.root,
+                     labeled_list=args.labeled, which=args.which, strategy=args.strategy, batch_size=args.batch_size,
+                     max_side=args.max_side, device=args.device, force=args.force, say=print)
+    if result is None:  # a torchrun rank other than 0: its share is scored
+        return 0
+    captions = [f"#{number} {row['image'].rsplit('/', 1)[-1]}\nscore {float(row['score']):.3f} "
+                f"unc {float(row['uncertainty']):.3f} rare {float(row['rarity']):.2f}"
+                for number, row in enumerate(result.chosen, 1)]
+    sheet = save_contact_sheet(result.suggested.with_name("contact_sheet.png"), result.sheet_images,
+                               result.sheet_masks, captions, result.palette, result.class_names)
+    print(f"{result.note}\nwrote {result.suggested} ({len(result.chosen)} images, best first), {result.scores} and "
+          f"{sheet}\nlabel them, then: allspark splits --add {result.suggested} --out SPLITS_DIR")
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("suggest", description="Score every unlabeled image with a trained model (class-balanced "
+                            "entropy, lifted by classes rare in the labeled masks, and pooled encoder features for "
+                            "diversity) and write OUT/suggested.txt (best first), OUT/scores.csv and "
+                            "OUT/contact_sheet.png. Resumes from OUT/scoring/ when interrupted; under torchrun each "
+                            "rank scores a share.")
+    add_checkpoint_options(parser)
+    parser.add_argument("--count", type=positive_int, required=True, help="how many images to suggest")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--list", help="the images to choose from, a list file (default: the run's unlabeled list)")
+    parser.add_argument("--root", help="folder the list's paths are relative to (default: the run's data.root)")
+    parser.add_argument("--labeled", help="the labeled list: class shares and images to differ from (default: the "
+                                          "run's)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="both",
+                        help="both: uncertainty x distance to the labeled and chosen images (default); uncertainty "
+                             "or diversity alone")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images of equal size scored together")
+    parser.add_argument("--max-side", type=positive_int, default=1024,
+                        help="images are shrunk to this longer side for scoring")
+    parser.add_argument("--force", action="store_true", help="score again, dropping OUT/scoring/")
+    add_threads_option(parser)
+    add_device_option(parser)
+    parser.set_defaults(run=run)
