@@ -47,6 +47,7 @@ def test_n_micro_batches_of_b_equal_one_batch_of_n_b_with_batchnorm_frozen(data_
     extra = ["model.ablation=none"] if method == "sup" else []
     one = make_cfg(data_root, tmp_path / "one", method, "train.batch_size=4", *extra)
     micro = make_cfg(data_root, tmp_path / "micro", method, "train.batch_size=2", "train.accumulate=2", *extra)
+    torch.manual_seed(0)  # the start weights, whatever ran before in this worker
     start = Trainer(one, total=10).model.state_dict()
     results = {}
     for name, cfg in (("one", one), ("micro", micro)):
@@ -57,7 +58,9 @@ def test_n_micro_batches_of_b_equal_one_batch_of_n_b_with_batchnorm_frozen(data_
     assert [r["loss"] for r in records_micro] == pytest.approx([r["loss"] for r in records_one], rel=1e-5)
     moved = max((weights_one[k] - start[k]).abs().max().item() for k in weights_one)
     worst = max((weights_one[k] - weights_micro[k]).abs().max().item() for k in weights_one)
-    assert moved > 1e-4 and worst < 1e-4 * moved
+    # float32 summation order alone leaves up to ~4e-4 of the step (seen in CI); a wrong accumulation (a loss not
+    # divided by N, a micro-batch dropped) is off by a large share of it
+    assert moved > 1e-4 and worst < 1e-2 * moved
 
 
 def one_step_each(data_root, tmp_path, method: str, freeze_bn: bool) -> tuple[dict, Trainer, Trainer]:
