@@ -195,8 +195,10 @@ class AllSparkBottleneck(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, token_grid: tuple[int, int], heads: int = 2,
-                 ablation: str = "full", grouping: str = "probs", dropout: float = 0.1, fast: bool = True):
+                 ablation: str = "full", grouping: str = "probs", dropout: float = 0.1, fast: bool = True,
+                 stride: int = ENCODER_STRIDE):
         super().__init__()
+        self.stride = stride  # of the encoder map it reads, for the crop range a wrong grid's error names
         if ablation not in MODULE_ABLATIONS:
             raise ValueError(f"ablation must be one of {MODULE_ABLATIONS}, got {ablation!r}")
         if grouping not in GROUPINGS:
@@ -251,7 +253,7 @@ class AllSparkBottleneck(nn.Module):
     def _check_grid(self, size) -> None:
         h, w = self.token_grid
         if size[0] * size[1] != h * w:
-            lo, hi = (h - 1) * ENCODER_STRIDE + 1, h * ENCODER_STRIDE
+            lo, hi = (h - 1) * self.stride + 1, h * self.stride
             raise ValueError(f"the Semantic Memory was built for a {h}x{w} token grid (d={h * w}, training crop "
                              f"{lo}..{hi}); forward_semi got a {size[0]}x{size[1]} grid (d={size[0] * size[1]}): "
                              f"train at the crop size the model was built with (model.crop_size)")

@@ -146,6 +146,11 @@ class RegistersPositionEmbeddings(Dinov2WithRegistersEmbeddings):
         return _position_table(self, embeddings, height, width, resize)
 
 
+def backbone_class(family: str) -> type:
+    """transformers' backbone class of an encoder family (registry.FAMILY_CLASSES)."""
+    return getattr(transformers, FAMILY_CLASSES[family])
+
+
 class ViTEncoder(nn.Module):
     """A DINOv2 / DINOv2-with-registers / DINOv3 ViT from transformers, giving the four maps of the registry's
     blocks, each through the final norm, at stride `patch` (UniMatch V2's get_intermediate_layers). The input
@@ -154,10 +159,10 @@ class ViTEncoder(nn.Module):
     def __init__(self, name: str, pos_embed: str = "release"):
         super().__init__()
         self.name, self.spec = name, encoder_spec(name)
-        backbone_class = getattr(transformers, FAMILY_CLASSES[self.spec.family])
-        config = backbone_class.config_class(**self.spec.hf, out_indices=[b + 1 for b in self.spec.blocks],
-                                             apply_layernorm=True, reshape_hidden_states=True)
-        self.backbone = backbone_class(config)
+        model_class = backbone_class(self.spec.family)
+        config = model_class.config_class(**self.spec.hf, out_indices=[b + 1 for b in self.spec.blocks],
+                                          apply_layernorm=True, reshape_hidden_states=True)
+        self.backbone = model_class(config)
         if self.spec.family == "dinov2" and pos_embed == "release":
             self.backbone.embeddings.__class__ = ReleasePositionEmbeddings
         elif self.spec.family == "dinov2_reg":
@@ -177,8 +182,8 @@ class ConvNeXtEncoder(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.name, self.spec = name, encoder_spec(name)
-        backbone_class = getattr(transformers, FAMILY_CLASSES[self.spec.family])
-        self.backbone = backbone_class(backbone_class.config_class(**self.spec.hf, out_indices=[1, 2, 3, 4]))
+        model_class = backbone_class(self.spec.family)
+        self.backbone = model_class(model_class.config_class(**self.spec.hf, out_indices=[1, 2, 3, 4]))
         self.channels = self.spec.channels
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

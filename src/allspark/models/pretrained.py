@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import huggingface_hub
-import transformers
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 from torch import nn
 
 from allspark.errors import ConfigError
 from allspark.models.convert import Converted, dinov2_to_hf, load_exact, mit_to_hf, read_checkpoint
+from allspark.models.encoders import backbone_class
 from allspark.models.weights import read_weights
-from allspark.registry import FAMILY_CLASSES
 
 # the transformers config fields that fix an encoder's weights shapes, compared with the registry's
 _SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")
@@ -28,6 +27,11 @@ def _original_to_ours(encoder: nn.Module, state: dict) -> Converted:
         return dinov2_to_hf(state, prefix="backbone.")
     raise ConfigError(f"model.pretrained: {encoder.name} weights load from a Hugging Face folder or hub id "
                       "(no original file layout is read for this family)", "model.pretrained")
+
+
+def _as_lists(fields: dict) -> dict:
+    """Config fields with tuples as lists, so the registry's tuples compare equal to a loaded config's lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
 def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
@@ -45,9 +49,8 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
         return
     if not Path(source).is_dir():
         _check_hub(source)
-    model_class = getattr(transformers, FAMILY_CLASSES[encoder.spec.family])
     try:
-        hf, info = model_class.from_pretrained(source, output_loading_info=True)
+        hf, info = backbone_class(encoder.spec.family).from_pretrained(source, output_loading_info=True)
     except OSError as err:
         raise ConfigError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
                           f"directory or hub id failed: {err}", "model.pretrained") from None
@@ -60,8 +63,7 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
                           f"unknown weights: {extra}", "model.pretrained")
     expected = {k: v for k, v in encoder.spec.hf.items() if k in _SHAPE_FIELDS}
     found = {k: getattr(hf.config, k, None) for k in expected}
-    if {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in found.items()} != \
-            {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in expected.items()}:
+    if _as_lists(found) != _as_lists(expected):
         raise ConfigError(f"model.pretrained {source!r} holds an encoder with {found}; model.encoder {encoder.name} "
                           f"expects {expected}", "model.pretrained")
     prefix = "" if encoder.spec.family == "mit" else "backbone."
