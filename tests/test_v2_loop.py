@@ -140,9 +140,31 @@ def test_recipe_name_expands_to_its_keys_and_the_command_line_wins(data_root, tm
     tweaked = make_cfg(data_root, tmp_path, "allspark", "recipe=unimatch_v2", "recipe.threshold=0.9",
                        "train.lr=1e-5")
     assert (tweaked.recipe.threshold, tweaked.train.lr, tweaked.recipe.views) == (0.9, 1e-5, 2)
+    assert not cfg.data.labeled_colour
     sup = make_cfg(data_root, tmp_path, "sup", "recipe=unimatch_v2")
-    assert sup.recipe == RecipeConfig()  # supervised.py: the optimiser only
+    assert sup.recipe == RecipeConfig()  # supervised.py: the optimiser and the labeled crops only
     assert (sup.train.optimizer, sup.train.lr, sup.train.lr_timing) == ("adamw", 5e-6, "after")
+    assert not sup.data.labeled_colour and make_cfg(data_root, tmp_path, "sup").data.labeled_colour
+
+
+@pytest.mark.parametrize("recipe, coloured", [(None, True), ("unimatch_v2", False)])
+def test_labeled_crops_get_colour_only_outside_the_v2_recipe(tmp_path, recipe, coloured):
+    """A one-colour labeled image: geometry alone keeps every unpadded pixel that colour (AllSpark's release
+    jitters, greys and blurs labeled crops; UniMatch V2's semi.py does not)."""
+    from PIL import Image
+    root = tmp_path / "data"
+    (root / "splits").mkdir(parents=True)
+    Image.new("RGB", (80, 60), (200, 40, 90)).save(root / "flat.png")
+    Image.new("L", (80, 60), 1).save(root / "flat_mask.png")
+    (root / "splits" / "labeled.txt").write_text("flat.png flat_mask.png\n" * 8)
+    extra = [f"recipe={recipe}"] if recipe else []
+    cfg = make_cfg(root, tmp_path / "run", "sup", "model.crop_size=48", "train.batch_size=8", *extra)
+    batch = next(iter(build_labeled_loader(cfg)))
+    colour = (torch.tensor([200, 40, 90]) / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225])
+    valid = (batch["mask"] != 255).unsqueeze(1).expand_as(batch["image"])
+    error = (batch["image"] - colour[None, :, None, None]).abs()[valid]
+    assert (error.max() > 0.05) == coloured
 
 
 def test_recipe_name_in_a_file_keeps_the_files_train_keys(tmp_path):

@@ -91,6 +91,7 @@ class DataConfig:
     val_list: str = ""
     workers: int = 2
     skip_bad_samples: bool = False  # log and skip unreadable samples instead of stopping
+    labeled_colour: bool = True  # colour jitter, grey and blur on labeled crops (AllSpark's release; UniMatch V2: off)
 
 
 @dataclass
@@ -148,13 +149,15 @@ class RecipeConfig:
 
 
 # `recipe: NAME` in a config: these keys, under whatever the config itself sets (README, recipes). For method sup
-# only the train keys apply: UniMatch V2's labeled-only baseline (its supervised.py) trains with the same optimiser.
+# only the train and data keys apply: UniMatch V2's labeled-only baseline (its supervised.py) trains with the same
+# optimiser on the same labeled crops.
 RECIPES = {
     "unimatch_v2": {
         "recipe": {"strong_views": True, "views": 2, "cutmix_prob": 0.5, "cutmix_partner": "flip",
                    "cutmix_boxes": "release", "comp_drop": True,
                    "threshold": 0.95, "teacher": "ema", "ema_momentum": 0.996, "passes": "auto"},
         "train": {"optimizer": "adamw", "lr": 5e-6, "lr_multi": 40.0, "weight_decay": 0.01, "lr_timing": "after"},
+        "data": {"labeled_colour": False},  # its labeled crops (semi.py's train_l) are only rescaled, cropped, flipped
     },
 }
 
@@ -273,7 +276,7 @@ def config_from_dict(data: dict, where: str = "<config>", command_line: Sequence
 
 def expand_recipe(data: dict, over: bool = False) -> dict:
     """`data` with a named recipe (`recipe: unimatch_v2`) replaced by its keys (RECIPES); for method sup only the
-    recipe's train keys. The config's own train keys stay over the recipe's, or with `over` (a `recipe=NAME`
+    recipe's train and data keys. The config's own keys stay over the recipe's, or with `over` (a `recipe=NAME`
     override) the recipe's over those set so far."""
     name = data.get("recipe")
     if not isinstance(name, str):
@@ -282,11 +285,12 @@ def expand_recipe(data: dict, over: bool = False) -> dict:
         raise ConfigError(f"key 'recipe' names no recipe: {name!r} (known: {', '.join(RECIPES)}; or a mapping of "
                           "recipe keys)", "recipe")
     named = RECIPES[name]
-    own_train = data.get("train") or {}
-    if not isinstance(own_train, dict):
-        return data  # _build reports the malformed section
-    train = {**own_train, **named["train"]} if over else {**named["train"], **own_train}
-    expanded = {**data, "train": train}
+    expanded = dict(data)
+    for section in ("train", "data"):
+        own = data.get(section) or {}
+        if not isinstance(own, dict):
+            return data  # _build reports the malformed section
+        expanded[section] = {**own, **named[section]} if over else {**named[section], **own}
     if data.get("method") == "sup":
         expanded.pop("recipe")
     else:

@@ -126,7 +126,7 @@ def _loader(dataset: ListDataset, sampler: Sampler, batch_size: int, cfg: Config
 
 def _train_loader(cfg, key, mode, stream, rank, world_size, length):
     seed = _stream_seed(cfg, stream, rank)
-    transform = TrainTransform(cfg.model.crop_size, colour=mode == "labeled", seed=seed)
+    transform = TrainTransform(cfg.model.crop_size, colour=mode == "labeled" and cfg.data.labeled_colour, seed=seed)
     recipe = cfg.recipe
     views = None
     if mode == "unlabeled" and (recipe.strong_views or recipe.cutmix_prob > 0):
