@@ -26,7 +26,7 @@ def _losses(run):
 
 def test_a_kill_between_the_two_writes_resumes_from_the_previous_pair(data_root, tmp_path, monkeypatch):
     whole, torn = tmp_path / "whole", tmp_path / "torn"
-    train(make_cfg(data_root, whole, "sup", "train.epochs=4"), progress=False)  # 2 per epoch: saves at 2, 3, 4, 6
+    train(make_cfg(data_root, whole, "sup", "train.epochs=4"), progress=False)  # saves at 3, 6 and the end, 8
 
     def killed_before_the_state(path, write):  # the weights of iteration 6 are written, then the run dies
         if path.name == "latest.state.pt" and checkpoint_module.save_weights.last_iteration == "6":
@@ -44,7 +44,7 @@ def test_a_kill_between_the_two_writes_resumes_from_the_previous_pair(data_root,
     names = sorted(path.name for path in (torn / "checkpoints").iterdir())
     assert names == ["best.safetensors", "latest.safetensors", "latest.state.pt", "previous.safetensors",
                      "previous.state.pt"]
-    assert load_checkpoint(torn)[1]["iteration"] == 4  # latest.safetensors is at 6, its state file at 4
+    assert load_checkpoint(torn)[1]["iteration"] == 3  # latest.safetensors is at 6, its state file at 3
     monkeypatch.undo()
     train(make_cfg(data_root, torn, "sup", "train.epochs=4"), progress=False)
     assert _losses(torn) == _losses(whole)
@@ -54,23 +54,23 @@ def test_a_kill_between_the_two_writes_resumes_from_the_previous_pair(data_root,
 def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_pair(data_root, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
 
-    def full_at_iteration_3(tensors, path, metadata=None):
-        if metadata.get("iteration") == "3":
+    def full_at_iteration_4(tensors, path, metadata=None):
+        if metadata.get("iteration") == "4":
             raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device "
                                               "(os error 28)")
         save_file(tensors, path, metadata=metadata)
 
     save_file = safetensors.torch.save_file
-    monkeypatch.setattr(weights_module, "save_file", full_at_iteration_3)
+    monkeypatch.setattr(weights_module, "save_file", full_at_iteration_4)
     with pytest.raises(SystemExit) as code:
         main(["train", "demo", "method=sup", f"data.root={data_root}", f"run_dir={run}", "model.crop_size=64",
-              "train.batch_size=2", "train.epochs=2", "train.checkpoint_every=3", "--no-progress"])
+              "train.batch_size=2", "train.epochs=3", "train.checkpoint_every=2", "--no-progress"])
     assert code.value.code == 1
     weights = RunFolder(run).weights()
     line = f"allspark train: error: {weights}: no space left on its device ("
     assert capsys.readouterr().err.splitlines()[-1].startswith(line)
     assert line.split("error: ")[1] in (run / "train.log").read_text().splitlines()[-1]
-    assert load_checkpoint(run)[1]["iteration"] == 2  # the end of epoch 0
+    assert load_checkpoint(run)[1]["iteration"] == 2  # the checkpoint before
     assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
 
 

@@ -126,7 +126,7 @@ def test_rejected_force_config_keeps_config(data_root, tmp_path, change, key):
 
 
 def test_force_config_optimiser_keys_take_effect_on_resume(data_root, tmp_path, monkeypatch):
-    _stop_at(monkeypatch, 5)  # latest is the end of epoch 0 (iteration 4)
+    _stop_at(monkeypatch, 5)  # latest is iteration 3 (train.checkpoint_every)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(data_root, tmp_path, "semi"), progress=False)
     groups = []
@@ -138,10 +138,10 @@ def test_force_config_optimiser_keys_take_effect_on_resume(data_root, tmp_path, 
     monkeypatch.setattr(Trainer, "step", step)
     changed = make_cfg(data_root, tmp_path, "semi", "train.lr=0.005", "train.momentum=0.8", "train.weight_decay=0.001")
     train(changed, force_config=True, progress=False)
-    factor = poly_factor(4, 8)
+    factor = poly_factor(3, 8)
     assert groups[0] == [(pytest.approx(0.005 * factor), 0.8, 0.001),
                          (pytest.approx(0.005 * changed.train.lr_multi * factor), 0.8, 0.001)]
-    record = next(r for r in read_metrics(tmp_path) if r["split"] == "train" and r["iter"] == 5)
+    record = next(r for r in read_metrics(tmp_path) if r["split"] == "train" and r["iter"] == 4)
     assert record["lr"] == pytest.approx(0.005 * factor)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["lr"] == 0.005
 

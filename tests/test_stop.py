@@ -61,7 +61,7 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(data_root, 
     with pytest.raises(SystemExit) as code:
         main(["train", "demo", f"data.root={data_root}", f"run_dir={run}", *ARGS])
     assert code.value.code == 130
-    assert load_checkpoint(run)[1]["iteration"] == 4  # the end of epoch 0, not the step that was stopped
+    assert load_checkpoint(run)[1]["iteration"] == 3  # the last train.checkpoint_every, not the stopped step
     assert "stopped at once by a second SIGINT" in (run / "train.log").read_text().splitlines()[-1]
 
 

@@ -109,7 +109,7 @@ class TrainConfig:
     ohem_min_kept: int = 200000
     amp: str = "off"  # off | bf16 | fp16
     compile: bool = False
-    checkpoint_every: int = 200  # iterations between `latest` checkpoints (also every epoch)
+    checkpoint_every: int = 200  # iterations between `latest` checkpoints (also at the run's end)
     eval_every: int = 1  # epochs between evaluations
     log_every: int = 20  # iterations between scalar logs
     seed: int = 0

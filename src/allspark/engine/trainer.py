@@ -396,11 +396,15 @@ class _Run:
                 self.save()
 
     def end_epoch(self) -> None:
-        """Evaluate when due (keeping `best`), then checkpoint the epoch's end."""
+        """Evaluate when due (keeping `best`); checkpoint if the run ends here (the steps checkpoint every
+        `train.checkpoint_every`: epochs of a few steps, as a small labeled list makes them, would otherwise write one
+        per step)."""
         cfg, at = self.cfg, self.at
-        if at.epoch % cfg.train.eval_every == 0 or self.iteration >= self.total or at.epoch >= cfg.train.epochs:
+        finished = self.iteration >= self.total or at.epoch >= cfg.train.epochs
+        if at.epoch % cfg.train.eval_every == 0 or finished:
             self.evaluate()
-        self.save()
+        if finished:
+            self.save()
 
     def evaluate(self) -> None:
         """Validation mIoU of the student and, with an EMA teacher, of the teacher (both logged and written);
