@@ -50,9 +50,10 @@ def release_layout(weights: Path, size: str, v2) -> dict:
 
 
 def our_command(args, method: str, seed: int, data: Path, encoder: Path, run_dir: Path) -> list[str]:
+    """`allspark train` of our `method` (sup, semi or allspark) under recipe=unimatch_v2 from `encoder`."""
     epochs = args.iters  # an upper bound: train.max_iters ends the run
     return [sys.executable, "-m", "allspark", "train", "demo", "--threads", "1", "--no-progress",
-            f"method={METHODS[method]}", "recipe=unimatch_v2", "model.encoder=dinov2_small",
+            f"method={method}", "recipe=unimatch_v2", "model.encoder=dinov2_small",
             f"model.crop_size={args.crop}", f"model.pretrained={encoder}", f"data.root={data}",
             "train.batch_size=4", f"train.max_iters={args.iters}", f"train.epochs={epochs}",
             f"train.eval_every={epochs}", f"train.checkpoint_every={args.iters}", f"train.seed={seed}",
@@ -73,6 +74,18 @@ def our_result(run_dir: Path, method: str) -> float:
     last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if '"split": "val"' in line][-1]
     return 100 * (last["miou_ema"] if method != "sup" else last["miou"])
+
+
+def our_labeled_loss(run_dir: Path, last: int = 50) -> float:
+    """The mean labeled loss of the logged steps among a run's last `last` iterations."""
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if '"split": "train"' in line]
+    return statistics.mean(r["loss_l"] for r in steps if r["iter"] > steps[-1]["iter"] - last)
+
+
+def release_labeled_loss(result: dict, last: int = 50) -> float:
+    """The mean labeled loss of the release's last `last` iterations (`loss_x` of unimatch_v2.py, `loss` of sup)."""
+    return statistics.mean(step.get("loss_x", step["loss"]) for step in result["losses"][-last:])
 
 
 def run(command: list[str], log: Path) -> None:
@@ -116,7 +129,7 @@ def main() -> int:
         for method in METHODS:
             run_dir = out / f"ours_{method}_s{seed}"
             if not (run_dir / "metrics.jsonl").is_file():
-                jobs.append((our_command(args, method, seed, data, encoder, run_dir),
+                jobs.append((our_command(args, METHODS[method], seed, data, encoder, run_dir),
                              args.results / f"ours_{method}_s{seed}.log"))
             result = args.results / f"release_{method}_s{seed}.json"
             if not result.is_file():
@@ -124,17 +137,21 @@ def main() -> int:
                              args.results / f"release_{method}_s{seed}.log"))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job), jobs))
-    rows = {}
+    rows, losses = {}, {}
     for method in METHODS:
-        ours, theirs = [], []
+        ours, theirs, our_loss, their_loss = [], [], [], []
         for seed in args.seeds:
             run_dir = out / f"ours_{method}_s{seed}"
             ours.append(our_result(run_dir, method))
+            our_loss.append(our_labeled_loss(run_dir))
             shutil.copy(run_dir / "metrics.jsonl", args.results / f"ours_{method}_s{seed}.metrics.jsonl")
-            theirs.append(json.loads((args.results / f"release_{method}_s{seed}.json").read_text())["miou"])
+            result = json.loads((args.results / f"release_{method}_s{seed}.json").read_text())
+            theirs.append(result["miou"])
+            their_loss.append(release_labeled_loss(result))
         rows[method] = {"ours": ours, "release": theirs}
+        losses[method] = {"ours": our_loss, "release": their_loss}
     (args.results / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                            "rows": rows}, indent=1))
+                                                            "rows": rows, "labeled_loss_last_50": losses}, indent=1))
     print(f"DINOv2-small + DPT from the source encoder ({args.source_iters} iterations), demo data, crop {args.crop}, "
           f"batch 4 (+4), {args.iters} iterations, seeds {args.seeds}; final mIoU % over all classes")
     print("| row | side | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± sd | ours within the release's sd |")
@@ -146,6 +163,12 @@ def main() -> int:
                 mean, ref = statistics.mean(values), sides["release"]
                 within = "yes" if abs(mean - statistics.mean(ref)) <= statistics.stdev(ref) else "no"
             print(f"| {method} | {side} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {summary(values)} | {within} |")
+    print("\nlabeled loss, mean over the last 50 iterations")
+    print("| row | side | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± sd |")
+    print("|---|---|" + "---|" * len(args.seeds) + "---|")
+    for method, sides in losses.items():
+        for side, values in sides.items():
+            print(f"| {method} | {side} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {summary(values)} |")
     return 0
 
 
