@@ -7,9 +7,11 @@ cross-entropy loss at the training batch, and inference without autograd at batc
 whole step of the UniMatch V2 loop: the harness's `unimatch_v2_step` on the release's model against our
 `Trainer.step` (`method=semi recipe=unimatch_v2`) on the same synthetic batches (teacher pass, two strong views
 with complementary dropout, AdamW, EMA). Each round runs every case once, in turn, so a shared machine slows them
-alike; the table gives medians.
+alike; the table gives medians. `--profile` instead prints where the time of two loop steps goes, per side:
+the operators with the most self time (torch.profiler).
 
     .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1
+    .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1 --profile --crops 98
 """
 from __future__ import annotations
 
@@ -84,6 +86,16 @@ def loop_steps(v2, args, crop: int) -> dict:
     return {("UniMatch V2 loop step", "release"): theirs, ("UniMatch V2 loop step", "ours"): ours}
 
 
+def profile_steps(steps: dict, rows: int = 12) -> None:
+    """Two warm-up and two profiled loop steps per side; each side's operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    for (_, side), step in steps.items():
+        step(), step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(), step()
+        print(f"{side}: two steps\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
@@ -94,12 +106,16 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--profile", action="store_true", help="profile two loop steps per side at the first crop")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import allspark
     v2 = import_harness(args.reference, "unimatch_v2", "bench_v2_side_by_side")
     v2.load_release()
+    if args.profile:
+        profile_steps(loop_steps(v2, args, args.crops[0]))
+        return 0
     torch.manual_seed(0)
     release = v2.build_model(args.size, args.classes)
     ours = allspark.load_official(release.state_dict(), {
