@@ -20,14 +20,14 @@ def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """`train.optimizer`: SGD with momentum, or AdamW with betas 0.9/0.999 (train.momentum unused) as UniMatch V2.
 
-    SGD takes PyTorch's fused kernel, 2-3x faster than the per-tensor loop it defaults to on the CPU
-    (benchmarks/bench_optimizer.py). AdamW keeps the release's kernel: a weight the loss cannot move (a key bias
-    ahead of softmax) has a gradient of rounding noise, which Adam scales to lr-sized steps, so another kernel's
-    last bits take such weights far from the release's (fidelity_unimatch_v2.py compares them at 1e-5)."""
+    Both on PyTorch's default kernel, as the releases: the fused ones are 2-3x faster per optimiser step on the CPU
+    (benchmarks/bench_optimizer.py) but change the last bits, which training amplifies (a weight the loss cannot
+    move, such as a key bias ahead of the softmax, gets a gradient of rounding noise that Adam scales to lr-sized
+    steps), so the release comparisons and the committed results would no longer come back exactly."""
     groups = param_groups(model, cfg.lr, cfg.lr_multi)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
