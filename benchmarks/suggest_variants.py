@@ -3,7 +3,8 @@
 Each variant changes one part of the library's score and keeps the rest (`inference.selection`): the per-pixel
 uncertainty (margin instead of entropy), its pooling (top-k pixels instead of class-balanced), the rare-class lift
 (weighted by each class's predicted pixel share instead of the rarest class present), or the model that scores
-(the round-0 student instead of its EMA teacher). `pick` writes the chosen lines like `allspark suggest` does.
+(the round-0 student instead of its EMA teacher); `library` is the library's own score, as a check (its picks are
+`allspark suggest --strategy both`'s). `pick` returns the chosen lines in the list format, best first.
 
     python benchmarks/suggest_variants.py --checkpoint RUN --count 6 --out DIR [--variants margin topk share student]
 
