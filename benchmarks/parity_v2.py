@@ -76,6 +76,13 @@ def our_result(run_dir: Path, method: str) -> float:
     return 100 * (last["miou_ema"] if method != "sup" else last["miou"])
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether an `allspark train` run has its final evaluation (the only one: eval_every is the whole budget); a
+    killed one is run again by the same command, which continues its folder."""
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.is_file() and '"split": "val"' in metrics.read_text()
+
+
 def our_labeled_loss(run_dir: Path, last: int = 50) -> float:
     """The mean labeled loss of the logged steps among a run's last `last` iterations."""
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -128,7 +135,7 @@ def main() -> int:
     for seed in args.seeds:
         for method in METHODS:
             run_dir = out / f"ours_{method}_s{seed}"
-            if not (run_dir / "metrics.jsonl").is_file():
+            if not finished(run_dir):
                 jobs.append((our_command(args, METHODS[method], seed, data, encoder, run_dir),
                              args.results / f"ours_{method}_s{seed}.log"))
             result = args.results / f"release_{method}_s{seed}.json"

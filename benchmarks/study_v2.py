@@ -20,17 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from demo_seeds import interval
-from parity_v2 import our_command, our_labeled_loss, our_result, run
+from parity_v2 import finished, our_command, our_labeled_loss, our_result, run
 
 HERE = Path(__file__).resolve().parent
 ROWS = {"sup": "sup", "unimatch_v2": "semi", "allspark_v2": "allspark"}  # row -> our method, all recipe=unimatch_v2
 REFERENCE = HERE / "results" / "demo_seeds" / "data0" / "results.json"
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether the run has its final evaluation (the only one: eval_every is the whole budget)."""
-    metrics = run_dir / "metrics.jsonl"
-    return metrics.is_file() and '"split": "val"' in metrics.read_text()
 
 
 def main() -> int:

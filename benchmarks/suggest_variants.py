@@ -29,8 +29,7 @@ from allspark.inference.selection import (class_balanced_uncertainty, class_rari
                                           entropy_map, image_rarity, select)
 from allspark.inference.suggest import (_LastFeature, labeled_class_counts, load_pixels, load_teacher,  # noqa: E402
                                         probs_and_features)
-from allspark.models.segmenter import AllSparkSegmenter  # noqa: E402
-from allspark.models.weights import read_weights, resolve_weights  # noqa: E402
+from allspark.models.weights import load_model  # noqa: E402
 
 VARIANTS = ("library", "margin", "topk", "share", "student")
 TOP_SHARE = 0.1  # topk: the mean over the 10 % most uncertain pixels of an image
@@ -55,14 +54,6 @@ def share_rarity(counts: np.ndarray, rarity: np.ndarray) -> float:
     return float((rarity * counts).sum() / max(counts.sum(), 1.0))
 
 
-def student_model(checkpoint: str | Path, device: str) -> torch.nn.Module:
-    """The run's latest student weights (no EMA teacher), in eval mode."""
-    state, cfg = read_weights(resolve_weights(checkpoint, "latest"))
-    model = AllSparkSegmenter(cfg.model)
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-
 def variant_scores(probs: np.ndarray, rarity: np.ndarray) -> dict[str, float]:
     """Every uncertainty-side variant's score of one image from its softmax map (K, H, W)."""
     k = probs.shape[0]
@@ -76,26 +67,25 @@ def variant_scores(probs: np.ndarray, rarity: np.ndarray) -> dict[str, float]:
             "share": combined_score(unc, share_rarity(counts, rarity))}
 
 
+def _passes(model: torch.nn.Module, root: Path, images: list[str], device: str):
+    """(softmax map (K, H, W), pooled encoder feature (C,)) of each of `images` under `model`, one at a time."""
+    with _LastFeature(model.encoder) as hook:
+        for image in images:
+            pixels = normalize_image(load_pixels(root / image, 1024))[None].to(device)
+            probs, feat = probs_and_features(model, pixels, hook)
+            yield probs[0], feat[0]
+
+
 def score_all(model: torch.nn.Module, root: Path, images: list[str], rarity: np.ndarray, device: str
               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(variant -> score per image, pooled features (N, C)) of `images` under `model`."""
     scores: dict[str, list[float]] = {}
     feats = []
-    with _LastFeature(model.encoder) as hook:
-        for image in images:
-            probs, feat = probs_and_features(model, normalize_image(load_pixels(root / image, 1024))[None].to(device),
-                                             hook)
-            for name, value in variant_scores(probs[0], rarity).items():
-                scores.setdefault(name, []).append(value)
-            feats.append(feat[0])
+    for probs, feat in _passes(model, root, images, device):
+        for name, value in variant_scores(probs, rarity).items():
+            scores.setdefault(name, []).append(value)
+        feats.append(feat)
     return {name: np.array(values) for name, values in scores.items()}, np.stack(feats)
-
-
-def _features(model: torch.nn.Module, root: Path, images: list[str], device: str) -> np.ndarray:
-    """Pooled encoder features (N, C) of `images` (the labeled anchors of the diversity term)."""
-    with _LastFeature(model.encoder) as hook:
-        return np.stack([probs_and_features(model, normalize_image(load_pixels(root / image, 1024))[None].to(device),
-                                            hook)[1][0] for image in images])
 
 
 def pick(checkpoint: str | Path, count: int, variants: list[str], strategy: str = "both", device: str = "cpu"
@@ -112,10 +102,10 @@ def pick(checkpoint: str | Path, count: int, variants: list[str], strategy: str 
     chosen = {}
     models = {"teacher": teacher}
     if "student" in variants:
-        models["student"] = student_model(checkpoint, device)
+        models["student"] = load_model(checkpoint, "latest", device)[0]  # the student alone, no EMA teacher
     for who, model in models.items():
         scores, feats = score_all(model, root, images, rarity, device)
-        anchors = _features(model, root, [image for image, _ in labeled], device)
+        anchors = np.stack([feat for _, feat in _passes(model, root, [image for image, _ in labeled], device)])
         names = ["student"] if who == "student" else [v for v in variants if v != "student"]
         for name in names:
             order = select(scores["library" if name == "student" else name], feats, count, strategy, anchors)

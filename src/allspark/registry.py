@@ -47,14 +47,19 @@ class EncoderSpec:
             return choice
         return "dpt" if self.dpt is not None else "segformer"
 
+    @property
+    def stride(self) -> int:
+        """The stride of the last feature map (the one AllSpark reads): the patch of a ViT, else 32."""
+        return self.patch or 32
+
     def feature_grid(self, crop_size: int) -> tuple[int, int]:
         """(h, w) of the last feature map of a square crop: the AllSpark memory's token count is h * w."""
         if self.is_vit:
             side = crop_size // self.patch
         elif self.family == "mit":
-            side = math.ceil(crop_size / 32)  # MiT's overlapping patch embeddings pad: ceil at every stage
+            side = math.ceil(crop_size / self.stride)  # MiT's overlapping patch embeddings pad: ceil at every stage
         else:
-            side = crop_size // 32  # ConvNeXt's non-overlapping downsampling floors
+            side = crop_size // self.stride  # ConvNeXt's non-overlapping downsampling floors
         return side, side
 
 

@@ -28,7 +28,7 @@ from allspark.distributed import all_gather_object, init_distributed, on_main
 from allspark.errors import DataError, InputError, UsageError
 from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
                                           image_rarity, present_classes, select)
-from allspark.models.weights import read_weights, resolve_weights
+from allspark.models.weights import load_model, resolve_weights
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.run_folder import RunFolder
 
@@ -47,9 +47,7 @@ def load_teacher(checkpoint: str | Path, which: str = "best", device: torch.devi
     """(model in eval mode, config, weights file, which model it is). A run's `latest` with an EMA teacher in its
     training state gives the teacher (the better pseudo-labeller); `best` is the model `train.best_of` named."""
     weights = resolve_weights(checkpoint, which)
-    state, cfg = read_weights(weights)
-    model = AllSparkSegmenter(cfg.model)
-    model.load_state_dict(state)
+    model, cfg = load_model(weights, device=device)
     what = "the student"
     folder = RunFolder.of_weights(weights)
     if folder is not None and weights == folder.weights("latest") and folder.state("latest").is_file():
@@ -59,7 +57,7 @@ def load_teacher(checkpoint: str | Path, which: str = "best", device: torch.devi
             what = "the EMA teacher"
     elif weights.name == "best.safetensors" and cfg.train.best_of == "ema":
         what = "the EMA teacher"
-    return model.to(device).eval(), cfg, weights, what
+    return model, cfg, weights, what
 
 
 def labeled_class_counts(root: Path, list_path: Path | None, num_classes: int) -> np.ndarray | None:

@@ -82,7 +82,7 @@ class AllSparkSegmenter(nn.Module):
             grid = self.spec.feature_grid(cfg.crop_size)  # (h, w) of the last map: the memory's d = h*w
             self.allspark = AllSparkBottleneck(channels[-1], cfg.num_classes, grid, heads=cfg.heads,
                                                ablation=cfg.ablation, grouping=cfg.grouping,
-                                               stride=self.spec.patch or 32)
+                                               stride=self.spec.stride)
         self.head_name = self.spec.head(cfg.head)
         if self.head_name == "dpt":
             features, widths = self.spec.dpt
