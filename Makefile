@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/allspark demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -rs -n 2
 
 clean:
 	rm -rf $(VENV) runs demo_data

@@ -1,5 +1,6 @@
 """The fidelity scripts in benchmarks/ end in `fidelity: PASS` against the releases, so a change that breaks fidelity
-fails CI. They run the releases through ../shared/reference/harness and skip where it (or einops) is absent."""
+fails CI. They run the releases through ../shared/reference/harness and skip where it (or einops) is absent, with
+a reason that `pytest -rs` (`make test`) prints: fidelity was then not checked."""
 import importlib.util
 import os
 import subprocess
@@ -25,8 +26,11 @@ def run_script(argv: list[str], timeout: int = 600) -> subprocess.CompletedProce
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REFERENCE / "harness").is_dir(), reason="needs ../shared/reference/harness")
-@pytest.mark.skipif(importlib.util.find_spec("einops") is None, reason="the releases need einops")
+@pytest.mark.skipif(not (REFERENCE / "harness").is_dir(),
+                    reason=f"needs ../shared/reference/harness ({REFERENCE / 'harness'} is absent): fidelity to the "
+                           "releases NOT checked")
+@pytest.mark.skipif(importlib.util.find_spec("einops") is None,
+                    reason="needs einops (the releases import it; pip install -e '.[dev]'): fidelity NOT checked")
 @pytest.mark.parametrize("argv", SCRIPTS, ids=[argv[0] for argv in SCRIPTS])
 def test_fidelity_script_passes(argv):
     done = run_script(argv)
