@@ -3,7 +3,7 @@
 Streamed: images are read and scored a batch at a time; each rank appends its rows (score parts) and pooled
 encoder features to its own files under OUT/scoring/ as they are computed, so memory holds one batch plus a
 feature vector per image, and a killed run resumes where its files end and ranks the same. The selection
-(`inference.selection`) then runs on rank 0 over the stored values alone."""
+(`suggest.selection`) then runs on rank 0 over the stored values alone."""
 from __future__ import annotations
 
 import csv
@@ -26,11 +26,11 @@ from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
 from allspark.distributed import all_gather_object, init_distributed, on_main
 from allspark.errors import DataError, InputError, UsageError
-from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
-                                          image_rarity, present_classes, select)
-from allspark.models.weights import load_model, resolve_weights
 from allspark.models.segmenter import AllSparkSegmenter
+from allspark.models.weights import load_model, resolve_weights
 from allspark.run_folder import RunFolder
+from allspark.suggest.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
+                                        image_rarity, present_classes, select)
 
 FIELDS = ("index", "image", "mask", "uncertainty", "rarity", "score", "classes", "dim")  # OUT/scoring/rows.R.csv
 SCORE_FIELDS = ("rank", *FIELDS[1:-1])  # OUT/scores.csv: the list index and feature width stay internal
