@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from allspark.data.io import read_list, read_mask  # noqa: E402
 from allspark.data.normalize import normalize_image  # noqa: E402
-from allspark.suggest.selection import (class_balanced_uncertainty, class_rarity, combined_score,  # noqa: E402
-                                          entropy_map, image_rarity, select)
-from allspark.suggest.run import (_LastFeature, labeled_class_counts, load_pixels, load_teacher,  # noqa: E402
-                                        probs_and_features)
 from allspark.models.weights import load_model  # noqa: E402
+from allspark.suggest.scoring import LastFeature as _LastFeature  # noqa: E402
+from allspark.suggest.scoring import labeled_class_counts, load_pixels, probs_and_features  # noqa: E402
+from allspark.suggest.selection import (class_balanced_uncertainty, class_rarity, combined_score,  # noqa: E402
+                                        entropy_map, image_rarity, select)
+from allspark.suggest.teacher import load_teacher  # noqa: E402
 
 VARIANTS = ("library", "margin", "topk", "share", "student")
 TOP_SHARE = 0.1  # topk: the mean over the 10 % most uncertain pixels of an image
