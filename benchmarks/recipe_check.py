@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
     from allspark.config import load_config
-    from allspark.engine.demo import demo_overrides
+    from allspark.demo import demo_overrides
     from allspark.engine.trainer import train
 
     method, recipe = VARIANTS[name]
@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from allspark.config import load_config
-    from allspark.engine.demo import prepare_demo_data
+    from allspark.demo import prepare_demo_data
 
     torch.set_num_threads(args.threads)
     prepare_demo_data(Path(args.data), load_config("demo").model.num_classes)

@@ -18,7 +18,7 @@ LAYERS = (
     ("allspark.predict",),
     ("allspark.engine",),
     ("allspark.viz",),
-    ("allspark.suggest",),
+    ("allspark.demo", "allspark.suggest"),
     ("allspark.commands",),
     ("allspark.cli",),
     ("allspark.__main__", "allspark"),
