@@ -3,7 +3,7 @@ and AllSpark with recipe variants, each at the same iteration budget, one run at
 
     python benchmarks/recipe_check.py --data demo_data --iters 200 --seeds 0 1 --variants sup paper ema99_t07
 
-Each run is `train()` on the `demo` preset with `allspark demo`'s budget overrides (engine/demo.py) plus the
+Each run is `train()` on the `demo` preset with `allspark demo`'s budget overrides (allspark/demo.py) plus the
 variant's `recipe.*` keys; one JSON line per run (final and best mIoU, seconds) is appended to --results.
 """
 from __future__ import annotations
