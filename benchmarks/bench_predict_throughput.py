@@ -87,7 +87,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from allspark.models.weights import resolve_weights
-    from allspark.inference.predictor import Predictor
+    from allspark.predict.predictor import Predictor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     if args.checkpoint:

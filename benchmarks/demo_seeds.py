@@ -3,7 +3,7 @@ demo's claim may be worded.
 
     python benchmarks/demo_seeds.py --seeds 0 1 2 3 4 [--data-seed 0] [--parallel 2]
 
-Prepares the demo set (`--data-seed`) and the source encoder once (`engine.demo`, as `allspark demo`), then
+Prepares the demo set (`--data-seed`) and the source encoder once (`allspark.demo`, as `allspark demo`), then
 runs every row of `allspark demo` at every seed as its own `allspark train` (one thread each; a finished run
 is not run again, so the script resumes). Writes OUT/results.json and OUT/results.md: final mIoU per row and
 seed, mean and sample standard deviation, and per row the paired difference to SupBaseline (same seed) with
@@ -62,7 +62,7 @@ def final_miou(run_dir: Path) -> float:
 
 
 def table(results: dict[str, dict[int, float]], seeds: list[int]) -> str:
-    from allspark.engine.demo import DEMO_RUNS
+    from allspark.demo import DEMO_RUNS
 
     lines = ["| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | vs SupBaseline: paired mean ± 95 % |",
              "|" + "---|" * (len(seeds) + 4)]
@@ -78,7 +78,7 @@ def table(results: dict[str, dict[int, float]], seeds: list[int]) -> str:
 
 def main() -> None:
     from allspark.config import load_config
-    from allspark.engine.demo import DEMO_RUNS, demo_overrides, prepare_demo_data, pretrain_source_encoder
+    from allspark.demo import DEMO_RUNS, demo_overrides, prepare_demo_data, pretrain_source_encoder
 
     args = parse_args()
     out = Path(args.out).resolve()

@@ -2,7 +2,7 @@
 
 The release runs unmodified through the measuring harness in ../shared/reference (its `official` module; the venv
 needs einops). Ours runs through the package's API: `allspark.load_official` converts the release's weights,
-`model(...)` and `inference.windows.predict_probs` infer, `Trainer.step` trains. The release's model is built from
+`model(...)` and `predict.windows.predict_probs` infer, `Trainer.step` trains. The release's model is built from
 --seed, then its norm weights and biases, other biases and BatchNorm statistics are moved off their init, so that a
 mis-mapped LayerNorm (1 and 0 at init) cannot hide.
 
@@ -178,7 +178,7 @@ def check_inference(report: Report, args, release, ours, g: torch.Generator) -> 
 @torch.no_grad()
 def check_sliding(report: Report, args, release, ours, g: torch.Generator) -> None:
     """The release's sliding-window loop (Cityscapes) against `predict_probs` with its placement and the aligned one."""
-    from allspark.inference.windows import predict_probs
+    from allspark.predict.windows import predict_probs
 
     worst, changed = 0.0, 0.0
     for h, w in args.sliding_sizes:

@@ -145,7 +145,7 @@ def main() -> None:
             raise SystemExit(f"parity: the release harness is not at {args.harness} (train_official.py); "
                              f"pass --harness, or --sides ours")
         if todo:
-            from allspark.engine.demo import prepare_demo_data
+            from allspark.demo import prepare_demo_data
 
             prepare_demo_data(Path(args.data), NUM_CLASSES)
         for side, method, seed in todo:

@@ -1,7 +1,7 @@
 """Parity of quality with the UniMatch V2 release on the demo data, both sides from the same DINOv2-small encoder.
 
 The encoder: DINOv2-small + DPT trained with labels on the synthetic source set (other shapes, hues and
-textures than the demo's; `engine.demo.pretrain_source_encoder`, the step `allspark demo` takes for MiT), then
+textures than the demo's; `allspark.demo.pretrain_source_encoder`, the step `allspark demo` takes for MiT), then
 written in DINOv2's own layout for the release. Each row trains from it on the demo set (6 labeled images, the
 rest unlabeled) with the same budget: ours through `allspark train` (`recipe=unimatch_v2`, `method` sup or semi),
 the release through the harness (../shared/reference/harness/unimatch_v2.py: its `supervised.py` / `unimatch_v2.py`
@@ -122,7 +122,7 @@ def main() -> int:
     torch.set_num_threads(1)
     v2 = import_harness(args.reference, "unimatch_v2", "parity_v2")
     v2.load_release()
-    from allspark.engine.demo import prepare_demo_data, pretrain_source_encoder
+    from allspark.demo import prepare_demo_data, pretrain_source_encoder
     out = args.out.resolve()
     data = out / "demo_data"
     prepare_demo_data(data, 4)

@@ -1,6 +1,6 @@
 """A competent encoder for the recipe study: SupBaseline trained with labels on the synthetic source set
 (SOURCE_SHAPES: other shapes, hues and textures than the demo's classes), never on the demo's images; the
-same step `allspark demo` takes before its rows (`engine.demo.pretrain_source_encoder`).
+same step `allspark demo` takes before its rows (`allspark.demo.pretrain_source_encoder`).
 
     python benchmarks/pretrain_source.py [--out runs/source_pretrain] [--iters 1500]
     allspark train demo model.pretrained=<the printed path> ...   # a demo row starting from that encoder
@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from allspark.config import load_config
-    from allspark.engine.demo import pretrain_source_encoder
+    from allspark.demo import pretrain_source_encoder
     from allspark.engine.runs import read_metrics
     from allspark.models import build_model
 

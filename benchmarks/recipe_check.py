@@ -3,7 +3,7 @@ and AllSpark with recipe variants, each at the same iteration budget, one run at
 
     python benchmarks/recipe_check.py --data demo_data --iters 200 --seeds 0 1 --variants sup paper ema99_t07
 
-Each run is `train()` on the `demo` preset with `allspark demo`'s budget overrides (engine/demo.py) plus the
+Each run is `train()` on the `demo` preset with `allspark demo`'s budget overrides (allspark/demo.py) plus the
 variant's `recipe.*` keys; one JSON line per run (final and best mIoU, seconds) is appended to --results.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
     from allspark.config import load_config
-    from allspark.engine.demo import demo_overrides
+    from allspark.demo import demo_overrides
     from allspark.engine.trainer import train
 
     method, recipe = VARIANTS[name]
@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from allspark.config import load_config
-    from allspark.engine.demo import prepare_demo_data
+    from allspark.demo import prepare_demo_data
 
     torch.set_num_threads(args.threads)
     prepare_demo_data(Path(args.data), load_config("demo").model.num_classes)

@@ -1,6 +1,6 @@
 """Score variants of `allspark suggest` tried in the study (issue 22), kept out of the library until one wins.
 
-Each variant changes one part of the library's score and keeps the rest (`inference.selection`): the per-pixel
+Each variant changes one part of the library's score and keeps the rest (`suggest.selection`): the per-pixel
 uncertainty (margin instead of entropy), its pooling (top-k pixels instead of class-balanced), the rare-class lift
 (weighted by each class's predicted pixel share instead of the rarest class present), or the model that scores
 (the round-0 student instead of its EMA teacher); `library` is the library's own score, as a check (its picks are
@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from allspark.data.io import read_list, read_mask  # noqa: E402
 from allspark.data.normalize import normalize_image  # noqa: E402
-from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score,  # noqa: E402
-                                          entropy_map, image_rarity, select)
-from allspark.inference.suggest import (_LastFeature, labeled_class_counts, load_pixels, load_teacher,  # noqa: E402
-                                        probs_and_features)
 from allspark.models.weights import load_model  # noqa: E402
+from allspark.suggest.scoring import LastFeature as _LastFeature  # noqa: E402
+from allspark.suggest.scoring import labeled_class_counts, load_pixels, probs_and_features  # noqa: E402
+from allspark.suggest.selection import (class_balanced_uncertainty, class_rarity, combined_score,  # noqa: E402
+                                        entropy_map, image_rarity, select)
+from allspark.suggest.teacher import load_teacher  # noqa: E402
 
 VARIANTS = ("library", "margin", "topk", "share", "student")
 TOP_SHARE = 0.1  # topk: the mean over the 10 % most uncertain pixels of an image

@@ -41,7 +41,7 @@ def exported(tmp_path_factory):
     One export for the session: tracing takes 20-60 s. Skipped without the optional `export` extra."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(module)
-    from allspark.inference.backends import export_path
+    from allspark.predict.backends import export_path
 
     weights = tiny_checkpoint(tmp_path_factory.mktemp("export"))
     # exit status 0 also means the built-in check (onnxruntime vs PyTorch at two sizes) passed

@@ -46,7 +46,7 @@ def test_an_unwritable_destination_fails_before_the_work(command, checkpoint, tm
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     monkeypatch.setattr("allspark.engine.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated anyway"))
-    monkeypatch.setattr("allspark.inference.predictor.Predictor.__init__", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("allspark.predict.predictor.Predictor.__init__", lambda *a, **k: pytest.fail("loaded"))
     monkeypatch.setattr("allspark.viz.checkpoint_figures.load_model", lambda *a, **k: pytest.fail("loaded"))
     image = write_images(tmp_path / "in", [(40, 48)])[0]
     argv = {"eval": ["eval", "--checkpoint", str(checkpoint), "--out", str(blocker / "sub")],

@@ -5,9 +5,9 @@ import torch
 
 from allspark.config import config_from_dict
 from allspark.engine.evaluate import evaluate
-from allspark.inference.windows import predict_probs, window_starts, window_stride
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
+from allspark.predict.windows import predict_probs, window_starts, window_stride
 
 
 def spans(size, window, stride_ratio, placement):

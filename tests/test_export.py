@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from allspark.data.normalize import normalize_image
-from allspark.inference.backends import SOURCE_KEY, file_sha256
 from allspark.models.weights import load_model
+from allspark.predict.backends import SOURCE_KEY, file_sha256
 from inference_helpers import PALETTE, run_cli
 
 pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)

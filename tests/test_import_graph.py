@@ -15,9 +15,10 @@ LAYERS = (
      "allspark.protocols"),
     ("allspark.config",),
     ("allspark.data", "allspark.models"),
-    ("allspark.inference",),
+    ("allspark.predict",),
     ("allspark.engine",),
     ("allspark.viz",),
+    ("allspark.demo", "allspark.suggest"),
     ("allspark.commands",),
     ("allspark.cli",),
     ("allspark.__main__", "allspark"),
@@ -187,8 +188,8 @@ def test_a_module_outside_every_layer_is_named():
         room_of("toy.extra", (("toy.config",), ("toy.cli",)))
 
 
-def test_inference_sits_below_training():
-    """Evaluation uses the inference windows; inference never reaches back into training."""
-    graph = {"allspark.engine.evaluate": {"allspark.inference.windows"},
-             "allspark.inference.predictor": {"allspark.engine.evaluate"}, "allspark.inference.windows": set()}
-    assert upward_imports(graph, LAYERS) == ["allspark.inference.predictor -> allspark.engine.evaluate"]
+def test_predict_sits_below_training():
+    """Evaluation uses the prediction windows; prediction never reaches back into training."""
+    graph = {"allspark.engine.evaluate": {"allspark.predict.windows"},
+             "allspark.predict.predictor": {"allspark.engine.evaluate"}, "allspark.predict.windows": set()}
+    assert upward_imports(graph, LAYERS) == ["allspark.predict.predictor -> allspark.engine.evaluate"]

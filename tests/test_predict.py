@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.inference import predictor as predictor_module
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
-from allspark.inference.windows import predict_probs
-from allspark.inference.tiled import tiled_rows
-from allspark.inference.predictor import Predictor
+from allspark.predict import predictor as predictor_module
+from allspark.predict.predictor import Predictor
+from allspark.predict.tiled import tiled_rows
+from allspark.predict.windows import predict_probs
 from inference_helpers import PALETTE, run_cli, write_images
 
 

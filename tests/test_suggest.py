@@ -12,8 +12,8 @@ from PIL import Image
 
 from allspark.config import config_from_dict
 from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from allspark.inference import suggest as suggest_module
-from allspark.inference.suggest import suggest
+from allspark.suggest import run as suggest_module
+from allspark.suggest.run import suggest
 from inference_helpers import run_cli, tiny_checkpoint, write_images
 
 MEAN = torch.tensor(IMAGENET_MEAN)[None, :, None, None]

@@ -5,7 +5,7 @@ import torch
 
 from allspark.config import config_from_dict
 from allspark.engine.recipes import EmaTeacher
-from allspark.inference.suggest import load_teacher
+from allspark.suggest.teacher import load_teacher
 from allspark.models import build_model
 from allspark.models.weights import save_weights
 from allspark.run_folder import RunFolder

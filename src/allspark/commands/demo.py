@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from allspark.commands.options import add_threads_option, set_threads
-from allspark.engine.demo import default_folders, format_demo_table, run_demo
+from allspark.demo import default_folders, format_demo_table, run_demo
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """`allspark export [OUT] --checkpoint RUN`: the per-image inference graph as ONNX, checked against PyTorch;
-by default beside the weights, where `allspark predict` finds it (`inference.backends.export_path`)."""
+by default beside the weights, where `allspark predict` finds it (`predict.backends.export_path`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,9 @@ from allspark.commands.options import add_checkpoint_options
 from allspark.data.layouts import class_names_and_palette
 from allspark.errors import CheckFailedError, CheckpointError, UsageError
 from allspark.extras import require_extra
-from allspark.inference.backends import export_path, file_sha256
-from allspark.inference.export import export_onnx, max_onnx_difference
 from allspark.models.weights import ensure_writable, load_model, resolve_weights
+from allspark.predict.backends import export_path, file_sha256
+from allspark.predict.export import export_onnx, max_onnx_difference
 
 
 def run(args: argparse.Namespace) -> int:

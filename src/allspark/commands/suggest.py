@@ -5,8 +5,8 @@ import argparse
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
-from allspark.inference.selection import STRATEGIES
-from allspark.inference.suggest import suggest
+from allspark.suggest.run import suggest
+from allspark.suggest.selection import STRATEGIES
 from allspark.viz.contact_sheet import save_contact_sheet
 
 

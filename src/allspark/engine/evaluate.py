@@ -14,12 +14,12 @@ from allspark.config import Config, apply_overrides, config_from_dict, config_to
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
-from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.engine.runs import config_diff, json_safe
 from allspark.errors import ConfigError
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import ensure_writable, read_weights, resolve_weights
+from allspark.predict.windows import center_crop_box, eval_window, predict_probs
 from allspark.run_folder import RunFolder
 
 

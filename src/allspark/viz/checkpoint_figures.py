@@ -14,8 +14,8 @@ from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
 from allspark.distributed import resolve_device
 from allspark.errors import InputError
-from allspark.inference.outputs import expand_inputs
 from allspark.models.weights import load_model
+from allspark.predict.outputs import expand_inputs
 from allspark.viz.features import feature_channels, pick_channels, plot_features
 from allspark.viz.grouping import grouping_counts, plot_grouping
 from allspark.viz.memory import memory_maps, plot_memory

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.inference.windows import center_crop_box, predict_probs, window_starts
+from allspark.predict.windows import center_crop_box, predict_probs, window_starts
 
 
 class PixelModel(torch.nn.Module):

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from allspark.inference.windows import window_starts, window_stride
+from allspark.predict.windows import window_starts, window_stride
 
 
 def window_grid(height: int, width: int, window: int, stride_ratio: float) -> tuple[list[int], list[int]]:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image
 from allspark.data.layouts import IMAGE_EXTS
-from allspark.inference.predictor import Predictor
+from allspark.predict.predictor import Predictor
 
 LEGEND_FILES = ("legend.png", "legend.json")
 

@@ -11,9 +11,9 @@ from PIL import Image
 from allspark.config import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
-from allspark.inference.backends import load_engine
-from allspark.inference.tiled import tiled_rows, window_grid
-from allspark.inference.windows import eval_window, predict_probs, window_stride
+from allspark.predict.backends import load_engine
+from allspark.predict.tiled import tiled_rows, window_grid
+from allspark.predict.windows import eval_window, predict_probs, window_stride
 
 DEFAULT_MAX_PIXELS = 1024 * 1024  # whole-image MiT-B0 inference at 1024x1024 peaks near 1.2 GB on the CPU
 TILE_WINDOW = 512  # tile side for models predicted whole (at least their training crop)
@@ -34,12 +34,12 @@ class Predictor:
     for "center", whose prediction would not cover the image); `window` defaults to the eval crop size;
     `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere. `checkpoint` is a run
     directory, a weights file or an `allspark export` .onnx file; `engine` (auto, torch, onnx) picks PyTorch or
-    that graph under onnxruntime (see `allspark.inference.backends.load_engine`); `engine_note` says which runs.
+    that graph under onnxruntime (see `allspark.predict.backends.load_engine`); `engine_note` says which runs.
 
     Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
     larger of TILE_WINDOW and the training crop), one at a time, flip and scales applied per window,
-    so memory stays bounded whatever the image size (see `allspark.inference.tiled`)."""
+    so memory stays bounded whatever the image size (see `allspark.predict.tiled`)."""
 
     def __init__(self, checkpoint, device: str | torch.device = "auto", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
