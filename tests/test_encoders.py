@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from allspark.config import ModelConfig, config_from_dict
+from allspark.encoders.dinov2 import ReleasePositionEmbeddings, _bicubic_matrix
+from allspark.encoders.specs import ENCODERS, fit_to_patch
 from allspark.errors import ConfigError
-from allspark.models.encoders import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import load_model, save_weights
-from allspark.registry import ENCODERS, fit_to_patch
 from encoder_helpers import TINY, tiny_encoders
 
 K = 3

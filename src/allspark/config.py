@@ -19,7 +19,7 @@ import yaml
 
 from allspark.errors import ConfigError
 from allspark.protocols import GENERATED_PRESETS
-from allspark.registry import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
+from allspark.encoders.specs import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 
