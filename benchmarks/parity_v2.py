@@ -35,13 +35,14 @@ METHODS = {"sup": "sup", "unimatch_v2": "semi"}  # the release's name -> our met
 def release_layout(weights: Path, size: str, v2) -> dict:
     """Our encoder's weights in DINOv2's own names, for the release's `load_backbone`: our conversion rules run on
     the release's own key list tell where each of its tensors went (split ones in order), so the inverse is exact."""
-    from allspark.models.convert import dinov2_to_hf
+    from allspark.encoders.dinov2 import DINOv2Encoder
+    from allspark.models.convert import rename_keys
     from allspark.models.weights import read_weights
     state, _ = read_weights(weights)
     ours = {k.removeprefix("encoder.backbone."): v for k, v in state.items() if k.startswith("encoder.backbone.")}
     template = v2.build_model(size, 2).backbone.state_dict()
     parts = defaultdict(dict)
-    for key, origin in dinov2_to_hf(template).origin.items():
+    for key, origin in rename_keys(template, DINOv2Encoder.original_keys).origin.items():
         name, _, part = origin.partition(" (part ")
         parts[name][int(part.split(" of ")[0]) - 1 if part else 0] = ours[key]
     out = {name: torch.cat([p[i] for i in sorted(p)]) for name, p in parts.items()}

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import contextlib
 
-from allspark.registry import ENCODERS, EncoderSpec
+from allspark.encoders.registry import FAMILIES, register_encoder
+from allspark.encoders.specs import ENCODERS, EncoderSpec
 
 _VIT = {"num_hidden_layers": 4, "num_attention_heads": 2}
 TINY = {
     "dinov2_tiny": EncoderSpec("dinov2_tiny", "dinov2", (32,) * 4, patch=14, blocks=(0, 1, 2, 3), dpt=(8, (8, 8, 16, 16)),
-                               hf={**_VIT, "hidden_size": 32, "mlp_ratio": 2, "image_size": 42, "patch_size": 14}),
+                               hf={**_VIT, "hidden_size": 32, "mlp_ratio": 2, "image_size": 42, "patch_size": 14},
+                               pos_embed_choice=True),
     "dinov2_giant_tiny": EncoderSpec("dinov2_giant_tiny", "dinov2", (32,) * 4, patch=14, blocks=(0, 1, 2, 3),
                                      dpt=(8, (8, 8, 16, 16)), hf={**_VIT, "hidden_size": 32, "image_size": 42,
-                                                                  "patch_size": 14, "use_swiglu_ffn": True}),
+                                                                  "patch_size": 14, "use_swiglu_ffn": True},
+                                     pos_embed_choice=True),
     "dinov2_reg_tiny": EncoderSpec("dinov2_reg_tiny", "dinov2_reg", (32,) * 4, patch=14, blocks=(0, 1, 2, 3),
                                    dpt=(8, (8, 8, 16, 16)), hf={**_VIT, "hidden_size": 32, "mlp_ratio": 2,
                                                                 "image_size": 42, "patch_size": 14,
@@ -26,8 +29,9 @@ TINY = {
 
 @contextlib.contextmanager
 def tiny_encoders():
-    """The TINY entries in the registry for the duration of the block (names valid in configs too)."""
-    ENCODERS.update(TINY)
+    """The TINY entries registered with their families for the duration of the block (names valid in configs too)."""
+    for spec in TINY.values():
+        register_encoder(FAMILIES[spec.family], spec)
     try:
         yield TINY
     finally:

@@ -13,9 +13,10 @@ from allspark.config import DEVICES, load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
 from allspark.distributed import resolve_device
+from allspark.encoders.mit import MiTEncoder
+from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError, DeviceError
 from allspark.models import build_model
-from allspark.models.encoders import MiTEncoder
 from allspark.models.pretrained import load_pretrained_encoder
 from allspark.models.weights import read_weights, save_weights
 
@@ -98,7 +99,7 @@ def offline_hub(monkeypatch):
 
 def test_unreachable_hub_id_is_a_one_line_config_error(offline_hub):
     with pytest.raises(ConfigError, match=r"model.pretrained 'nvidia/mit-b0'.*cannot be reached") as err:
-        load_pretrained_encoder(MiTEncoder("mit_b0"), "nvidia/mit-b0")
+        load_pretrained_encoder(MiTEncoder(encoder_spec("mit_b0")), "nvidia/mit-b0")
     assert "model.pretrained=null" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -6,10 +6,10 @@ import torch
 import transformers
 
 from allspark.config import ModelConfig
+from allspark.encoders.registry import FAMILIES
 from allspark.errors import ConfigError, ConversionError
 from allspark.models import build_model, load_official
 from allspark.models.weights import load_model
-from allspark.registry import FAMILY_CLASSES
 from encoder_helpers import TINY, tiny_encoders
 from inference_helpers import run_cli
 
@@ -30,7 +30,7 @@ def original_dinov2(name: str, seed: int = 0) -> dict:
     state = {"cls_token": (1, 1, C), "pos_embed": (1, grid * grid + 1, C), "mask_token": (1, C),
              "patch_embed.proj.weight": (C, 3, 14, 14), "patch_embed.proj.bias": (C,), "norm.weight": (C,),
              "norm.bias": (C,)}
-    if spec.family == "dinov2_reg":
+    if "num_register_tokens" in spec.hf:
         state["register_tokens"] = (1, spec.hf["num_register_tokens"], C)
     swiglu = spec.hf.get("use_swiglu_ffn", False)
     hidden = (int(C * 4 * 2 / 3) + 7) // 8 * 8 if swiglu else C * spec.hf.get("mlp_ratio", 4)
@@ -119,7 +119,7 @@ def test_original_dinov2_file_with_a_stray_or_missing_key_is_named(tmp_path):
 def test_hugging_face_folder_of_every_family(tmp_path, name, model_class):
     """A folder as the hub holds it (the family's base model, not its backbone class) loads into our encoder."""
     spec = TINY[name]
-    config_class = getattr(transformers, FAMILY_CLASSES[spec.family]).config_class
+    config_class = FAMILIES[spec.family].transformers_class.config_class
     torch.manual_seed(1)
     hf = getattr(transformers, model_class)(config_class(**spec.hf))
     hf.save_pretrained(tmp_path / "hub")

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from allspark.config import ModelConfig, config_from_dict
+from allspark.encoders.dinov2 import ReleasePositionEmbeddings, _bicubic_matrix
+from allspark.encoders.specs import ENCODERS, fit_to_patch
 from allspark.errors import ConfigError
-from allspark.models.encoders import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import load_model, save_weights
-from allspark.registry import ENCODERS, fit_to_patch
 from encoder_helpers import TINY, tiny_encoders
 
 K = 3
@@ -131,6 +131,7 @@ def test_position_modes_differ_off_the_table_grid_and_agree_on_it():
     ({"encoder": "mit_b0", "head": "dpt"}, "model.head"),
     ({"encoder": "dinov2_small", "crop_size": 513}, "model.crop_size"),
     ({"encoder": "mit_b0", "pos_embed": "exact"}, "model.pos_embed"),
+    ({"encoder": "dinov2_reg_small", "pos_embed": "exact"}, "model.pos_embed"),
     ({"encoder": "dinov9_small"}, "model.encoder"),
 ])
 def test_config_refuses_what_an_encoder_cannot_do(overrides, key):
@@ -166,3 +167,13 @@ def test_registers_position_resize_equals_transformers():
         ours = embeddings.interpolate_pos_encoding(tokens, 14 * grid, 14 * grid)
         theirs = Dinov2WithRegistersEmbeddings.interpolate_pos_encoding(embeddings, tokens, 14 * grid, 14 * grid)
         assert torch.equal(ours, theirs)
+
+
+def test_family_rules_config_reads_are_spec_fields():
+    """model.pos_embed applies to DINOv2 without registers only; MiT's grid rounds up, the others' down."""
+    shipped = {name: spec for name, spec in ENCODERS.items() if name not in TINY}
+    assert {name for name, spec in shipped.items() if spec.pos_embed_choice} == {
+        f"dinov2_{size}" for size in ("small", "base", "large", "giant")}
+    assert ENCODERS["mit_b0"].feature_grid(513) == (17, 17)
+    assert ENCODERS["dinov3_convnext_tiny"].feature_grid(513) == (16, 16)
+    assert ENCODERS["dinov2_small"].feature_grid(518) == (37, 37)

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # siblings and import nothing from each other. The package itself (allspark/__init__.py) is the public surface.
 LAYERS = (
     ("allspark.errors", "allspark.run_folder"),
-    ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.registry",
+    ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.encoders",
      "allspark.protocols"),
     ("allspark.config",),
     ("allspark.data", "allspark.models"),

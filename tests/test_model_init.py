@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from allspark.encoders.mit import MiTEncoder, mit_config
+from allspark.encoders.specs import encoder_spec
 from allspark.models import build_model
-from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead
 
 CFG = {"encoder": "mit_b0", "num_classes": 4, "crop_size": 64, "ablation": "full"}
@@ -18,7 +19,7 @@ def _modules(encoder, kind):
 
 def test_encoder_convs_are_drawn_over_fan_out():
     torch.manual_seed(0)
-    convs = _modules(MiTEncoder("mit_b0"), nn.Conv2d)
+    convs = _modules(MiTEncoder(encoder_spec("mit_b0")), nn.Conv2d)
     # patch embeddings (7x7, 3x3), sequence reductions (8x8, 4x4, 2x2) and the Mix-FFN's depthwise 3x3
     kinds = {(m.kernel_size, m.groups > 1) for _, m in convs}
     assert ((3, 3), True) in kinds and ((7, 7), False) in kinds and ((8, 8), False) in kinds
@@ -37,13 +38,13 @@ def test_encoder_convs_are_drawn_over_fan_out():
 
 def test_encoder_linears_and_norms():
     torch.manual_seed(0)
-    encoder = MiTEncoder("mit_b0")
+    encoder = MiTEncoder(encoder_spec("mit_b0"))
     weights = torch.cat([m.weight.detach().flatten() for _, m in _modules(encoder, nn.Linear)])
     assert weights.std().item() == pytest.approx(0.02, rel=0.01)
     assert weights.abs().max() <= 2.0
     assert all(torch.count_nonzero(m.bias) == 0 for _, m in _modules(encoder, nn.Linear))
     norms = _modules(encoder, nn.LayerNorm)
-    depths, ratios = mit_config("mit_b0").depths, mit_config("mit_b0").sr_ratios
+    depths, ratios = mit_config(encoder_spec("mit_b0")).depths, mit_config(encoder_spec("mit_b0")).sr_ratios
     # per stage: its output and patch-embedding norms, two per block, one per block's sequence reduction
     assert len(norms) == sum(2 + 2 * d + (d if r > 1 else 0) for d, r in zip(depths, ratios))
     for name, norm in norms:
@@ -72,7 +73,7 @@ def test_same_seed_same_initial_model():
 def test_pretrained_encoder_keeps_the_loaded_weights(tmp_path):
     from transformers import SegformerModel
 
-    hf = SegformerModel(mit_config("mit_b0"))
+    hf = SegformerModel(mit_config(encoder_spec("mit_b0")))
     with torch.no_grad():
         for i, p in enumerate(hf.parameters()):  # values no random init would draw
             p.fill_(0.25 + i * 1e-3)

@@ -4,9 +4,10 @@ import torch
 from torch import nn
 
 from allspark.config import ABLATIONS, Config, ModelConfig
+from allspark.encoders.mit import MiTEncoder, mit_config
+from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError
 from allspark.models import AllSparkSegmenter, build_model
-from allspark.models.encoders import MiTEncoder, mit_config
 from allspark.models.segmenter import DecodeHead
 from allspark.models.weights import load_model, save_weights
 
@@ -29,7 +30,7 @@ def tiny_cfg(ablation="none", encoder="mit_b0", **kw) -> ModelConfig:
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_encoder_structure_per_size(name):
     with torch.device("meta"):
-        enc = MiTEncoder(name)
+        enc = MiTEncoder(encoder_spec(name))
     widths, depths = SIZES[name]
     assert [len(stage.blocks) for stage in enc.stages] == depths
     assert [stage.layer_norm.weight.shape[0] for stage in enc.stages] == widths
@@ -39,16 +40,16 @@ def test_encoder_structure_per_size(name):
     # stochastic depth rises linearly to 0.1 at the last block; block norms use the original eps 1e-6
     assert enc.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     assert enc.stages[0].blocks[0].layernorm_before.eps == 1e-6
-    assert mit_config(name).drop_path_rate == 0.1
+    assert mit_config(encoder_spec(name)).drop_path_rate == 0.1
 
 
 def test_unknown_encoder_is_rejected():
     with pytest.raises(ValueError, match="mit_b9"):
-        mit_config("mit_b9")
+        encoder_spec("mit_b9")
 
 
 def test_encoder_feature_strides():
-    enc = MiTEncoder("mit_b0").eval()
+    enc = MiTEncoder(encoder_spec("mit_b0")).eval()
     with torch.no_grad():
         feats = enc(torch.randn(1, 3, 96, 64))
     assert [tuple(f.shape) for f in feats] == [(1, 32, 24, 16), (1, 64, 12, 8), (1, 160, 6, 4), (1, 256, 3, 2)]
@@ -126,7 +127,7 @@ def test_pretrained_from_huggingface_directory(tmp_path):
     from transformers import SegformerModel
 
     torch.manual_seed(1)
-    hf = SegformerModel(mit_config("mit_b0"))
+    hf = SegformerModel(mit_config(encoder_spec("mit_b0")))
     hf.save_pretrained(tmp_path / "mit")
     model = build_model(tiny_cfg(pretrained=str(tmp_path / "mit")))
     for key, value in hf.state_dict().items():
@@ -137,7 +138,7 @@ def test_pretrained_directory_with_a_missing_weight_is_rejected(tmp_path):
     from safetensors.torch import load_file, save_file
     from transformers import SegformerForImageClassification
 
-    SegformerForImageClassification(mit_config("mit_b0")).save_pretrained(tmp_path / "cls")
+    SegformerForImageClassification(mit_config(encoder_spec("mit_b0"))).save_pretrained(tmp_path / "cls")
     build_model(tiny_cfg(pretrained=str(tmp_path / "cls")))  # the classifier is dropped
     weights = tmp_path / "cls" / "model.safetensors"
     state = load_file(weights)
@@ -151,7 +152,7 @@ def test_pretrained_directory_with_a_missing_weight_is_rejected(tmp_path):
 def test_pretrained_of_another_size_is_rejected(tmp_path):
     from transformers import SegformerModel
 
-    SegformerModel(mit_config("mit_b0")).save_pretrained(tmp_path / "b0")
+    SegformerModel(mit_config(encoder_spec("mit_b0"))).save_pretrained(tmp_path / "b0")
     with pytest.raises(ValueError, match="mit_b1"):
         build_model(tiny_cfg(encoder="mit_b1", pretrained=str(tmp_path / "b0")))
 

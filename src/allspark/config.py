@@ -19,7 +19,7 @@ import yaml
 
 from allspark.errors import ConfigError
 from allspark.protocols import GENERATED_PRESETS
-from allspark.registry import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
+from allspark.encoders.specs import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 
@@ -68,7 +68,7 @@ def load_yaml(text: str):
 
 @dataclass
 class ModelConfig:
-    encoder: str = "mit_b0"  # a name of allspark.registry.ENCODERS: mit_b0..b5, dinov2_*, dinov2_reg_*, dinov3_*
+    encoder: str = "mit_b0"  # a name of allspark.encoders.specs.ENCODERS: mit_b0..b5, dinov2_*, dinov2_reg_*, dinov3_*
     head: str = "auto"  # segformer | dpt | auto: the encoder's default (dpt for ViTs, segformer otherwise)
     num_classes: int = 21
     crop_size: int = 513  # training crop: fixes the memory's token count d (METHODS.md 1)
@@ -402,12 +402,12 @@ def validate(cfg: Config) -> None:
 
 def _check_encoder(cfg: Config) -> None:
     """What the encoder asks of the head and the crops: DPT reads a ViT's four equal maps, a ViT's crops and
-    windows are whole patches (any other input is resized to them, registry.fit_to_patch)."""
+    windows are whole patches (any other input is resized to them, encoders.specs.fit_to_patch)."""
     spec = encoder_spec(cfg.model.encoder)
     if cfg.model.head == "dpt" and not spec.is_vit:
         raise ConfigError(f"key 'model.head' is 'dpt' but model.encoder {spec.name} is not a ViT (the DPT head reads "
                           "four maps at one stride); use model.head=segformer", "model.head", "model.encoder")
-    if cfg.model.pos_embed != "release" and spec.family != "dinov2":
+    if cfg.model.pos_embed != "release" and not spec.pos_embed_choice:
         raise ConfigError(f"key 'model.pos_embed' applies to the dinov2_* encoders only (model.encoder is "
                           f"{spec.name}); leave it at 'release'", "model.pos_embed", "model.encoder")
     for key in ("model.crop_size", "eval.crop_size"):

@@ -23,6 +23,7 @@ from allspark.config import Config, with_absolute_paths
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
+from allspark.encoders.base import checkpoint_layers
 from allspark.engine.amp import autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
@@ -35,7 +36,6 @@ from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, loc
                                  truncate_metrics, write_run_config)
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
-from allspark.models.encoders import checkpoint_layers
 from allspark.models.weights import read_weights, save_weights
 from allspark.run_folder import RunFolder
 

@@ -9,13 +9,13 @@ from torch import nn
 
 from allspark import config
 from allspark.distributed import is_initialized
+from allspark.encoders.specs import HIERARCHICAL_STRIDE
 from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
 MODULE_ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the Table 5 rows that have the module
 GROUPINGS = config.GROUPINGS
 IN_EPS = 1e-5  # instance norm of the attention maps (METHODS.md 1.1)
 LN_EPS = 1e-6
-ENCODER_STRIDE = 32
 
 
 def _map_inv_std(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -196,7 +196,7 @@ class AllSparkBottleneck(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, token_grid: tuple[int, int], heads: int = 2,
                  ablation: str = "full", grouping: str = "probs", dropout: float = 0.1, fast: bool = True,
-                 stride: int = ENCODER_STRIDE):
+                 stride: int = HIERARCHICAL_STRIDE):
         super().__init__()
         self.stride = stride  # of the encoder map it reads, for the crop range a wrong grid's error names
         if ablation not in MODULE_ABLATIONS:
@@ -213,8 +213,9 @@ class AllSparkBottleneck(nn.Module):
         self.memory = SemanticMemory(num_classes, channels, self.token_grid[0] * self.token_grid[1])
 
     @staticmethod
-    def tokens_for_crop(crop_size: int, stride: int = ENCODER_STRIDE) -> tuple[int, int]:
-        """Token grid of a square crop after the encoder: ceil(crop / stride) per side (513 -> (17, 17))."""
+    def tokens_for_crop(crop_size: int, stride: int = HIERARCHICAL_STRIDE) -> tuple[int, int]:
+        """Token grid of a square crop after a MiT (the release's encoder; EncoderSpec.feature_grid for any):
+        ceil(crop / stride) per side (513 -> (17, 17))."""
         side = -(-crop_size // stride)
         return side, side
 

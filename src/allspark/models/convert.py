@@ -1,6 +1,6 @@
-"""Key conversion into our layout: original SegFormer MiT names (`mit_bX.pth`, the release's `backbone.*`), the
-authors' release checkpoints (ModelBuilder layout), original DINOv2 names (`dinov2_vits14_pretrain.pth`) and
-UniMatch V2's DPT checkpoints. Every key of the source is either placed or reported; nothing is dropped silently."""
+"""Key conversion into our layout by rules: an encoder family's original names (its `original_keys`), the
+authors' release checkpoints (ModelBuilder layout: MiT encoder + decoder) and UniMatch V2's DPT checkpoints
+(DINOv2 encoder + DPT head). Every key of the source is either placed or reported; nothing is dropped silently."""
 from __future__ import annotations
 
 import re
@@ -11,28 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from allspark.encoders.dinov2 import DINOv2Encoder
+from allspark.encoders.mit import MiTEncoder
 from allspark.errors import ConversionError
-
-# Original MiT name -> installed transformers name; {s} is the stage index (the digit n minus 1). A rule with a
-# third element splits a stacked Linear along its rows into equal parts, each named by filling {part}: MiT's
-# `kv` into k_proj (first C rows) and v_proj (next C rows).
-_MIT_RULES = [
-    (r"patch_embed(?P<n>[1-4])\.proj\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.proj.{p}"),
-    (r"patch_embed(?P<n>[1-4])\.norm\.(?P<p>weight|bias)", "stages.{s}.patch_embeddings.layer_norm.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm1\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_before.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.norm2\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.layernorm_after.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.q\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.q_proj.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.kv\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.{part}_proj.{p}",
-     ("k", "v")),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.proj\.(?P<p>weight|bias)", "stages.{s}.blocks.{j}.attention.o_proj.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.sr\.(?P<p>weight|bias)",
-     "stages.{s}.blocks.{j}.attention.sequence_reduction.sequence_reduction.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.attn\.norm\.(?P<p>weight|bias)",
-     "stages.{s}.blocks.{j}.attention.sequence_reduction.layer_norm.{p}"),
-    (r"block(?P<n>[1-4])\.(?P<j>\d+)\.mlp\.(?P<m>fc1|fc2|dwconv\.dwconv)\.(?P<p>weight|bias)",
-     "stages.{s}.blocks.{j}.mlp.{m}.{p}"),
-    (r"norm(?P<n>[1-4])\.(?P<p>weight|bias)", "stages.{s}.layer_norm.{p}"),
-]
 
 # The release's decoder (SemiDecoder: `allspark` + SegFormerHead `decoder`) -> our segmenter.
 # The attention weights map 1:1: METHODS.md 1.1 fixes the release's head-major q/k/v and
@@ -49,22 +30,6 @@ _RELEASE_DECODER_RULES = [
     (r"decoder\.decoder\.linear_fuse\.bn\.(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)",
      "head.fuse_bn.{p}"),
     (r"decoder\.decoder\.linear_pred\.(?P<p>weight|bias)", "head.classifier.{p}"),
-]
-
-# Original DINOv2 names (Meta's release, UniMatch V2's `backbone.*`) -> transformers' Dinov2 / Dinov2WithRegisters;
-# the stacked qkv splits into q, k, v, the giant's SwiGLU `w12` into gate and up.
-_DINOV2_RULES = [
-    (r"(?P<m>cls_token|mask_token|register_tokens)", "embeddings.{m}"),
-    (r"pos_embed", "embeddings.position_embeddings"),
-    (r"patch_embed\.proj\.(?P<p>weight|bias)", "embeddings.patch_embeddings.projection.{p}"),
-    (r"blocks\.(?P<j>\d+)\.(?P<m>norm1|norm2)\.(?P<p>weight|bias)", "encoder.layer.{j}.{m}.{p}"),
-    (r"blocks\.(?P<j>\d+)\.attn\.qkv\.(?P<p>weight|bias)", "encoder.layer.{j}.attention.{part}_proj.{p}", ("q", "k", "v")),
-    (r"blocks\.(?P<j>\d+)\.attn\.proj\.(?P<p>weight|bias)", "encoder.layer.{j}.attention.o_proj.{p}"),
-    (r"blocks\.(?P<j>\d+)\.ls(?P<i>[12])\.gamma", "encoder.layer.{j}.layer_scale{i}.lambda1"),
-    (r"blocks\.(?P<j>\d+)\.mlp\.(?P<m>fc1|fc2)\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.{m}.{p}"),
-    (r"blocks\.(?P<j>\d+)\.mlp\.w12\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.{part}_proj.{p}", ("gate", "up")),
-    (r"blocks\.(?P<j>\d+)\.mlp\.w3\.(?P<p>weight|bias)", "encoder.layer.{j}.mlp.down_proj.{p}"),
-    (r"norm\.(?P<p>weight|bias)", "layernorm.{p}"),
 ]
 
 # UniMatch V2's DPT head (`head.*`) -> ours (models/dpt.py); {s} is the level (the digit n minus 1)
@@ -117,15 +82,16 @@ def _apply_rules(key: str, tensor: torch.Tensor, rules, out: Converted, prefix: 
     return False
 
 
-def mit_to_hf(state: dict[str, torch.Tensor], drop_head: bool = False) -> Converted:
-    """Original MiT names (`block1.0.attn.kv.weight`, ...) -> `MiTEncoder` names.
-    `drop_head` discards the ImageNet classifier `head.*` of the `mit_bX.pth` files."""
+def rename_keys(state: dict[str, torch.Tensor], rules, prefix: str = "", source: str = "",
+                dropped: tuple[str, ...] = ()) -> Converted:
+    """A state dict's keys in our names under `prefix` through `rules` (an encoder family's `original_keys`);
+    keys starting with one of `dropped` (weights with no place in ours, e.g. a classifier) are left out."""
     out = Converted()
     for key, tensor in state.items():
-        if drop_head and key.startswith("head."):
+        if key.startswith(dropped):
             continue
-        if not _apply_rules(key, tensor, _MIT_RULES, out):
-            out.unconsumed.append(key)
+        if not _apply_rules(key, tensor, rules, out, prefix, source):
+            out.unconsumed.append(source + key)
     return out
 
 
@@ -135,7 +101,8 @@ def release_to_ours(state: dict[str, torch.Tensor]) -> Converted:
     out = Converted()
     for key, tensor in state.items():
         if key.startswith("backbone."):
-            placed = _apply_rules(key.removeprefix("backbone."), tensor, _MIT_RULES, out, "encoder.", "backbone.")
+            placed = _apply_rules(key.removeprefix("backbone."), tensor, MiTEncoder.original_keys, out, "encoder.",
+                                  "backbone.")
         else:
             placed = _apply_rules(key, tensor, _RELEASE_DECODER_RULES, out)
         if not placed:
@@ -143,20 +110,11 @@ def release_to_ours(state: dict[str, torch.Tensor]) -> Converted:
     return out
 
 
-def dinov2_to_hf(state: dict[str, torch.Tensor], prefix: str = "", source: str = "") -> Converted:
-    """Original DINOv2 names (`blocks.0.attn.qkv.weight`, ...) -> transformers' names under `prefix`."""
-    out = Converted()
-    for key, tensor in state.items():
-        if not _apply_rules(key, tensor, _DINOV2_RULES, out, prefix, source):
-            out.unconsumed.append(source + key)
-    return out
-
-
 def unimatch_v2_to_ours(state: dict[str, torch.Tensor]) -> tuple[Converted, list[str]]:
     """A UniMatch V2 DPT state dict (`backbone.*` DINOv2, `head.*` DPT; unwrapped) -> `AllSparkSegmenter` names,
     and the keys left out on purpose (weights the release's forward never reads)."""
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    out = dinov2_to_hf(backbone, "encoder.backbone.", "backbone.")
+    out = rename_keys(backbone, DINOv2Encoder.original_keys, "encoder.backbone.", "backbone.")
     dropped = []
     for key, tensor in state.items():
         if key.startswith("backbone."):

@@ -7,24 +7,20 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
-from torch import nn
 
 from allspark.errors import ConfigError
-from allspark.models.convert import Converted, dinov2_to_hf, load_exact, mit_to_hf, read_checkpoint
-from allspark.models.encoders import backbone_class
+from allspark.encoders.base import Encoder
+from allspark.models.convert import Converted, load_exact, read_checkpoint, rename_keys
 from allspark.models.weights import read_weights
 
 # the transformers config fields that fix an encoder's weights shapes, compared with the registry's
 _SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")
 
 
-def _original_to_ours(encoder: nn.Module, state: dict) -> Converted:
-    """An original release file's keys in our encoder's names, by family."""
-    family = encoder.spec.family
-    if family == "mit":
-        return mit_to_hf(state, drop_head=True)
-    if family in ("dinov2", "dinov2_reg"):
-        return dinov2_to_hf(state, prefix="backbone.")
+def _original_to_ours(encoder: Encoder, state: dict) -> Converted:
+    """An original release file's keys in our encoder's names, through its family's rules."""
+    if encoder.original_keys is not None:
+        return rename_keys(state, encoder.original_keys, encoder.weights_prefix, dropped=encoder.original_dropped)
     raise ConfigError(f"model.pretrained: {encoder.name} weights load from a Hugging Face folder or hub id "
                       "(no original file layout is read for this family)", "model.pretrained")
 
@@ -34,10 +30,10 @@ def _as_lists(fields: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
-def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
-    """Load weights into `encoder` (any of models.encoders) from an original release file, a Hugging Face directory
-    or hub id, or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to fine-tune
-    from); every key must match (errors list the ones that do not)."""
+def load_pretrained_encoder(encoder: Encoder, source: str) -> None:
+    """Load weights into `encoder` (of any family of allspark.encoders) from an original release file, a Hugging
+    Face directory or hub id, or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to
+    fine-tune from); every key must match (errors list the ones that do not)."""
     if Path(source).suffix == ".safetensors":
         state, _ = read_weights(source)
         tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
@@ -47,10 +43,18 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
         state, where = read_checkpoint(source)
         load_exact(encoder, _original_to_ours(encoder, state), where)
         return
+    _load_hugging_face(encoder, source)
+
+
+def _load_hugging_face(encoder: Encoder, source: str) -> None:
+    """Load a Hugging Face directory or hub id through the encoder family's transformers class."""
+    if encoder.transformers_class is None:
+        raise ConfigError(f"model.pretrained {source!r} is not a file, and {encoder.name}'s family reads no Hugging "
+                          "Face folder or hub id", "model.pretrained")
     if not Path(source).is_dir():
         _check_hub(source)
     try:
-        hf, info = backbone_class(encoder.spec.family).from_pretrained(source, output_loading_info=True)
+        hf, info = encoder.transformers_class.from_pretrained(source, output_loading_info=True)
     except OSError as err:
         raise ConfigError(f"model.pretrained {source!r} is not a file, and loading it as a Hugging Face "
                           f"directory or hub id failed: {err}", "model.pretrained") from None
@@ -66,7 +70,7 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
     if _as_lists(found) != _as_lists(expected):
         raise ConfigError(f"model.pretrained {source!r} holds an encoder with {found}; model.encoder {encoder.name} "
                           f"expects {expected}", "model.pretrained")
-    prefix = "" if encoder.spec.family == "mit" else "backbone."
+    prefix = encoder.weights_prefix
     state = {prefix + k: v for k, v in hf.state_dict().items()}
     load_exact(encoder, Converted(tensors=state, origin={k: k.removeprefix(prefix) for k in state}), source)
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark.config import Config, ModelConfig, config_from_dict, model_config_from_dict
+from allspark.encoders.registry import build_encoder
+from allspark.encoders.specs import encoder_spec, fit_to_patch
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.dpt import DPTHead
-from allspark.models.encoders import build_encoder
-from allspark.registry import encoder_spec, fit_to_patch
 
 
 class DecodeHead(nn.Module):
@@ -67,13 +67,13 @@ class AllSparkSegmenter(nn.Module):
     `model(images)` is per-image inference (METHODS.md 1.3); `model(images_l, images_u=..., ...)` is the
     training step (METHODS.md 1.1) and returns (logits_l, logits_u); `model(images, channel_masks=...)` scales the
     encoder features channel by channel (recipe.comp_drop). A ViT sees its input resized to whole patches
-    (registry.fit_to_patch) and its logits resized back."""
+    (encoders.specs.fit_to_patch) and its logits resized back."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.spec = encoder_spec(cfg.encoder)
-        self.encoder = build_encoder(cfg.encoder, cfg.pos_embed)
+        self.encoder = build_encoder(self.spec, cfg.pos_embed)
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
         channels = self.spec.channels

@@ -2,31 +2,27 @@
 patch, the ViT blocks a head reads, its default head and the transformers config it is built from.
 
 Config validation, the segmenter, weight loading and conversion all read this table; it imports nothing heavy,
-so the command line stays fast. Adding a size is one entry (and one test)."""
+so the command line stays fast. Adding a size is one entry (and one test); adding a family is a class in this
+room and `registry.register_encoder`."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from allspark.errors import ConfigError
 
-# transformers' backbone class of each family (imported where a model is built, not here)
-FAMILY_CLASSES = {
-    "mit": "SegformerModel",
-    "dinov2": "Dinov2Backbone",
-    "dinov2_reg": "Dinov2WithRegistersBackbone",
-    "dinov3_vit": "DINOv3ViTBackbone",
-    "dinov3_convnext": "DINOv3ConvNextBackbone",
-}
 HEADS = ("auto", "segformer", "dpt")  # model.head; auto: the encoder's own (EncoderSpec.head)
 POS_EMBED_MODES = ("release", "exact")  # model.pos_embed: how a DINOv2 resizes its position table (METHODS.md 10)
+HIERARCHICAL_STRIDE = 32  # the stride of the last map of a MiT or ConvNeXt (four stages, each halving or more)
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
     """One `model.encoder`: `channels` are the widths of the four feature maps the heads read; a ViT (`patch` set)
     gives them all at stride `patch` from its `blocks` (0-based, each through the final norm); a hierarchical
-    encoder gives them at strides 4, 8, 16, 32. `hf` holds the transformers config fields of the size."""
+    encoder gives them at strides 4, 8, 16, 32. `hf` holds the transformers config fields of the size. `family`
+    names the class that builds it (registry.FAMILIES); the family's rules that config validation reads without
+    building anything are fields here: `ceil_grid` (its maps pad, so a side is ceil(crop / stride), not floor) and
+    `pos_embed_choice` (model.pos_embed applies)."""
 
     name: str
     family: str
@@ -36,6 +32,8 @@ class EncoderSpec:
     blocks: tuple[int, int, int, int] | None = None
     dpt: tuple[int, tuple[int, int, int, int]] | None = None  # UniMatch V2's DPT (features, out_channels)
     segformer_dim: int = 256  # the SegFormer head's width E when model.embed_dim is unset
+    ceil_grid: bool = False
+    pos_embed_choice: bool = False
 
     @property
     def is_vit(self) -> bool:
@@ -50,16 +48,11 @@ class EncoderSpec:
     @property
     def stride(self) -> int:
         """The stride of the last feature map (the one AllSpark reads): the patch of a ViT, else 32."""
-        return self.patch or 32
+        return self.patch or HIERARCHICAL_STRIDE
 
     def feature_grid(self, crop_size: int) -> tuple[int, int]:
         """(h, w) of the last feature map of a square crop: the AllSpark memory's token count is h * w."""
-        if self.is_vit:
-            side = crop_size // self.patch
-        elif self.family == "mit":
-            side = math.ceil(crop_size / self.stride)  # MiT's overlapping patch embeddings pad: ceil at every stage
-        else:
-            side = crop_size // self.stride  # ConvNeXt's non-overlapping downsampling floors
+        side = -(-crop_size // self.stride) if self.ceil_grid else crop_size // self.stride
         return side, side
 
 
@@ -70,21 +63,21 @@ def fit_to_patch(size: int, patch: int) -> int:
 
 
 def _mit(name: str, widths, depths, dim: int) -> EncoderSpec:
+    # MiT's overlapping patch embeddings pad: ceil at every stage (ConvNeXt's and a ViT's downsampling floors)
     return EncoderSpec(name, "mit", tuple(widths), hf={"hidden_sizes": list(widths), "depths": list(depths)},
-                       segformer_dim=dim)
+                       segformer_dim=dim, ceil_grid=True)
 
 
 _VIT12 = (2, 5, 8, 11)
 _VIT24 = (4, 11, 17, 23)
 
 
-def _dinov2(family: str, size: str, width: int, depth: int, heads: int, blocks, dpt, **extra) -> EncoderSpec:
+def _dinov2(family: str, size: str, width: int, depth: int, heads: int, blocks, dpt, extra: dict,
+            pos_embed_choice: bool) -> EncoderSpec:
     hf = {"hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads, "image_size": 518,
           "patch_size": 14, "layerscale_value": 1.0, "layer_norm_eps": 1e-6, **extra}
-    if family == "dinov2_reg":
-        hf["num_register_tokens"] = 4
     return EncoderSpec(f"{family}_{size}", family, (width,) * 4, hf=hf, patch=14, blocks=blocks, dpt=dpt,
-                       segformer_dim=256 if width <= 384 else 768)
+                       segformer_dim=256 if width <= 384 else 768, pos_embed_choice=pos_embed_choice)
 
 
 # UniMatch V2's DPT widths per DINOv2 size (its model_configs): (features, out_channels)
@@ -119,9 +112,10 @@ def _table() -> dict[str, EncoderSpec]:
         _mit("mit_b4", (64, 128, 320, 512), (3, 8, 27, 3), 768),
         _mit("mit_b5", (64, 128, 320, 512), (3, 6, 40, 3), 768),
     ]
-    for family in ("dinov2", "dinov2_reg"):
+    # DINOv2 resizes its position table either way (model.pos_embed); with registers it resizes as transformers does
+    for family, registers, choice in (("dinov2", {}, True), ("dinov2_reg", {"num_register_tokens": 4}, False)):
         for size, (width, depth, heads, blocks, extra) in _DINOV2_SIZES.items():
-            specs.append(_dinov2(family, size, width, depth, heads, blocks, _DPT[size], **extra))
+            specs.append(_dinov2(family, size, width, depth, heads, blocks, _DPT[size], {**extra, **registers}, choice))
     for letter, (size, width, depth, heads) in _DINOV3_VIT_SIZES.items():
         hf = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": depth,
               "num_attention_heads": heads, "patch_size": 16, "num_register_tokens": 4}
