@@ -62,8 +62,8 @@ def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_two_processes_gloo(tmp_path):
-    from allspark.engine.checkpoint import load_checkpoint
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.checkpoints import load_checkpoint
+    from allspark.runs.metrics import read_metrics
 
     run, out, done = _torchrun(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -146,7 +146,7 @@ def test_an_unwritable_eval_out_stops_every_rank_before_the_work(tmp_path):
 
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    from allspark.engine.checkpoint import load_checkpoint
+    from allspark.runs.checkpoints import load_checkpoint
 
     run, out, done = _torchrun(tmp_path, "stop")
     assert [Path(f"{out}.{rank}").read_text() for rank in (0, 1)] == ["143", "143"], done.stderr[-3000:]

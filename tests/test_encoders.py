@@ -10,8 +10,9 @@ from allspark.config import ModelConfig, config_from_dict
 from allspark.errors import ConfigError
 from allspark.models.encoders import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import load_model, save_weights
+from allspark.models.weights import load_model
 from allspark.registry import ENCODERS, fit_to_patch
+from allspark.runs.weights_file import save_weights
 from encoder_helpers import TINY, tiny_encoders
 
 K = 3

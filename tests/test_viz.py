@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from allspark.commands.viz import parse_size
-from allspark.engine.runs import read_metrics
 from allspark.models.weights import load_model
+from allspark.runs.metrics import read_metrics
 from allspark.viz.grouping import grouping_counts
 from allspark.viz.memory import memory_maps
 from inference_helpers import run_cli, tiny_checkpoint, write_images

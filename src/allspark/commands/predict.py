@@ -11,7 +11,7 @@ from allspark.config import ENGINES, WHOLE_IMAGE_MODES
 from allspark.errors import UsageError
 from allspark.inference.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.inference.predictor import Predictor
-from allspark.models.weights import ensure_writable
+from allspark.runs.atomic import ensure_writable
 
 
 def parse_scales(text: str) -> tuple[float, ...]:

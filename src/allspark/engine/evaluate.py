@@ -14,13 +14,15 @@ from allspark.config import Config, apply_overrides, config_from_dict, config_to
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
-from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.engine.metrics import ConfusionMatrix
-from allspark.engine.runs import config_diff, json_safe
 from allspark.errors import ConfigError
+from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import ensure_writable, read_weights, resolve_weights
-from allspark.run_folder import RunFolder
+from allspark.runs.atomic import ensure_writable
+from allspark.runs.folder import RunFolder
+from allspark.runs.metrics import json_safe
+from allspark.runs.run_config import config_diff
+from allspark.runs.weights_file import read_weights, resolve_weights
 
 
 @torch.no_grad()

@@ -28,9 +28,10 @@ from allspark.distributed import all_gather_object, init_distributed, on_main
 from allspark.errors import DataError, InputError, UsageError
 from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
                                           image_rarity, present_classes, select)
-from allspark.models.weights import load_model, resolve_weights
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.run_folder import RunFolder
+from allspark.models.weights import load_model
+from allspark.runs.folder import RunFolder
+from allspark.runs.weights_file import resolve_weights
 
 FIELDS = ("index", "image", "mask", "uncertainty", "rarity", "score", "classes", "dim")  # OUT/scoring/rows.R.csv
 SCORE_FIELDS = ("rank", *FIELDS[1:-1])  # OUT/scores.csv: the list index and feature width stay internal

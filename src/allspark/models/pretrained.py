@@ -12,7 +12,7 @@ from torch import nn
 from allspark.errors import ConfigError
 from allspark.models.convert import Converted, dinov2_to_hf, load_exact, mit_to_hf, read_checkpoint
 from allspark.models.encoders import backbone_class
-from allspark.models.weights import read_weights
+from allspark.runs.weights_file import read_weights
 
 # the transformers config fields that fix an encoder's weights shapes, compared with the registry's
 _SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")
