@@ -227,13 +227,8 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
     read against the current folder and stored absolute. Works single-process and under torchrun.
     Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
     cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
-    owns_group = not dist_utils.is_initialized()  # a caller's process group is left to the caller
-    info = dist_utils.init_distributed(device)
-    try:
+    with dist_utils.distributed(device) as info:  # a caller's process group is left to the caller
         return _train(cfg, info, force_config, progress)
-    finally:
-        if owns_group:
-            dist_utils.cleanup()
 
 
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
