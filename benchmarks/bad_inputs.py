@@ -30,7 +30,7 @@ from PIL import Image
 from allspark.config import config_to_dict, load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
-from allspark.engine.checkpoint import load_checkpoint
+from allspark.runs.checkpoints import load_checkpoint
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid-mini"
@@ -227,8 +227,8 @@ def stop_case(root: Path, tmp: Path, signum: int, timeout: float) -> tuple[Case,
 def torn_pair_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
     """A run killed between the two writes of `latest` (the weights of the next iteration written, its state not):
     the same command resumes from the previous complete pair."""
-    from allspark.models.weights import read_weights, save_weights
-    from allspark.run_folder import RunFolder
+    from allspark.runs.folder import RunFolder
+    from allspark.runs.weights_file import read_weights, save_weights
 
     run_dir = tmp / "runs" / "torn"
     case = Case("train: killed between the two checkpoint writes, rerun", tiny_train(root, run_dir, "train.epochs=3"),

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from allspark.config import config_from_dict
-from allspark.models.weights import save_weights
 from allspark.models import build_model
+from allspark.runs.weights_file import save_weights
 
 
 def write_checkpoint(folder: Path, crop: int) -> Path:

@@ -88,7 +88,7 @@ def command(name: str, seed: int, args: argparse.Namespace, lists: tuple[Path, P
 
 
 def last_val(run_dir: Path) -> dict:
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.metrics import read_metrics
 
     vals = [record for record in read_metrics(run_dir) if record.get("split") == "val"]
     if not vals:

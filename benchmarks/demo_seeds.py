@@ -56,7 +56,7 @@ def train_row(command: list[str], log: Path) -> None:
 
 
 def final_miou(run_dir: Path) -> float:
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.metrics import read_metrics
 
     return [r for r in read_metrics(run_dir) if r.get("split") == "val"][-1]["miou"] * 100
 

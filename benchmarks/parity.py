@@ -79,7 +79,7 @@ def ours_overrides(args: argparse.Namespace, method: str, seed: int, run_dir: Pa
 
 
 def run_ours(args: argparse.Namespace, method: str, seed: int, out_json: Path) -> None:
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.metrics import read_metrics
 
     run_dir = Path(args.runs) / f"{method}_s{seed}"
     if run_dir.exists():

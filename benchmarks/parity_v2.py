@@ -37,7 +37,7 @@ def release_layout(weights: Path, size: str, v2) -> dict:
     the release's own key list tell where each of its tensors went (split ones in order), so the inverse is exact."""
     from allspark.encoders.dinov2 import DINOv2Encoder
     from allspark.models.convert import rename_keys
-    from allspark.models.weights import read_weights
+    from allspark.runs.weights_file import read_weights
     state, _ = read_weights(weights)
     ours = {k.removeprefix("encoder.backbone."): v for k, v in state.items() if k.startswith("encoder.backbone.")}
     template = v2.build_model(size, 2).backbone.state_dict()

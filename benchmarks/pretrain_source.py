@@ -37,8 +37,9 @@ def main() -> None:
 
     from allspark.config import load_config
     from allspark.demo import pretrain_source_encoder
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.metrics import read_metrics
     from allspark.models import build_model
+    from allspark.runs.metrics import read_metrics
 
     args = parse_args()
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from PIL import Image
 from allspark.cli import main
 from allspark.config import config_from_dict
 from allspark.models import build_model
-from allspark.models.weights import save_weights
+from allspark.runs.weights_file import save_weights
 
 PALETTE = np.array([[10, 20, 30], [200, 0, 0], [0, 220, 40]], dtype=np.uint8)
 

@@ -4,14 +4,14 @@ import pytest
 import safetensors.torch
 
 from allspark.cli import main
-from allspark.engine import checkpoint as checkpoint_module
-from allspark.engine.checkpoint import load_checkpoint
-from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import train
 from allspark.errors import DiskFullError
-from allspark.models import weights as weights_module
-from allspark.models.weights import atomic_write
-from allspark.run_folder import RunFolder
+from allspark.runs import checkpoints as checkpoint_module
+from allspark.runs import weights_file as weights_module
+from allspark.runs.atomic import atomic_write
+from allspark.runs.checkpoints import load_checkpoint
+from allspark.runs.folder import RunFolder
+from allspark.runs.metrics import read_metrics
 from engine_helpers import make_cfg, make_train_data
 
 

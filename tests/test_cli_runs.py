@@ -18,7 +18,7 @@ from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError, DeviceError
 from allspark.models import build_model
 from allspark.models.pretrained import load_pretrained_encoder
-from allspark.models.weights import read_weights, save_weights
+from allspark.runs.weights_file import read_weights, save_weights
 
 from inference_helpers import run_cli
 

@@ -8,7 +8,7 @@ from allspark import demo
 from allspark.config import Config, load_config
 from allspark.errors import UsageError
 from allspark.models import build_model
-from allspark.models.weights import read_weights
+from allspark.runs.weights_file import read_weights
 
 
 @pytest.mark.parametrize("iters", [None, 700])

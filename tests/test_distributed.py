@@ -1,5 +1,6 @@
 """Two CPU processes under torchrun (gloo): the memory agrees across ranks after a step, and a short
-run writes one set of outputs. Run as a script, this file is the worker torchrun launches."""
+run writes one set of outputs. Run as a script, this file is the worker torchrun launches. The `distributed`
+context manager tears down only the process group it set up."""
 import json
 import os
 import signal
@@ -21,27 +22,27 @@ def worker(root: str, run_dir: str, out: str) -> None:
     from allspark.engine.trainer import Trainer, train
 
     torch.set_num_threads(1)
-    info = dist_utils.init_distributed("cpu")
-    cfg = load_config("demo", [f"data.root={root}", f"run_dir={run_dir}", "model.crop_size=64", "train.batch_size=2",
-                               "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1",
-                               "train.checkpoint_every=1"])
-    dist_utils.seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, info, total=10)
-    dist_utils.seed_everything(cfg.train.seed, info.rank)
-    before = trainer.model.state_dict()[MEMORY].clone()
-    batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
-    batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
-    trainer.step(batch_l, batch_u, use_memory=True)
-    memory = trainer.model.state_dict()[MEMORY]
-    memories = dist_utils.all_gather_object(memory)
-    images = dist_utils.all_gather_object(batch_u["image"])
-    result = train(cfg, progress=False)
-    if info.is_main:
-        Path(out).write_text(json.dumps({
-            "world_size": info.world_size, "equal": all(torch.equal(m, memories[0]) for m in memories),
-            "written": not torch.equal(memories[0], before), "batches_differ": not torch.equal(images[0], images[1]),
-            "iteration": result["iteration"]}))
-    dist_utils.cleanup()
+    with dist_utils.distributed("cpu") as info:
+        cfg = load_config("demo", [f"data.root={root}", f"run_dir={run_dir}", "model.crop_size=64",
+                                   "train.batch_size=2", "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1",
+                                   "train.checkpoint_every=1"])
+        dist_utils.seed_everything(cfg.train.seed)
+        trainer = Trainer(cfg, info, total=10)
+        dist_utils.seed_everything(cfg.train.seed, info.rank)
+        before = trainer.model.state_dict()[MEMORY].clone()
+        batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
+        batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
+        trainer.step(batch_l, batch_u, use_memory=True)
+        memory = trainer.model.state_dict()[MEMORY]
+        memories = dist_utils.all_gather_object(memory)
+        images = dist_utils.all_gather_object(batch_u["image"])
+        result = train(cfg, progress=False)
+        if info.is_main:
+            Path(out).write_text(json.dumps({
+                "world_size": info.world_size, "equal": all(torch.equal(m, memories[0]) for m in memories),
+                "written": not torch.equal(memories[0], before),
+                "batches_differ": not torch.equal(images[0], images[1]),
+                "iteration": result["iteration"]}))
 
 
 def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
@@ -62,8 +63,8 @@ def _torchrun(tmp_path, *mode: str) -> tuple[Path, Path, subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_two_processes_gloo(tmp_path):
-    from allspark.engine.checkpoint import load_checkpoint
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.checkpoints import load_checkpoint
+    from allspark.runs.metrics import read_metrics
 
     run, out, done = _torchrun(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -118,14 +119,13 @@ def eval_out_worker(weights: str, bad_out: str, out: str) -> None:
     from allspark.errors import InputError
 
     torch.set_num_threads(1)
-    rank = dist_utils.init_distributed("cpu").rank
-    try:
-        run_evaluation(None, weights, out=bad_out, device="cpu")
-        message = "no error"
-    except (InputError, OSError) as err:  # rank 0: the file system's error (cli.main's one line), the others InputError
-        message = str(err)
-    Path(f"{out}.{rank}").write_text(message)
-    dist_utils.cleanup()
+    with dist_utils.distributed("cpu") as info:
+        try:
+            run_evaluation(None, weights, out=bad_out, device="cpu")
+            message = "no error"
+        except (InputError, OSError) as err:  # rank 0: the file system's error (cli.main's line), the others InputError
+            message = str(err)
+        Path(f"{out}.{info.rank}").write_text(message)
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_an_unwritable_eval_out_stops_every_rank_before_the_work(tmp_path):
 
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    from allspark.engine.checkpoint import load_checkpoint
+    from allspark.runs.checkpoints import load_checkpoint
 
     run, out, done = _torchrun(tmp_path, "stop")
     assert [Path(f"{out}.{rank}").read_text() for rank in (0, 1)] == ["143", "143"], done.stderr[-3000:]
@@ -163,23 +163,23 @@ def v2_worker(root: str, run_dir: str, out: str, *extra: str) -> None:
     from allspark.engine.trainer import Trainer
 
     torch.set_num_threads(1)
-    info = dist_utils.init_distributed("cpu")
-    cfg = load_config("demo", ["method=semi", "recipe=unimatch_v2", f"data.root={root}", f"run_dir={run_dir}",
-                               "model.crop_size=64", "train.batch_size=2", *extra])
-    dist_utils.seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, info, total=10)
-    dist_utils.seed_everything(cfg.train.seed, info.rank)
-    start = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
-    batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
-    for _ in range(2):
-        trainer.step(batch_l, batch_u, use_memory=False)
-    params = dist_utils.all_gather_object({name: p.detach().clone() for name, p in trainer.model.named_parameters()})
-    if info.is_main:
-        Path(out).write_text(json.dumps({
-            "equal": all(torch.equal(params[0][k], params[1][k]) for k in params[0]),
-            "moved": any(not torch.equal(params[0][k], start[k]) for k in start)}))
-    dist_utils.cleanup()
+    with dist_utils.distributed("cpu") as info:
+        cfg = load_config("demo", ["method=semi", "recipe=unimatch_v2", f"data.root={root}", f"run_dir={run_dir}",
+                                   "model.crop_size=64", "train.batch_size=2", *extra])
+        dist_utils.seed_everything(cfg.train.seed)
+        trainer = Trainer(cfg, info, total=10)
+        dist_utils.seed_everything(cfg.train.seed, info.rank)
+        start = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        batch_l = next(iter(build_labeled_loader(cfg, info.rank, info.world_size)))
+        batch_u = next(iter(build_unlabeled_loader(cfg, info.rank, info.world_size)))
+        for _ in range(2):
+            trainer.step(batch_l, batch_u, use_memory=False)
+        params = dist_utils.all_gather_object({name: p.detach().clone()
+                                               for name, p in trainer.model.named_parameters()})
+        if info.is_main:
+            Path(out).write_text(json.dumps({
+                "equal": all(torch.equal(params[0][k], params[1][k]) for k in params[0]),
+                "moved": any(not torch.equal(params[0][k], start[k]) for k in start)}))
 
 
 @pytest.mark.slow
@@ -197,6 +197,36 @@ def test_allspark_on_dinov2_with_the_v2_loop_keeps_the_ranks_in_step(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(out.read_text()) == {"equal": True, "moved": True}
 
+
+
+def test_the_context_manager_tears_down_only_the_group_it_set_up(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from allspark import distributed as dist_utils
+
+    real_init = dist.init_process_group
+
+    def one_process_group(backend, rank, world_size):  # torchrun's group, with this process as its only member
+        real_init(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    monkeypatch.setattr(dist, "init_process_group", one_process_group)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match="a failed step"):
+        with dist_utils.distributed("cpu") as info:
+            assert dist_utils.is_initialized() and info.world_size == 2
+            raise RuntimeError("a failed step")
+    assert not dist_utils.is_initialized()  # set up by the block, so torn down however the block ended
+    real_init("gloo", init_method=f"file://{tmp_path / 'caller'}", rank=0, world_size=1)  # the caller's own group
+    try:
+        with dist_utils.distributed("cpu") as info:
+            assert info.is_main
+        assert dist_utils.is_initialized()  # left to the caller
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with dist_utils.distributed("cpu") as info:  # a single process: nothing to set up or tear down
+        assert not dist_utils.is_initialized() and not info.distributed
 
 def test_nproc_relaunches_under_torchrun(monkeypatch):
     from allspark.cli import main

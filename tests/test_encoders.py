@@ -11,7 +11,8 @@ from allspark.encoders.dinov2 import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.encoders.specs import ENCODERS, fit_to_patch
 from allspark.errors import ConfigError
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import load_model, save_weights
+from allspark.models.weights import load_model
+from allspark.runs.weights_file import save_weights
 from encoder_helpers import TINY, tiny_encoders
 
 K = 3

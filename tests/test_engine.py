@@ -15,14 +15,14 @@ from allspark.cli import main
 from allspark.config import load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.engine import trainer as trainer_module
-from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import ce_loss, ohem_loss
-from allspark.engine.runs import read_metrics
 from allspark.engine.trainer import Trainer, train
 from allspark.errors import ConfigError, NonFiniteLossError
 from allspark.models.allspark import AllSparkBottleneck
-from allspark.models.weights import read_weights, weights_metadata
+from allspark.runs.checkpoints import load_checkpoint
+from allspark.runs.metrics import read_metrics
+from allspark.runs.weights_file import read_weights, weights_metadata
 from engine_helpers import make_cfg, make_train_data, train_until
 
 MEMORY = "allspark.memory.queue"

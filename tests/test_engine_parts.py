@@ -12,12 +12,12 @@ from torch import nn
 from allspark import distributed as dist_utils
 from allspark.config import AMP_MODES, TrainConfig, load_config
 from allspark.engine.amp import AMP_DTYPES, autocast
-from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.optim import build_optimizer, poly_factor, poly_schedule
-from allspark.engine.runs import MetricsWriter, read_metrics, truncate_metrics
-from allspark.run_folder import RunFolder
+from allspark.runs.checkpoints import load_checkpoint, save_checkpoint
+from allspark.runs.folder import RunFolder
+from allspark.runs.metrics import MetricsWriter, read_metrics, truncate_metrics
 
 
 def test_ce_ignores_255():

@@ -117,7 +117,7 @@ def test_bad_checkpoint_is_one_line_naming_it(root, tmp_path, capsys, kind, comm
 
 
 def test_bad_checkpoint_raises_a_typed_error(tmp_path):
-    from allspark.models.weights import read_weights
+    from allspark.runs.weights_file import read_weights
 
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         read_weights(_bad_checkpoint("random", tmp_path))

@@ -10,10 +10,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import its own room and the rooms of lower layers; rooms that share a layer are
 # siblings and import nothing from each other. The package itself (allspark/__init__.py) is the public surface.
 LAYERS = (
-    ("allspark.errors", "allspark.run_folder"),
+    ("allspark.errors",),
     ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.encoders",
      "allspark.protocols"),
     ("allspark.config",),
+    ("allspark.runs",),
     ("allspark.data", "allspark.models"),
     ("allspark.predict",),
     ("allspark.engine",),

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from allspark.errors import EngineError
-from allspark.models.weights import read_weights, save_weights
 from allspark.predict import backends
 from allspark.predict.backends import export_path, load_engine
 from allspark.predict.predictor import Predictor
+from allspark.runs.weights_file import read_weights, save_weights
 from inference_helpers import PALETTE, run_cli, write_images
 
 pytestmark = pytest.mark.slow  # the `exported` fixture traces the model once

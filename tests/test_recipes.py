@@ -13,13 +13,14 @@ from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
-from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_views
-from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.errors import ConfigError
 from allspark.models.allspark import SemanticMemory
+from allspark.runs.checkpoints import load_checkpoint
+from allspark.runs.metrics import read_metrics
+from allspark.runs.run_config import config_diff
 from engine_helpers import make_cfg, make_train_data, train_until
 
 FULL = ["recipe.strong_views=true", "recipe.cutmix_prob=0.5", "recipe.threshold=0.3", "recipe.teacher=ema",

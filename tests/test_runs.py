@@ -14,10 +14,11 @@ import yaml
 from allspark.cli import main
 
 from allspark.engine.optim import poly_factor
-from allspark.engine.runs import lock_run_dir, read_metrics
 from allspark.engine.trainer import Trainer, train
 from allspark.errors import ConfigError
-from allspark.models.weights import atomic_write
+from allspark.runs.atomic import atomic_write
+from allspark.runs.lock import lock_run_dir
+from allspark.runs.metrics import read_metrics
 from engine_helpers import make_cfg, make_train_data
 
 STEP = Trainer.step
@@ -71,7 +72,7 @@ def test_second_training_in_a_busy_run_dir_is_refused(data_root, tmp_path, monke
 
 HOLDER = """
 import os, sys, time
-from allspark.engine.runs import lock_run_dir
+from allspark.runs.lock import lock_run_dir
 held = lock_run_dir(sys.argv[1])
 child = os.fork()  # as a DataLoader worker: it outlives a killed parent by a few seconds
 if child == 0:

@@ -9,7 +9,8 @@ from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError
 from allspark.models import AllSparkSegmenter, build_model
 from allspark.models.segmenter import DecodeHead
-from allspark.models.weights import load_model, save_weights
+from allspark.models.weights import load_model
+from allspark.runs.weights_file import save_weights
 
 # METHODS.md 1 / SegFormer paper, Table 6: stage widths and blocks per stage of each size.
 SIZES = {

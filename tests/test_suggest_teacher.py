@@ -5,10 +5,10 @@ import torch
 
 from allspark.config import config_from_dict
 from allspark.engine.recipes import EmaTeacher
-from allspark.suggest.teacher import load_teacher
 from allspark.models import build_model
-from allspark.models.weights import save_weights
-from allspark.run_folder import RunFolder
+from allspark.runs.folder import RunFolder
+from allspark.runs.weights_file import save_weights
+from allspark.suggest.teacher import load_teacher
 
 MEMORY = "allspark.memory.queue"
 
@@ -37,7 +37,7 @@ def _run(root, student_state, ema=None, best_of="student", best=False):
     """A run folder as training leaves it: checkpoints/latest.safetensors + latest.state.pt (+ best.safetensors)."""
     run = RunFolder(root)
     run.weights().parent.mkdir(parents=True)
-    save_weights(run.weights("latest"), student_state, _cfg(best_of))
+    save_weights(run.weights("latest"), student_state, _cfg(best_of), extra={"iteration": "8"})  # a complete pair
     state = {"iteration": 8, "optimizer": {}}
     torch.save({**state, "ema": ema} if ema is not None else state, run.state("latest"))
     if best:

@@ -364,8 +364,8 @@ def test_v2_loop_resumes_exactly(data_root, tmp_path, monkeypatch, method, worke
         return make_cfg(data_root, tmp_path / name, method, f"data.workers={workers}", "recipe=unimatch_v2",
                         "recipe.threshold=0.3")
 
-    from allspark.engine.checkpoint import load_checkpoint
-    from allspark.engine.runs import read_metrics
+    from allspark.runs.checkpoints import load_checkpoint
+    from allspark.runs.metrics import read_metrics
     train_until(cfg("whole"), monkeypatch)
     train_until(cfg("parts"), monkeypatch, stop_at=7)
     train_until(cfg("parts"), monkeypatch)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from allspark.commands.viz import parse_size
-from allspark.engine.runs import read_metrics
 from allspark.errors import InputError
 from allspark.models.weights import load_model
+from allspark.runs.metrics import read_metrics
 from allspark.viz import confusion, curves, features, grouping, memory
 from allspark.viz.contact_sheet import CAPTION, CELL, contact_sheet
 from allspark.viz.figure import save_figure

@@ -17,7 +17,7 @@ from allspark.data.splits import make_split
 from allspark.data.synthetic import SOURCE_SHAPES, generate_synthetic
 from allspark.engine.trainer import train
 from allspark.errors import UsageError
-from allspark.run_folder import RunFolder
+from allspark.runs.folder import RunFolder
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE, NUM_LABELED = 400, 80, 128, 6  # dataset of the demo preset
 SOURCE_TRAIN, SOURCE_VAL, SOURCE_ITERS = 3000, 200, 1500  # the source set and the encoder's training budget

@@ -1,9 +1,12 @@
-"""Process-group set-up for `torchrun` (NCCL on CUDA, gloo on CPU), seeding, and small collectives."""
+"""Process-group set-up and tear-down for `torchrun` (the `distributed` context manager; NCCL on CUDA, gloo on CPU),
+seeding, and small collectives."""
 from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,13 +62,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
+@contextmanager
+def distributed(device: str = "auto") -> Iterator[DistInfo]:
+    """`with distributed(device) as info:` joins torchrun's process group for the block (init_distributed) and
+    leaves it after, however the block ends, only when this block joined it: a caller's group is left to the caller."""
+    joined_before = is_initialized()
+    info = init_distributed(device)
+    try:
+        yield info
+    finally:
+        if not joined_before and is_initialized():
+            dist.destroy_process_group()
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def cleanup() -> None:
-    if is_initialized():
-        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

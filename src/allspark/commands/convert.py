@@ -8,7 +8,7 @@ from pathlib import Path
 from allspark.config import apply_overrides, config_from_dict, load_config
 from allspark.errors import ConversionError
 from allspark.models.official import convert_official
-from allspark.models.weights import save_weights
+from allspark.runs.weights_file import save_weights
 
 
 def register(sub) -> None:

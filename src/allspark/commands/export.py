@@ -10,9 +10,11 @@ from allspark.commands.options import add_checkpoint_options
 from allspark.data.layouts import class_names_and_palette
 from allspark.errors import CheckFailedError, CheckpointError, UsageError
 from allspark.extras import require_extra
-from allspark.models.weights import ensure_writable, load_model, resolve_weights
+from allspark.models.weights import load_model
 from allspark.predict.backends import export_path, file_sha256
 from allspark.predict.export import export_onnx, max_onnx_difference
+from allspark.runs.atomic import ensure_writable
+from allspark.runs.weights_file import resolve_weights
 
 
 def run(args: argparse.Namespace) -> int:

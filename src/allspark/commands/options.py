@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from allspark.config import DEVICES
-from allspark.run_folder import CHECKPOINTS
+from allspark.runs.folder import CHECKPOINTS
 from allspark.threads import busy_cores, default_threads, usable_cores
 
 

@@ -9,9 +9,9 @@ from allspark.commands.options import (add_checkpoint_options, add_device_option
                                        set_threads)
 from allspark.config import ENGINES, WHOLE_IMAGE_MODES
 from allspark.errors import UsageError
-from allspark.models.weights import ensure_writable
 from allspark.predict.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.predict.predictor import Predictor
+from allspark.runs.atomic import ensure_writable
 
 
 def parse_scales(text: str) -> tuple[float, ...]:

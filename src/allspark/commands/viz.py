@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from allspark.commands.options import add_checkpoint_options, add_device_option
-from allspark.engine.runs import read_metrics
-from allspark.models.weights import ensure_writable
+from allspark.runs.atomic import ensure_writable
+from allspark.runs.metrics import read_metrics
 from allspark.viz.checkpoint_figures import features_figure, grouping_figure, memory_figure
 from allspark.viz.confusion import plot_confusion, read_eval
 from allspark.viz.curves import plot_curves

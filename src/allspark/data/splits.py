@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 from allspark.data.io import read_list
 from allspark.data.layouts import get_layout
 from allspark.errors import InputError
+from allspark.runs.atomic import atomic_write_text
 
 
 def parse_fraction(text: str | float) -> Fraction:
@@ -61,9 +61,8 @@ def make_split(train_list: str | Path, out_dir: str | Path, count: int | None = 
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} already exist; pass --force (force=True) to overwrite")
-    out_dir.mkdir(parents=True, exist_ok=True)
     for path, chosen in zip(paths, (labeled, unlabeled)):
-        path.write_text("".join(f"{line}\n" for line in chosen))
+        atomic_write_text(path, "".join(f"{line}\n" for line in chosen))
     return paths
 
 
@@ -72,10 +71,8 @@ def write_layout_list(root: str | Path, layout: str, split: str, out: str | Path
     pairs = get_layout(layout, root).pairs(root, split)
     if not pairs:
         raise FileNotFoundError(f"{root}: layout '{layout}' found no images for split '{split}'")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{image} {mask}\n" for image, mask in pairs))
-    return out
+    atomic_write_text(out, "".join(f"{image} {mask}\n" for image, mask in pairs))
+    return Path(out)
 
 
 def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
@@ -121,7 +118,5 @@ def add_to_labeled(suggested: str | Path, splits_dir: str | Path, root: str | Pa
     new_labeled = [f"{image} {mask}" for image, mask in labeled] + [f"{image} {mask}" for image, mask in moving.items()]
     new_unlabeled = [" ".join(part for part in entry if part) for entry in unlabeled if entry[0] not in moving]
     for path, lines in ((labeled_path, new_labeled), (unlabeled_path, new_unlabeled)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in lines))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(f"{line}\n" for line in lines))
     return len(moving), labeled_path, unlabeled_path

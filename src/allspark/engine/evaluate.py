@@ -15,12 +15,14 @@ from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
 from allspark.engine.metrics import ConfusionMatrix
-from allspark.engine.runs import config_diff, json_safe
 from allspark.errors import ConfigError
-from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import ensure_writable, read_weights, resolve_weights
+from allspark.models.weights import load_model
 from allspark.predict.windows import center_crop_box, eval_window, predict_probs
-from allspark.run_folder import RunFolder
+from allspark.runs.atomic import atomic_write_text, ensure_writable
+from allspark.runs.folder import RunFolder
+from allspark.runs.metrics import json_safe
+from allspark.runs.run_config import config_diff
+from allspark.runs.weights_file import resolve_weights
 
 
 @torch.no_grad()
@@ -57,24 +59,12 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
     "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
     (best or latest)."""
-    owns_group = not dist_utils.is_initialized()
-    info = dist_utils.init_distributed(device)
-    try:
+    with dist_utils.distributed(device) as info:
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
         # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
         dist_utils.on_main(info, lambda: ensure_writable(run.root))
-        state, saved_cfg = read_weights(weights)
-        if cfg is None:
-            cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
-                                   where=f"{weights} (embedded config)")
-        differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
-        if differing:
-            raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
-                              f"{'; '.join(differing)}; evaluate with the run's config.yaml")
-        model = AllSparkSegmenter(cfg.model)  # the weights file holds every weight: model.pretrained is not read
-        model.load_state_dict(state)
-        model.to(info.device).eval()
+        model, cfg = _model_and_config(weights, cfg, overrides, info.device)
         mode = mode or cfg.eval.mode
         confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
                              amp=amp, progress=info.is_main)
@@ -83,9 +73,19 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
                   "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}
         if info.is_main:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.eval_json.write_text(json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
+            atomic_write_text(run.eval_json, json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
         return {**result, "written": run.eval_json if info.is_main else None}
-    finally:
-        if owns_group:
-            dist_utils.cleanup()
+
+
+def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str], device: torch.device):
+    """(model in eval mode on `device`, the config to evaluate with): `cfg`, or the weights' own config with
+    `overrides` applied; a model config other than the one the weights were trained with is refused."""
+    model, saved_cfg = load_model(weights, device=device)  # the file holds every weight: model.pretrained is not read
+    if cfg is None:
+        cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
+                               where=f"{weights} (embedded config)")
+    differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
+    if differing:
+        raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
+                          f"{'; '.join(differing)}; evaluate with the run's config.yaml")
+    return model, cfg

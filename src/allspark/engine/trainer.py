@@ -25,19 +25,21 @@ from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, 
 from allspark.distributed import DistInfo
 from allspark.encoders.base import checkpoint_layers
 from allspark.engine.amp import autocast
-from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.evaluate import evaluate
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.recipes import (EmaTeacher, complementary_masks, confident_share, pseudo_label_loss,
                                      rampup_factor, student_views)
 from allspark.engine.stop import StopRequest
-from allspark.engine.runs import (MetricsWriter, check_run_dir, config_diff, lock_run_dir, setup_logger,
-                                 truncate_metrics, write_run_config)
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
-from allspark.models.weights import read_weights, save_weights
-from allspark.run_folder import RunFolder
+from allspark.runs.checkpoints import load_checkpoint, save_checkpoint
+from allspark.runs.folder import RunFolder
+from allspark.runs.lock import lock_run_dir
+from allspark.runs.logs import setup_logger
+from allspark.runs.metrics import MetricsWriter, truncate_metrics
+from allspark.runs.run_config import check_run_dir, config_diff, write_run_config
+from allspark.runs.weights_file import read_weights, save_weights
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -225,13 +227,8 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
     read against the current folder and stored absolute. Works single-process and under torchrun.
     Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
     cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
-    owns_group = not dist_utils.is_initialized()  # a caller's process group is left to the caller
-    info = dist_utils.init_distributed(device)
-    try:
+    with dist_utils.distributed(device) as info:  # a caller's process group is left to the caller
         return _train(cfg, info, force_config, progress)
-    finally:
-        if owns_group:
-            dist_utils.cleanup()
 
 
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:

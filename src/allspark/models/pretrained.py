@@ -11,7 +11,7 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError, Repository
 from allspark.errors import ConfigError
 from allspark.encoders.base import Encoder
 from allspark.models.convert import Converted, load_exact, read_checkpoint, rename_keys
-from allspark.models.weights import read_weights
+from allspark.runs.weights_file import read_weights
 
 # the transformers config fields that fix an encoder's weights shapes, compared with the registry's
 _SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")

@@ -22,7 +22,8 @@ from allspark.config import ENGINES, Config, config_from_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import resolve_device
 from allspark.errors import EngineError
-from allspark.models.weights import CONFIG_KEY, load_model, resolve_weights
+from allspark.models.weights import load_model
+from allspark.runs.weights_file import CONFIG_KEY, resolve_weights
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the graph's input (1, 3, H, W) and output (1, K, H, W)
 SOURCE_KEY = "source_sha256"  # metadata: SHA-256 of the weights file the graph was exported from

@@ -16,8 +16,9 @@ import torch
 
 from allspark.config import config_to_dict
 from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from allspark.models.weights import CONFIG_KEY, atomic_write
 from allspark.predict.backends import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
+from allspark.runs.atomic import atomic_write
+from allspark.runs.weights_file import CONFIG_KEY
 
 
 def export_onnx(model: torch.nn.Module, cfg, out: str | Path, example_size: int | None = None,

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from allspark.models.weights import atomic_write
+from allspark.runs.atomic import atomic_write
 from allspark.suggest.scoring import predict_one
 from allspark.suggest.store import FIELDS
 

@@ -16,7 +16,7 @@ import numpy as np
 from allspark.config import Config
 from allspark.data.io import read_list
 from allspark.data.layouts import class_names_and_palette
-from allspark.distributed import DistInfo, all_gather_object, init_distributed, on_main
+from allspark.distributed import DistInfo, all_gather_object, distributed, on_main
 from allspark.errors import InputError
 from allspark.suggest.outputs import Suggestion, sheet_pairs, write_outputs
 from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool
@@ -76,33 +76,33 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
     Under torchrun each rank scores every world_size-th image; rank 0 ranks and returns the Suggestion, the others
     None. `labeled_list` (default: the run's) gives the class shares and the images the chosen ones should differ
     from."""
-    info = init_distributed(device)
-    model, cfg, weights, what = load_teacher(checkpoint, which, info.device)
-    root = Path(root) if root is not None else Path(cfg.data.root)
-    pool = _pool(cfg, weights, root, list_path, labeled_list, count)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    on_main(info, lambda: check_source(out, source_key(weights, pool.list_path, max_side), force))  # others wait
-    done, _ = read_scored(out)
-    if info.is_main:
-        say(f"scoring {len(pool.indices) - len(done)} of {len(pool.indices)} images with {what} of {weights}"
-            + (f" ({len(done)} scored before)" if done else ""))
-    score_pool(model, cfg, root, pool.entries, out, class_rarity(pool.counts, cfg.model.num_classes),
-               _my_share(pool, done, info), batch_size, max_side, info.device, info.rank, progress)
-    all_gather_object(None)  # every rank's rows are on disk
-    if not info.is_main:
-        return None
-    rows, features = read_scored(out)
-    scores = np.array([float(rows[i]["score"]) for i in pool.indices])
-    feats = np.stack([features[i] for i in pool.indices])
-    anchors = None
-    if pool.labeled and strategy != "uncertainty":
-        anchors = anchor_features(model, root, pool.labeled, max_side, info.device)
-    order = select(scores, feats, count, strategy, anchors)
-    suggested, scores_path = write_outputs(out, pool.entries, rows, order, pool.indices)
-    images, masks = sheet_pairs(model, [root / pool.entries[pool.indices[i]][0] for i in order], max_side, info.device)
-    names, palette = class_names_and_palette(cfg)
-    lift = ("rare-class lift from the labeled masks" if pool.counts is not None
-            else "no labeled masks: no rare-class lift")
-    return Suggestion([rows[pool.indices[i]] for i in order], suggested, scores_path, images, masks, names, palette,
-                      f"{what} of {weights}; strategy {strategy}; {lift}")
+    with distributed(device) as info:
+        model, cfg, weights, what = load_teacher(checkpoint, which, info.device)
+        root = Path(root) if root is not None else Path(cfg.data.root)
+        pool = _pool(cfg, weights, root, list_path, labeled_list, count)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        on_main(info, lambda: check_source(out, source_key(weights, pool.list_path, max_side), force))  # others wait
+        done, _ = read_scored(out)
+        if info.is_main:
+            say(f"scoring {len(pool.indices) - len(done)} of {len(pool.indices)} images with {what} of {weights}"
+                + (f" ({len(done)} scored before)" if done else ""))
+        score_pool(model, cfg, root, pool.entries, out, class_rarity(pool.counts, cfg.model.num_classes),
+                   _my_share(pool, done, info), batch_size, max_side, info.device, info.rank, progress)
+        all_gather_object(None)  # every rank's rows are on disk
+        if not info.is_main:
+            return None
+        rows, features = read_scored(out)
+        scores = np.array([float(rows[i]["score"]) for i in pool.indices])
+        feats = np.stack([features[i] for i in pool.indices])
+        anchors = None
+        if pool.labeled and strategy != "uncertainty":
+            anchors = anchor_features(model, root, pool.labeled, max_side, info.device)
+        order = select(scores, feats, count, strategy, anchors)
+        suggested, scores_path = write_outputs(out, pool.entries, rows, order, pool.indices)
+        images, masks = sheet_pairs(model, [root / pool.entries[pool.indices[i]][0] for i in order], max_side, info.device)
+        names, palette = class_names_and_palette(cfg)
+        lift = ("rare-class lift from the labeled masks" if pool.counts is not None
+                else "no labeled masks: no rare-class lift")
+        return Suggestion([rows[pool.indices[i]] for i in order], suggested, scores_path, images, masks, names, palette,
+                          f"{what} of {weights}; strategy {strategy}; {lift}")

@@ -8,8 +8,10 @@ import torch
 
 from allspark.config import Config
 from allspark.models.segmenter import AllSparkSegmenter
-from allspark.models.weights import load_model, resolve_weights
-from allspark.run_folder import RunFolder
+from allspark.models.weights import load_model
+from allspark.runs.checkpoints import ema_weights
+from allspark.runs.folder import RunFolder
+from allspark.runs.weights_file import resolve_weights
 
 
 def load_teacher(checkpoint: str | Path, which: str = "best", device: torch.device | str = "cpu"
@@ -17,14 +19,13 @@ def load_teacher(checkpoint: str | Path, which: str = "best", device: torch.devi
     """(model in eval mode, config, weights file, which model it is). A run's `latest` with an EMA teacher in its
     training state gives the teacher (the better pseudo-labeller); `best` is the model `train.best_of` named."""
     weights = resolve_weights(checkpoint, which)
-    model, cfg = load_model(weights, device=device)
-    what = "the student"
     folder = RunFolder.of_weights(weights)
-    if folder is not None and weights == folder.weights("latest") and folder.state("latest").is_file():
-        ema = torch.load(folder.state("latest"), map_location="cpu", weights_only=True).get("ema")
-        if ema:
-            model.load_state_dict(ema, strict=False)  # the averaged tensors; the rest (memory) stays the student's
-            what = "the EMA teacher"
-    elif weights.name == "best.safetensors" and cfg.train.best_of == "ema":
-        what = "the EMA teacher"
-    return model, cfg, weights, what
+    teacher = ema_weights(folder.root) if folder is not None and weights == folder.weights("latest") else None
+    if teacher is not None:  # the newest complete pair, as resume chooses it
+        weights, ema = teacher
+        model, cfg = load_model(weights, device=device)
+        model.load_state_dict(ema, strict=False)  # the averaged tensors; the rest (memory) stays the student's
+        return model, cfg, weights, "the EMA teacher"
+    model, cfg = load_model(weights, device=device)
+    best_is_ema = folder is not None and weights == folder.weights("best") and cfg.train.best_of == "ema"
+    return model, cfg, weights, "the EMA teacher" if best_is_ema else "the student"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from allspark.errors import InputError
+from allspark.runs.folder import RunFolder
 from allspark.viz.figure import new_figure, save_figure
 
 
@@ -14,7 +15,7 @@ def read_eval(path: str | Path) -> dict:
     """The eval.json written by `allspark eval`, checked for the keys the plot needs."""
     path = Path(path)
     if path.is_dir():
-        path = path / "eval.json"
+        path = RunFolder(path).eval_json
     if not path.is_file():
         raise FileNotFoundError(f"evaluation file not found: {path} (expected eval.json from `allspark eval`)")
     try:

@@ -11,8 +11,9 @@ import torch
 
 from allspark.config import Config
 from allspark.errors import CheckpointError
-from allspark.models.weights import atomic_write, read_weights, save_weights, weights_metadata
-from allspark.run_folder import KEPT, RunFolder
+from allspark.runs.atomic import atomic_write
+from allspark.runs.folder import KEPT, RunFolder
+from allspark.runs.weights_file import read_weights, save_weights, weights_metadata
 
 
 def _keep(source: Path, target: Path) -> None:
@@ -64,9 +65,9 @@ def save_checkpoint(run_dir: str | Path, state_dict: dict[str, torch.Tensor], cf
     kept_state.unlink(missing_ok=True)
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """(model state, training state) of the newest complete pair among `latest` and `previous`, or None when the
-    run has no state file yet. A state file without weights of its iteration is an error naming both."""
+def newest_pair(run_dir: str | Path) -> tuple[Path, Path] | None:
+    """(weights, state) of the newest complete pair among `latest` and `previous` (their iterations match), or None
+    when the run has no state file yet. A state file without weights of its iteration is an error naming both."""
     run = RunFolder(run_dir)
     pairs = [(run.weights(name), run.state(name)) for name in ("latest", KEPT)]
     states = {path: _state_iteration(path) for _, path in pairs if path.is_file()}
@@ -80,5 +81,25 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]
                               f"iterations {sorted(i for i in stamps if i is not None) or 'none'}; delete the "
                               "checkpoints folder to restart the run")
     iteration, state_path = max(complete)
-    model_state, _ = read_weights(stamps[iteration])
-    return model_state, torch.load(state_path, map_location="cpu", weights_only=True)
+    return stamps[iteration], state_path
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(model state, training state) of the newest complete pair (newest_pair), or None when the run has no state
+    file yet: what a resumed run continues from."""
+    pair = newest_pair(run_dir)
+    if pair is None:
+        return None
+    model_state, _ = read_weights(pair[0])
+    return model_state, torch.load(pair[1], map_location="cpu", weights_only=True)
+
+
+def ema_weights(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor]] | None:
+    """(the pair's weights file, the EMA teacher's tensors) of the newest complete pair (newest_pair, as resume
+    chooses), or None when the run has no state file or trains without an EMA teacher. The tensors are the averaged
+    ones only: load them over the student of that weights file with strict=False (the memory stays the student's)."""
+    pair = newest_pair(run_dir)
+    if pair is None:
+        return None
+    ema = torch.load(pair[1], map_location="cpu", weights_only=True).get("ema")
+    return (pair[0], ema) if ema else None

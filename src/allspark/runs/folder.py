@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CHECKPOINTS = ("best", "latest")  # what `--which` may name
-KEPT = "previous"  # the `latest` pair kept while a new one is written (engine.checkpoint)
+KEPT = "previous"  # the `latest` pair kept while a new one is written (runs.checkpoints)
 
 
 class RunFolder:
