@@ -6,7 +6,8 @@ uncertainty (margin instead of entropy), its pooling (top-k pixels instead of cl
 (the round-0 student instead of its EMA teacher); `library` is the library's own score, as a check (its picks are
 `allspark suggest --strategy both`'s). `pick` returns the chosen lines in the list format, best first.
 
-    python benchmarks/suggest_variants.py --checkpoint RUN --count 6 --out DIR [--variants margin topk share student]
+    python -m benchmarks.studies.suggest_variants --checkpoint RUN --count 6 --out DIR \\
+        [--variants margin topk share student]
 
 With --truth, also prints each variant's picks' true class pixel shares (a diagnostic that reads the pool's
 masks, which a user would not have; it chooses nothing).
@@ -15,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from allspark.data.io import read_list, read_mask  # noqa: E402
-from allspark.data.normalize import normalize_image  # noqa: E402
-from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score,  # noqa: E402
+from allspark.data.io import read_list, read_mask
+from allspark.data.normalize import normalize_image
+from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score,
                                           entropy_map, image_rarity, select)
-from allspark.inference.suggest import (_LastFeature, labeled_class_counts, load_pixels, load_teacher,  # noqa: E402
+from allspark.inference.suggest import (_LastFeature, labeled_class_counts, load_pixels, load_teacher,
                                         probs_and_features)
-from allspark.models.weights import load_model  # noqa: E402
+from allspark.models.weights import load_model
 
 VARIANTS = ("library", "margin", "topk", "share", "student")
 TOP_SHARE = 0.1  # topk: the mean over the 10 % most uncertain pixels of an image

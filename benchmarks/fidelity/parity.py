@@ -1,14 +1,15 @@
 """Parity with the authors' release: the same training on the demo data, both sides, several seeds.
 
-    python benchmarks/parity.py --data /path/to/demo_data [--sides release ours] [--seeds 0 1 2]
+    python -m benchmarks.fidelity.parity --data /path/to/demo_data [--sides release ours] [--seeds 0 1 2]
 
 Settings of both sides: MiT-B0 from scratch, crop 97 (the release needs crop % 32 != 0), batch 4 labeled
 + 4 unlabeled, lr 0.002 (x10 for the head), 686 iterations on a poly schedule, S-Mem from epoch 2, one
 thread; methods sup / semi / allspark. The release runs through the CPU harness of
 `../shared/reference/harness` (`train_official.py`, the release's own code), ours through `allspark
-train demo` with overrides. Each run writes OUT/<side>_<method>_s<seed>.json and .log; a run whose JSON
-exists is skipped, so the script resumes and can be re-run to print the table (final mIoU %, each seed,
-mean, spread = max - min). The demo data is `allspark demo`'s (generated under --data when missing).
+train demo` with overrides. Each run writes its summary to OUT/<side>_<method>_s<seed>.json (its log, and the
+release's JSON with every iteration, go to --runs); a run whose summary exists is skipped, so the script
+resumes and can be re-run to print the table (final mIoU %, each seed, mean, spread = max - min). The demo
+data is `allspark demo`'s (generated under --data when missing).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's allspark, here and in the runs (see _env)
+from benchmarks.timing import REFERENCE, RESULTS, ROOT, seconds
+
 METHODS = ("sup", "semi", "allspark")
 SIDES = ("release", "ours")
 NAMES = {"sup": "Sup", "semi": "Semi", "allspark": "AllSpark"}
@@ -35,9 +35,9 @@ CROP, BATCH, LR, LR_MULTI, WARMUP_EPOCHS, NUM_CLASSES = 97, 4, 0.002, 10, 2, 4
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo_data", help="demo data folder (generated when missing)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/parity"), help="result JSONs and logs")
-    p.add_argument("--runs", default=str(ROOT / "runs/parity"), help="run directories of our side (scratch)")
-    p.add_argument("--harness", default=str(ROOT.parent / "shared/reference/harness"),
+    p.add_argument("--out", default=str(RESULTS / "parity"), help="one summary JSON per run")
+    p.add_argument("--runs", default=str(ROOT / "runs/parity"), help="run directories, logs, the release's JSONs")
+    p.add_argument("--harness", default=str(REFERENCE / "harness"),
                    help="the release's CPU harness (train_official.py)")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -84,19 +84,26 @@ def run_ours(args: argparse.Namespace, method: str, seed: int, out_json: Path) -
     run_dir = Path(args.runs) / f"{method}_s{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run, so the wall time is the whole training's
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     overrides = ours_overrides(args, method, seed, run_dir)
     command = [sys.executable, "-m", "allspark", "train", "demo", *overrides, "--device", "cpu", "--no-progress",
                "--threads", "1"]
-    started = time.time()
-    _run(command, out_json.with_suffix(".log"), cwd=ROOT)
-    seconds = time.time() - started
-    records = read_metrics(run_dir)
-    val = [r for r in records if r.get("split") == "val"][-1]
-    train = [{"iter": r["iter"], "loss": round(r["loss"], 5)} for r in records if r.get("split") == "train"]
+    took = seconds(lambda: _run(command, run_dir.with_suffix(".log"), cwd=ROOT))
+    val = [r for r in read_metrics(run_dir) if r.get("split") == "val"][-1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     result = {"side": "ours", "method": method, "seed": seed, "iters": val["iter"], "miou": round(val["miou"] * 100, 4),
-              "iou_class": [round(v * 100, 4) for v in val["iou"]], "wall_s": round(seconds, 1),
-              "commit": commit.stdout.strip(), "overrides": overrides, "log": train}
+              "iou_class": [round(v * 100, 4) for v in val["iou"]], "wall_s": round(took, 1),
+              "commit": commit.stdout.strip(), "overrides": overrides}
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def run_release(args: argparse.Namespace, method: str, seed: int, out_json: Path) -> None:
+    """The harness's run, its JSON under --runs; OUT gets that JSON without the per-iteration log."""
+    full = Path(args.runs) / f"release_{method}_s{seed}.json"
+    full.parent.mkdir(parents=True, exist_ok=True)
+    _run(release_command(args, method, seed, full), full.with_suffix(".log"), cwd=Path(args.data).resolve().parent)
+    result = json.loads(full.read_text())
+    del result["log"]
     out_json.write_text(json.dumps(result, indent=1) + "\n")
 
 
@@ -151,13 +158,9 @@ def main() -> None:
         for side, method, seed in todo:
             out_json = out / f"{side}_{method}_s{seed}.json"
             print(f"{side} {method} seed {seed} -> {out_json}", flush=True)
-            started = time.time()
-            if side == "release":
-                _run(release_command(args, method, seed, out_json), out_json.with_suffix(".log"),
-                     cwd=Path(args.data).resolve().parent)
-            else:
-                run_ours(args, method, seed, out_json)
-            print(f"  mIoU {json.loads(out_json.read_text())['miou']:.2f} in {time.time() - started:.0f} s", flush=True)
+            runner = run_release if side == "release" else run_ours
+            took = seconds(lambda: runner(args, method, seed, out_json))
+            print(f"  mIoU {json.loads(out_json.read_text())['miou']:.2f} in {took:.0f} s", flush=True)
     print(table(out, args.sides, args.methods, args.seeds))
 
 

@@ -10,8 +10,8 @@ with complementary dropout, AdamW, EMA). Each round runs every case once, in tur
 alike; the table gives medians. `--profile` instead prints where the time of two loop steps goes, per side:
 the operators with the most self time (torch.profiler).
 
-    .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1
-    .venv/bin/python benchmarks/bench_v2_side_by_side.py --threads 1 --profile --crops 98
+    .venv/bin/python -m benchmarks.speed.bench_v2_side_by_side --threads 1
+    .venv/bin/python -m benchmarks.speed.bench_v2_side_by_side --threads 1 --profile --crops 98
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_side_by_side import interleave
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE, interleave, medians
 
 
 def training(model, images, labels, amp: bool):
@@ -98,7 +98,7 @@ def profile_steps(steps: dict, rows: int = 12) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--reference", default=REFERENCE, help="the shared/reference folder")
     p.add_argument("--size", default="small", choices=["small", "base"])
     p.add_argument("--crops", nargs="+", type=int, default=[98, 224], help="multiples of 14")
     p.add_argument("--batch", type=int, default=2, help="training batch")
@@ -139,7 +139,7 @@ def main() -> int:
                     cases[(f"inference, batch {batch}", side)] = inference(model, images, amp)
             if not amp:
                 cases.update(loop_steps(v2, args, crop))
-            times = interleave(cases, args.rounds, args.warmup)
+            times = medians(interleave(cases, args.rounds, args.warmup))
             for case in dict.fromkeys(name for name, _ in cases):
                 theirs, mine = times[(case, "release")], times[(case, "ours")]
                 batch = f", batch {args.batch} + {args.batch}" if "loop" in case else ""

@@ -9,8 +9,6 @@ import importlib
 import sys
 from pathlib import Path
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
 
 def import_harness(reference: Path, module: str, caller: str):
     """The harness's `module` (e.g. "official"), or exit naming what is missing: the folder or einops."""

@@ -2,8 +2,8 @@
 ablation rows and the two recipe rows on camvid-mini (11 classes), a fixed seeded 1/8 labeled split, the
 same iteration budget for every row, one or more training seeds.
 
-    python benchmarks/camvid_proxy.py --data ../shared/data/camvid-mini --iters 2000
-    python benchmarks/camvid_proxy.py --seeds 0 1 2 --methods sup,semi,allspark,semi_recipe,allspark_recipe
+    python -m benchmarks.studies.camvid_proxy --data ../shared/data/camvid-mini --iters 2000
+    python -m benchmarks.studies.camvid_proxy --seeds 0 1 2 --methods sup,semi,allspark,semi_recipe,allspark_recipe
 
 Each row is one `allspark train` run (the command users run) in OUT/seed<S>/<row>/; a row whose run already
 finished is not run again, so the script resumes. Per seed the table (mIoU, per-class IoU, wall time,
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.timing import SHARED
 
 # method name in the table -> (preset, extra overrides)
 METHODS = {
@@ -39,7 +41,7 @@ LABELED_FRACTION = 8  # 1/8 of train.txt: 46 of 367 images
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/camvid-mini"))
+    p.add_argument("--data", default=str(SHARED / "data" / "camvid-mini"))
     p.add_argument("--out", default="runs/camvid_proxy")
     p.add_argument("--iters", type=int, default=2000, help="iteration budget of every method")
     p.add_argument("--batch-size", type=int, default=4, help="labeled and unlabeled images per step")

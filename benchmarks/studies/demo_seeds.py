@@ -1,7 +1,7 @@
 """The demo's table at several training seeds, with paired differences against SupBaseline: how wide the
 demo's claim may be worded.
 
-    python benchmarks/demo_seeds.py --seeds 0 1 2 3 4 [--data-seed 0] [--parallel 2]
+    python -m benchmarks.studies.demo_seeds --seeds 0 1 2 3 4 [--data-seed 0] [--parallel 2]
 
 Prepares the demo set (`--data-seed`) and the source encoder once (`engine.demo`, as `allspark demo`), then
 runs every row of `allspark demo` at every seed as its own `allspark train` (one thread each; a finished run
@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from benchmarks.timing import RESULTS
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (no SciPy here); beyond the table, 1.96
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -35,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/demo_seeds", help="data, encoder and one run folder per row and seed")
     p.add_argument("--iters", type=int, default=None, help="iterations per row (default: the demo's)")
     p.add_argument("--parallel", type=int, default=2, help="runs at the same time, one thread each")
-    p.add_argument("--results", default=None, help="where results.json/.md and the runs' metrics.jsonl go "
+    p.add_argument("--results", default=None, help="where results.json and .md go "
                    "(default: benchmarks/results/demo_seeds/data<data seed>)")
     return p.parse_args()
 
@@ -82,7 +80,7 @@ def main() -> None:
 
     args = parse_args()
     out = Path(args.out).resolve()
-    results_dir = Path(args.results or ROOT / f"benchmarks/results/demo_seeds/data{args.data_seed}")
+    results_dir = Path(args.results or RESULTS / "demo_seeds" / f"data{args.data_seed}")
     data = out / f"demo_data{args.data_seed}"
     prepare_demo_data(data, load_config("demo").model.num_classes, args.data_seed)
     encoder = pretrain_source_encoder(out, progress=False)
@@ -99,8 +97,6 @@ def main() -> None:
             future.result()
     results = {run: {seed: final_miou(jobs[(run, seed)][2]) for seed in args.seeds} for run in DEMO_RUNS}
     results_dir.mkdir(parents=True, exist_ok=True)
-    for (run, seed), (_, _, run_dir) in jobs.items():
-        shutil.copy(run_dir / "metrics.jsonl", results_dir / f"data{args.data_seed}_seed{seed}_{run}.metrics.jsonl")
     (results_dir / "results.json").write_text(json.dumps(
         {"data_seed": args.data_seed, "iters": args.iters, "miou": results}, indent=1) + "\n")
     text = table(results, args.seeds)

@@ -8,16 +8,16 @@ state and batches already there): what the step itself needs. The time run, with
 mmaps are slow), gives the median of --steps steps after a warm-up. The same images per optimiser step in every
 case (--batch labeled + --batch unlabeled), cut into `accumulate` micro-batches; AllSpark with the memory read.
 
-    .venv/bin/python benchmarks/bench_fit_memory.py --threads 1          # crop 224, 4 + 4 images per step
+    .venv/bin/python -m benchmarks.speed.bench_fit_memory --threads 1          # crop 224, 4 + 4 images per step
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from benchmarks.timing import ROOT, median_seconds
 
 CASES = {  # name: (accumulate, activation checkpointing)
     "one batch": (1, False),
@@ -59,19 +59,15 @@ def run_case(args) -> float:
         before = resident_kib("VmRSS")
         trainer.step(batch_l, batch_u, use_memory=True)
         return (resident_kib("VmHWM") - before) / 1024
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        trainer.step(batch_l, batch_u, use_memory=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_seconds(lambda: trainer.step(batch_l, batch_u, use_memory=True), args.steps)
 
 
 def child_figure(args, case: str, measure: str) -> float:
-    command = [sys.executable, __file__, "--case", case, "--measure", measure, "--encoder", args.encoder, "--crop",
-               str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
+    command = [sys.executable, "-m", __spec__.name, "--case", case, "--measure", measure, "--encoder", args.encoder,
+               "--crop", str(args.crop), "--batch", str(args.batch), "--steps", str(args.steps),
+               "--threads", str(args.threads)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if measure == "memory" else None
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env, cwd=ROOT)
     if done.returncode != 0:
         sys.exit(f"bench_fit_memory: case {case!r} ({measure}) failed: {done.stderr.strip().splitlines()[-1]}")
     return float(done.stdout.strip().splitlines()[-1])

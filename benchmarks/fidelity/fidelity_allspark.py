@@ -10,15 +10,14 @@ One line per check: PASS or FAIL, the comparison, the measured value and its bou
 deliberate difference (docs/METHODS.md 5) and are never gated. The last line is `fidelity: PASS`, or
 `fidelity: FAIL` and the failed checks with exit status 1.
 
-    .venv/bin/python benchmarks/fidelity_allspark.py --threads 1          # MiT-B0, crop 161, 12 steps: ~1 min
-    .venv/bin/python benchmarks/fidelity_allspark.py --quick --threads 1  # crop 65, 4 steps: the slow test's run
+    .venv/bin/python -m benchmarks.fidelity.fidelity_allspark --threads 1          # MiT-B0, crop 161, 12 steps: ~1 min
+    .venv/bin/python -m benchmarks.fidelity.fidelity_allspark --quick --threads 1  # crop 65, 4 steps: the slow test's
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE, seconds, timed
 
 IGNORE = 255
 ARCHS = ("b0", "b1", "b2", "b3", "b4", "b5")
@@ -458,16 +458,12 @@ def check_trajectories(report: Report, official, args) -> None:
         release, ours0 = build_pair(official, args, method)
         no_dropout(release, 0.0), no_dropout(ours0, args.attn_dropout)
         start = copy.deepcopy(release.state_dict())
-        started = time.perf_counter()
-        rel_losses = release_trajectory(official, release, method, batches, args)
-        rel_time = time.perf_counter() - started
+        rel_losses, rel_time = timed(lambda: release_trajectory(official, release, method, batches, args))
         variants = {"aligned": (True, True), "per-image teacher": (False, True), "lr before the step": (True, False)}
         chosen = ["aligned"] + {"allspark": ["per-image teacher"], "sup": ["lr before the step"]}.get(method, [])
         for variant in chosen:
-            started = time.perf_counter()
-            trainer, losses = our_trajectory(ours0, method, batches, args, release_teacher=variants[variant][0],
-                                             release_lr=variants[variant][1])
-            our_time = time.perf_counter() - started
+            (trainer, losses), our_time = timed(lambda: our_trajectory(
+                ours0, method, batches, args, release_teacher=variants[variant][0], release_lr=variants[variant][1]))
             ratio = weight_disagreement(release, trainer.model, start)
             loss_gap = max(abs(r - o) for rs, os_ in zip(rel_losses, losses) for r, o in zip(rs, os_))
             name = f"traj: {method}, {args.steps} steps"
@@ -483,7 +479,7 @@ def check_trajectories(report: Report, official, args) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--reference", default=REFERENCE, help="the shared/reference folder")
     p.add_argument("--quick", action="store_true", help="crop 65, 3 + 1 training forwards, 4 trajectory steps")
     p.add_argument("--arch", default="b0", choices=ARCHS)
     p.add_argument("--classes", type=int, default=11)
@@ -526,21 +522,8 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # the release's InstanceNorm is built with a channel count it does not use; torch warns on every call
-    warnings.filterwarnings("ignore", message=".*input's size at dim=1 does not match num_features")
-    official = import_harness(args.reference, "official", "fidelity_allspark")
-    official.load_official()
-    import allspark
-
-    started = time.perf_counter()
-    print(f"AllSpark fidelity: release {official.OFFICIAL_ROOT} vs allspark {allspark.__version__} "
-          f"({allspark.__file__}); MiT-{args.arch.upper()}, {args.classes} classes, crop {args.crop}, batch "
-          f"{args.batch}+{args.batch}, seed {args.seed}, {torch.get_num_threads()} thread(s)")
-    report = Report()
+def run_checks(report: Report, official, args) -> None:
+    """Every check, in the order of the printed lines."""
     g = torch.Generator().manual_seed(args.seed + 100)
     release, ours = build_pair(official, args)
     check_structure(report, args, release, ours)
@@ -552,7 +535,23 @@ def main(argv=None) -> int:
     check_metric(report, official, args, g)
     if args.steps:
         check_trajectories(report, official, args)
-    print(f"time: {time.perf_counter() - started:.0f} s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # the release's InstanceNorm is built with a channel count it does not use; torch warns on every call
+    warnings.filterwarnings("ignore", message=".*input's size at dim=1 does not match num_features")
+    official = import_harness(args.reference, "official", "fidelity_allspark")
+    official.load_official()
+    import allspark
+
+    print(f"AllSpark fidelity: release {official.OFFICIAL_ROOT} vs allspark {allspark.__version__} "
+          f"({allspark.__file__}); MiT-{args.arch.upper()}, {args.classes} classes, crop {args.crop}, batch "
+          f"{args.batch}+{args.batch}, seed {args.seed}, {torch.get_num_threads()} thread(s)")
+    report = Report()
+    print(f"time: {seconds(lambda: run_checks(report, official, args)):.0f} s")
     print("fidelity: PASS" if not report.failed else "fidelity: FAIL " + "; ".join(report.failed))
     return 1 if report.failed else 0
 

@@ -7,30 +7,29 @@ demo's recipe from benchmarks/results/demo_seeds/data0 (the demo's own encoder, 
 start). Per row: each seed's final mIoU (the EMA teacher's where there is one), mean, sample sd and, against
 `sup` at the same seed, the paired difference's mean with its 95 % t-interval. Two runs at a time, one thread each.
 
-    python benchmarks/study_v2.py --seeds 0 1 2 3 4      # after parity_v2.py (data and encoder), 150 iterations
+    python -m benchmarks.studies.study_v2 --seeds 0 1 2 3 4      # after parity_v2.py (data and encoder), 150 iterations
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from demo_seeds import interval
-from parity_v2 import finished, our_command, our_labeled_loss, our_result, run
+from benchmarks.fidelity.parity_v2 import finished, our_command, our_labeled_loss, our_result, run
+from benchmarks.studies.demo_seeds import interval
+from benchmarks.timing import RESULTS
 
-HERE = Path(__file__).resolve().parent
 ROWS = {"sup": "sup", "unimatch_v2": "semi", "allspark_v2": "allspark"}  # row -> our method, all recipe=unimatch_v2
-REFERENCE = HERE / "results" / "demo_seeds" / "data0" / "results.json"
+REFERENCE = RESULTS / "demo_seeds" / "data0" / "results.json"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/parity_v2"), help="parity_v2.py's folder")
-    p.add_argument("--results", type=Path, default=HERE / "results" / "study_v2", help="small files committed")
+    p.add_argument("--results", type=Path, default=RESULTS / "study_v2", help="the summary, committed")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--iters", type=int, default=150, help="iterations of every row (parity_v2.py's)")
     p.add_argument("--crop", type=int, default=56, help="a multiple of 14")
@@ -39,7 +38,7 @@ def main() -> int:
     out = args.out.resolve()
     data, encoder = out / "demo_data", out / "source_encoder" / "checkpoints" / "latest.safetensors"
     if not encoder.is_file():
-        sys.exit(f"study_v2: {encoder} is missing; run benchmarks/parity_v2.py first (the data and the encoder)")
+        sys.exit(f"study_v2: {encoder} is missing; run benchmarks.fidelity.parity_v2 first (the data and the encoder)")
     args.results.mkdir(parents=True, exist_ok=True)
     jobs = []
     for seed in args.seeds:
@@ -47,15 +46,12 @@ def main() -> int:
             run_dir = out / f"ours_{row}_s{seed}"
             if not finished(run_dir):  # a killed run resumes: `allspark train` continues its folder
                 jobs.append((our_command(args, method, seed, data, encoder, run_dir),
-                             args.results / f"{row}_s{seed}.log"))
+                             out / f"ours_{row}_s{seed}.log"))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job), jobs))
     results = {row: {seed: our_result(out / f"ours_{row}_s{seed}", method) for seed in args.seeds}
                for row, method in ROWS.items()}
     losses = {row: {seed: our_labeled_loss(out / f"ours_{row}_s{seed}") for seed in args.seeds} for row in ROWS}
-    for row in ROWS:
-        for seed in args.seeds:
-            shutil.copy(out / f"ours_{row}_s{seed}" / "metrics.jsonl", args.results / f"{row}_s{seed}.metrics.jsonl")
     reference = {int(seed): value for seed, value in
                  json.loads(REFERENCE.read_text())["miou"]["allspark_recipe"].items()}
     (args.results / "summary.json").write_text(json.dumps(

@@ -5,8 +5,8 @@ The run is trained once into WORK (a few dozen iterations, 64 px crops, one thre
 code before and after a change predicts from the very same weights. Every command runs as `python -m allspark` in
 a fresh process with the interpreter's PYTHONPATH, i.e. the checkout that PYTHONPATH names.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/refactor_outputs.py --work /tmp/r21 --out before.json
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/refactor_outputs.py --work /tmp/r21 --out after.json \
+    OMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.fidelity.refactor_outputs --work /tmp/r21 --out before.json
+    OMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.fidelity.refactor_outputs --work /tmp/r21 --out after.json \
         --compare before.json        # exit status 1 and the differing files when any output changed
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
+from benchmarks.timing import SHARED
+
+CAMVID = SHARED / "data" / "camvid-mini"
 TRAIN = ["model.pretrained=null", "model.crop_size=64", "train.epochs=6", "train.warmup_epochs=2",
          "train.batch_size=2", "train.log_every=4", "data.workers=0"]
 PREDICT_MODES = {"whole": [], "sliding": ["--mode", "sliding", "--window", "128"],

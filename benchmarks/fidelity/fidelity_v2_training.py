@@ -16,7 +16,7 @@ end the validation mIoU of the EMA teacher by both evaluations, and the CutMix b
 against the release's own sampler (share with a box, share taller than wide, mean area). One line per check; the last line is
 `fidelity: PASS`, or `fidelity: FAIL` with exit status 1.
 
-    .venv/bin/python benchmarks/fidelity_v2_training.py --threads 1     # 10 steps each side, ~1 min
+    .venv/bin/python -m benchmarks.fidelity.fidelity_v2_training --threads 1     # 10 steps each side, ~1 min
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fidelity_allspark import Report, relative
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.fidelity_allspark import Report, relative
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE
 
 
 class ReleaseShaped(nn.Module):
@@ -235,7 +236,7 @@ def add_training_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--reference", default=REFERENCE, help="the shared/reference folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_training_arguments(p)
     args = p.parse_args()

@@ -9,7 +9,7 @@ there (`allspark export`, default place), so a run directory is never written to
 randomly initialised CamVid model (MiT-B0, 11 classes, AllSpark) is used: speed does not depend on the weights,
 agreement is stricter with trained ones (random logits have small margins).
 
-    .venv/bin/python benchmarks/bench_predict_throughput.py --threads 1          # ../shared/data/camvid-mini val
+    .venv/bin/python -m benchmarks.speed.bench_predict_throughput --threads 1          # ../shared/data/camvid-mini val
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini" / "images" / "val"
+from benchmarks.timing import SHARED, timed
+
+DEFAULT_IMAGES = SHARED / "data" / "camvid-mini" / "images" / "val"
 
 
 def random_checkpoint(folder: Path) -> Path:
@@ -44,11 +45,11 @@ def random_checkpoint(folder: Path) -> Path:
 
 def run_command(argv: list[str]) -> float:
     """Seconds that `python -m allspark ARGV...` takes in a fresh process; its failure ends the benchmark."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "allspark", *argv], capture_output=True, text=True)
+    command = [sys.executable, "-m", "allspark", *argv]
+    done, took = timed(lambda: subprocess.run(command, capture_output=True, text=True))
     if done.returncode:
         sys.exit(f"bench_predict_throughput: allspark {argv[0]} failed:\n{done.stderr}")
-    return time.perf_counter() - started
+    return took
 
 
 def end_to_end(files: list[Path], weights: Path, folder: Path, threads: int | None) -> None:
@@ -112,9 +113,8 @@ def main() -> None:
     for image in images:
         masks = {}
         for name, fn in variants.items():
-            started = time.perf_counter()
-            masks[name] = fn([image])[0]
-            seconds[name] += time.perf_counter() - started
+            masks[name], took = timed(lambda: fn([image])[0])
+            seconds[name] += took
         pixels += masks["PyTorch fp32"].size
         for name, mask in masks.items():
             equal[name] += int((mask == masks["PyTorch fp32"]).sum())

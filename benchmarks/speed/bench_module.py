@@ -1,18 +1,17 @@
 """Time the AllSpark bottleneck: memory update (vectorised vs sequential FIFO), training step with
 memory (lean vs materialised attention maps) and inference. Prints medians as a Markdown table.
 
-    python benchmarks/bench_module.py [--device cuda] [--repeats 5] [--threads 1]
+    python -m benchmarks.speed.bench_module [--device cuda] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from allspark.models.allspark import AllSparkBottleneck, enqueue, enqueue_sequential
+from benchmarks.timing import median_seconds
 
 # name: (channels C, token grid, classes K, heads H, images per branch B)
 SETTINGS = {
@@ -23,17 +22,8 @@ SETTINGS = {
 
 def median_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median wall time of fn() in milliseconds, synchronising the GPU around each call."""
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return median_seconds(fn, repeats, warmup, sync) * 1e3
 
 
 def peak_mib(fn, device: torch.device) -> str:

@@ -1,22 +1,22 @@
 """Does labelling what `allspark suggest` picks buy more mIoU than labelling at random? The study of issue 22.
 
 --dataset demo: AllSpark + the recommended recipe (`demo_recipe`) on the demo's 6 labeled images, from the
-source-pretrained encoder, `--iters` iterations. --dataset camvid: a row of benchmarks/camvid_proxy.py (`--row sup`
-= SupBaseline, `semi_recipe` = SemiBaseline + recipe, `recipe` = AllSpark + recipe) on its seed-0 1/8 split of
+source-pretrained encoder, `--iters` iterations. --dataset camvid: a row of studies/camvid_proxy.py (`--row sup` =
+SupBaseline, `semi_recipe` = SemiBaseline + recipe, `recipe` = AllSpark + recipe) on its seed-0 1/8 split of
 camvid-mini (46 labeled), its settings (crop 97, batch 4, lr 0.005), from `--encoder` or random weights.
 Round 0 trains on the labeled list at training seed S. Round 1: `--add` more images (demo 6, camvid 23), chosen by
 `allspark suggest` on the round-0 run (its EMA teacher where it has one, `--which latest`) with each strategy, by a
-score variant of benchmarks/suggest_variants.py (`--variants`), or at random (draws 0..D-1), added with
+score variant of benchmarks/studies/suggest_variants.py (`--variants`), or at random (draws 0..D-1), added with
 `allspark splits --add`, and the same row trained again from the same start with the same budget and seed.
 
-    OMP_NUM_THREADS=1 python benchmarks/suggest_study.py --data DEMO_DATA --encoder ENCODER.safetensors \\
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.suggest_study --data DEMO_DATA --encoder ENCODER.safetensors \\
         --out runs/suggest_study --results benchmarks/results/suggest --iters 300 --seeds 0 1 2 --draws 3 --parallel 2
-    OMP_NUM_THREADS=1 python benchmarks/suggest_study.py --dataset camvid --data ../shared/data/camvid-mini \\
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.suggest_study --dataset camvid --data ../shared/data/camvid-mini \\
         --row sup --encoder ENCODER.safetensors --out runs/suggest_camvid/sup \\
         --results benchmarks/results/suggest/camvid/sup --iters 1000 --strategies both
 
 Every run is an `allspark` command in a subprocess (--threads 1, --device cpu), its output kept in
-RESULTS/logs/; one JSON line per finished run goes to RESULTS/runs.jsonl (final student and EMA mIoU), and
+OUT/logs/; one JSON line per finished run goes to RESULTS/runs.jsonl (final student and EMA mIoU), and
 RESULTS/table.md is rewritten from it. Runs already in runs.jsonl are skipped, so an interrupted study continues.
 """
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-import camvid_proxy  # this script's folder is first on sys.path
-from suggest_variants import VARIANTS, pick
+from benchmarks.studies import camvid_proxy
+from benchmarks.studies.suggest_variants import VARIANTS, pick
+from benchmarks.timing import RESULTS
 
 ADD = {"demo": 6, "camvid": 23}  # images added in round 1: the demo's labeled count, half of CamVid's 46
 ROWS = {"sup": "SupBaseline", "semi_recipe": "SemiBaseline + recipe", "recipe": "AllSpark + recipe"}  # camvid_proxy's
@@ -49,14 +50,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--encoder", help="the source-pretrained encoder weights (demo: required; camvid: default random)")
     p.add_argument("--row", choices=tuple(ROWS), default="sup", help="camvid: which camvid_proxy row is trained")
     p.add_argument("--out", default="runs/suggest_study")
-    p.add_argument("--results", default="benchmarks/results/suggest")
+    p.add_argument("--results", default=str(RESULTS / "suggest"), help="runs.jsonl, table.md, picks")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--add", type=int, default=None, help="images added in round 1 (default: demo 6, camvid 23)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--draws", type=int, default=3, help="random draws per seed")
     p.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--variants", nargs="*", default=[], choices=VARIANTS[1:],
-                   help="score variants of benchmarks/suggest_variants.py, each with `--strategy both`")
+                   help="score variants of benchmarks/studies/suggest_variants.py, each with `--strategy both`")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (each on one thread)")
     p.add_argument("--table-only", action="store_true", help="rewrite RESULTS/table.md from RESULTS/runs.jsonl")
     a = p.parse_args()
@@ -96,7 +97,7 @@ def train_args(run_dir: Path, splits: Path, seed: int, a: argparse.Namespace) ->
 def train(name: str, splits: Path, seed: int, a: argparse.Namespace) -> dict:
     """One run on `splits` (labeled.txt, unlabeled.txt); its final student and EMA mIoU (%)."""
     run_dir = Path(a.out) / name
-    allspark(train_args(run_dir, splits, seed, a), Path(a.results) / "logs" / f"{name}.log")
+    allspark(train_args(run_dir, splits, seed, a), Path(a.out) / "logs" / f"{name}.log")
     val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in line][-1]
     return {"run": name, "seed": seed, "iters": a.iters, "miou": round(val["miou"] * 100, 2),
             "miou_ema": round(val.get("miou_ema", float("nan")) * 100, 2)}
@@ -116,7 +117,7 @@ def split_with(name: str, base: Path, chosen: Path, a: argparse.Namespace) -> Pa
     for list_name in ("labeled.txt", "unlabeled.txt"):
         shutil.copy(base / list_name, splits / list_name)
     allspark(["splits", "--add", str(chosen), "--out", str(splits), "--root", str(Path(a.data).resolve())],
-             Path(a.results) / "logs" / f"splits_{name}.log")
+             Path(a.out) / "logs" / f"splits_{name}.log")
     return splits
 
 
@@ -141,7 +142,7 @@ def round1(name: str, seed: int, arm: str, a: argparse.Namespace) -> dict:
         out = Path(a.out) / "suggest" / f"{what}_s{seed}"
         allspark(["suggest", "--checkpoint", str(round0), "--which", "latest", "--count", str(a.add), "--strategy",
                   what, "--out", str(out), "--threads", "1", "--device", "cpu"],
-                 results / "logs" / f"{name}.suggest.log")
+                 Path(a.out) / "logs" / f"{name}.suggest.log")
         chosen = Path(shutil.copy(out / "suggested.txt", target))
     elif kind == "variant":
         target.write_text("".join(f"{line}\n" for line in pick(round0, a.add, [what])[what]))

@@ -2,7 +2,7 @@
 its exit code, the stderr line count and the first stderr line that is not a log line or progress
 bar (`(!)` marks an exit code that contradicts the expectation).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING] [--camvid DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.studies.bad_inputs [--only SUBSTRING] [--camvid DIR]
 
 Builds a tiny synthetic dataset (3 classes, 64 px) in a temporary folder and trains one 2-iteration
 run for the checkpoint cases; every case then takes a few seconds. `expect` is `fail` for a bad input
@@ -31,9 +31,10 @@ from allspark.config import config_to_dict, load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
 from allspark.engine.checkpoint import load_checkpoint
+from benchmarks.timing import ROOT, SHARED
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
-CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid-mini"
+CAMVID = SHARED / "data" / "camvid-mini"
 
 
 @dataclass
@@ -136,7 +137,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
 
 def case_env(case: Case) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+           "PYTHONPATH": str(ROOT / "src")}
     for key, value in case.env.items():
         env.pop(key, None) if value is None else env.__setitem__(key, value)
     return env

@@ -3,16 +3,16 @@
 Why `engine/optim.py` asks for the fused kernels: the step is a fixed cost per training step, and on the CPU the
 default walks the model's tensors one by one. Random gradients, the trainer's hyperparameters; medians.
 
-    .venv/bin/python benchmarks/bench_optimizer.py --threads 1
+    .venv/bin/python -m benchmarks.speed.bench_optimizer --threads 1
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
+
+from benchmarks.timing import median_seconds
 
 IMPLEMENTATIONS = {"per-tensor loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 OPTIMIZERS = {"adamw": (torch.optim.AdamW, {"lr": 5e-6, "weight_decay": 0.01}),
@@ -23,12 +23,7 @@ def median_step(params: list[torch.Tensor], optimizer: str, implementation: str,
     """Median seconds of `repeats` steps after two warm-up steps."""
     cls, hyper = OPTIMIZERS[optimizer]
     opt = cls(params, **hyper, **IMPLEMENTATIONS[implementation])
-    times = []
-    for _ in range(repeats + 2):
-        started = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[2:])
+    return median_seconds(opt.step, repeats, warmup=2)
 
 
 def main() -> int:

@@ -6,22 +6,21 @@ turn, so a shared machine slows them alike; the table gives medians. Ours is `Tr
 student pass, losses, SGD) in fp32 and, as extra columns, with `train.amp=bf16`; inference is `model(images)`
 without autograd.
 
-    .venv/bin/python benchmarks/bench_side_by_side.py --threads 1
+    .venv/bin/python -m benchmarks.speed.bench_side_by_side --threads 1
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE, interleave, medians
 
 
 def our_config(args, method: str, amp: str = "off"):
@@ -81,18 +80,6 @@ def inference(model: nn.Module, images: torch.Tensor, amp: str = "off"):
     return run
 
 
-def interleave(cases: dict, rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each no-argument callable, calling all of them once per round, in turn."""
-    times = {name: [] for name in cases}
-    for i in range(warmup + rounds):
-        for name, fn in cases.items():
-            started = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def random_batches(args, generator: torch.Generator):
     b, s, k = args.batch, args.crop, args.classes
     batch_l = {"image": torch.randn(b, 3, s, s, generator=generator), "mask": torch.randint(0, k, (b, s, s), generator=generator)}
@@ -111,7 +98,7 @@ def training_rows(harness, args, batches) -> dict[str, dict[str, float]]:
         for name, amp in (("ours", "off"), ("ours bf16", "bf16")):
             ours = Ours(args, method, state, amp)
             cases[name] = lambda o=ours: o.step(batches)
-        rows[row] = interleave(cases, args.rounds, args.warmup)
+        rows[row] = medians(interleave(cases, args.rounds, args.warmup))
         print(f"  {row}: done", file=sys.stderr, flush=True)
     return rows
 
@@ -128,7 +115,7 @@ def inference_rows(harness, args, generator: torch.Generator) -> dict[str, dict[
         images = torch.randn(batch, 3, args.crop, args.crop, generator=generator)
         cases = {"release": inference(release, images), "ours": inference(ours, images),
                  "ours bf16": inference(ours, images, "bf16")}
-        rows[f"inference, AllSpark, batch {batch}"] = interleave(cases, args.rounds, args.warmup)
+        rows[f"inference, AllSpark, batch {batch}"] = medians(interleave(cases, args.rounds, args.warmup))
     return rows
 
 
@@ -148,7 +135,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the shared/reference folder")
     parser.add_argument("--arch", default="b0", choices=("b0", "b1", "b2", "b3", "b4", "b5"))
     parser.add_argument("--crop", type=int, default=161, help="not a multiple of 32 (the release's memory size)")
     parser.add_argument("--classes", type=int, default=21)

@@ -9,8 +9,8 @@ dropout masks; then the training checks of fidelity_v2_training.py (10 steps of 
 against the harness's, the EMA teacher's mIoU, the CutMix boxes; `--no-training` leaves them out). One line per
 check; the last line is `fidelity: PASS`, or `fidelity: FAIL` with exit status 1.
 
-    .venv/bin/python benchmarks/fidelity_unimatch_v2.py --threads 1               # small and base, crops 98 and 518, training
-    .venv/bin/python benchmarks/fidelity_unimatch_v2.py --threads 1 --quick       # small only
+    .venv/bin/python -m benchmarks.fidelity.fidelity_unimatch_v2 --threads 1          # small + base, crops 98 + 518
+    .venv/bin/python -m benchmarks.fidelity.fidelity_unimatch_v2 --threads 1 --quick  # small only
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from fidelity_allspark import Report, max_abs, move_off_init, relative
-from fidelity_v2_training import add_training_arguments, run_training_checks
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.fidelity_allspark import Report, max_abs, move_off_init, relative
+from benchmarks.fidelity.fidelity_v2_training import add_training_arguments, run_training_checks
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE
 
 
 def our_config(size: str, args, pos_embed: str = "release") -> dict:
@@ -116,7 +117,7 @@ def check_comp_drop(report: Report, args) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
+    p.add_argument("--reference", default=REFERENCE, help="the shared/reference folder")
     p.add_argument("--sizes", nargs="+", default=["small", "base"], choices=["small", "base", "large"])
     p.add_argument("--crops", nargs="+", type=int, default=[98, 518], help="multiples of 14")
     p.add_argument("--batch", type=int, default=2)

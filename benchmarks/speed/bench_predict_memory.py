@@ -1,7 +1,7 @@
 """Peak memory and time of `allspark predict` by image size: MiT-B0 (random weights, 11 classes,
 trained crop 97) on the CPU, one process per run, so each peak RSS is that run's alone.
 
-    .venv/bin/python benchmarks/bench_predict_memory.py [--sizes 1000x750 2000x1500 4000x3000] [--threads 1]
+    .venv/bin/python -m benchmarks.speed.bench_predict_memory [--sizes 1000x750 2000x1500 4000x3000] [--threads 1]
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 from allspark.config import config_from_dict
 from allspark.models.weights import save_weights
 from allspark.models import build_model
+from benchmarks.timing import timed
 
 
 def write_checkpoint(folder: Path, crop: int) -> Path:
@@ -39,9 +39,7 @@ def measure(checkpoint: Path, folder: Path, width: int, height: int, extra: list
                "try:\n    main(sys.argv[1:])\nfinally:\n"
                "    print(f'peak_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)",
                "predict", str(image), "--checkpoint", str(checkpoint), "--out", str(folder / "out"), "--force", *extra]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    done, seconds = timed(lambda: subprocess.run(command, capture_output=True, text=True))
     lines = done.stderr.splitlines()
     if done.returncode != 0:
         raise SystemExit(f"predict on {image} failed ({done.returncode}): {lines[-3:]}")

@@ -4,8 +4,8 @@ One `Trainer.step` (teacher pass, student pass, losses, SGD) on fixed random bat
 so data loading is left out. CPU peak memory is the process's max RSS measured in a fresh child
 process per setting; CUDA peak memory is torch.cuda.max_memory_allocated.
 
-    .venv/bin/python benchmarks/bench_train.py                      # MiT-B0, crop 161, 2 + 2, CPU
-    .venv/bin/python benchmarks/bench_train.py --device cuda --encoder mit_b5 --crop 513 --amp bf16
+    .venv/bin/python -m benchmarks.speed.bench_train                      # MiT-B0, crop 161, 2 + 2, CPU
+    .venv/bin/python -m benchmarks.speed.bench_train --device cuda --encoder mit_b5 --crop 513 --amp bf16
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+
+from benchmarks.timing import ROOT, seconds
 
 SETTINGS = {  # name: (method, ablation, use_memory)
     "sup": ("sup", "none", False),
@@ -50,29 +51,25 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     trainer, batch_l, batch_u, use_memory = build(name, args)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
 
-    for _ in range(args.warmup):
-        trainer.step(batch_l, batch_u, use_memory)
-    sync()
+    def steps(count: int) -> None:
+        for _ in range(count):
+            trainer.step(batch_l, batch_u, use_memory)
+
+    seconds(lambda: steps(args.warmup), sync)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(args.iters):
-        trainer.step(batch_l, batch_u, use_memory)
-    sync()
-    seconds = (time.perf_counter() - started) / args.iters
+    per_step = seconds(lambda: steps(args.iters), sync) / args.iters  # the mean over --iters steps
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    return {"name": name, "it_s": 1 / seconds, "s_per_it": seconds, "peak_mib": peak}
+    return {"name": name, "it_s": 1 / per_step, "s_per_it": per_step, "peak_mib": peak}
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:
-    """The step settings shared by the training benchmarks."""
+    """The step settings of the benchmark."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoder", default="mit_b0")
@@ -100,8 +97,9 @@ def main() -> None:
           f"amp {args.amp}, compile {args.compile}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows = []
     for name in SETTINGS:
-        child = [sys.executable, __file__, *sys.argv[1:], "--only", name]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        child = [sys.executable, "-m", __spec__.name, *sys.argv[1:], "--only", name]
+        done = subprocess.run(child, capture_output=True, text=True, check=True, cwd=ROOT)
+        out = done.stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(f"{name:24s} {rows[-1]['it_s']:7.2f} it/s  {rows[-1]['s_per_it'] * 1000:8.1f} ms/it  "
               f"peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)

@@ -9,14 +9,13 @@ loop bodies and its own data pipeline). The final mIoU (over all classes, 'origi
 for unimatch_v2, as the release reports) per seed, mean and sample standard deviation, and whether our mean sits
 within the release's spread of its mean. Two runs at a time, one thread each.
 
-    .venv/bin/python benchmarks/parity_v2.py            # seeds 0 1 2, 300 iterations at crop 56
+    .venv/bin/python -m benchmarks.fidelity.parity_v2            # seeds 0 1 2, 300 iterations at crop 56
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from release_harness import DEFAULT_REFERENCE, import_harness
+from benchmarks.fidelity.release_harness import import_harness
+from benchmarks.timing import REFERENCE, RESULTS, ROOT
 
-HERE = Path(__file__).resolve().parent
 METHODS = {"sup": "sup", "unimatch_v2": "semi"}  # the release's name -> our method (both with recipe=unimatch_v2)
 
 
@@ -96,9 +95,9 @@ def release_labeled_loss(result: dict, last: int = 50) -> float:
 
 
 def run(command: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     with open(log, "w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"parity_v2: {' '.join(command[:4])} ... failed ({done.returncode}); see {log}")
 
@@ -110,9 +109,9 @@ def summary(values: list[float]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the shared/reference folder")
-    p.add_argument("--out", type=Path, default=Path("runs/parity_v2"), help="data, encoder and runs")
-    p.add_argument("--results", type=Path, default=HERE / "results" / "parity_v2", help="small files committed")
+    p.add_argument("--reference", default=REFERENCE, help="the shared/reference folder")
+    p.add_argument("--out", type=Path, default=Path("runs/parity_v2"), help="data, encoder, runs and their logs")
+    p.add_argument("--results", type=Path, default=RESULTS / "parity_v2", help="the summary, committed")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=300, help="iterations of every row")
     p.add_argument("--crop", type=int, default=56, help="a multiple of 14")
@@ -137,11 +136,11 @@ def main() -> int:
             run_dir = out / f"ours_{method}_s{seed}"
             if not finished(run_dir):
                 jobs.append((our_command(args, METHODS[method], seed, data, encoder, run_dir),
-                             args.results / f"ours_{method}_s{seed}.log"))
-            result = args.results / f"release_{method}_s{seed}.json"
+                             out / f"ours_{method}_s{seed}.log"))
+            result = out / f"release_{method}_s{seed}.json"
             if not result.is_file():
                 jobs.append((release_command(args, method, seed, data, backbone, result),
-                             args.results / f"release_{method}_s{seed}.log"))
+                             out / f"release_{method}_s{seed}.log"))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job), jobs))
     rows, losses = {}, {}
@@ -151,8 +150,7 @@ def main() -> int:
             run_dir = out / f"ours_{method}_s{seed}"
             ours.append(our_result(run_dir, method))
             our_loss.append(our_labeled_loss(run_dir))
-            shutil.copy(run_dir / "metrics.jsonl", args.results / f"ours_{method}_s{seed}.metrics.jsonl")
-            result = json.loads((args.results / f"release_{method}_s{seed}.json").read_text())
+            result = json.loads((out / f"release_{method}_s{seed}.json").read_text())
             theirs.append(result["miou"])
             their_loss.append(release_labeled_loss(result))
         rows[method] = {"ours": ours, "release": theirs}
