@@ -53,7 +53,7 @@ def loop_steps(v2, args, crop: int) -> dict:
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
     from allspark.engine.trainer import Trainer
-    from fidelity_v2_training import batches, config
+    from benchmarks.fidelity.fidelity_v2_training import batches, config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_v2_"))
     classes = 4  # the synthetic set's; the loop's cost hardly depends on it
