@@ -31,7 +31,7 @@ from allspark.config import config_to_dict, load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
 from allspark.engine.checkpoint import load_checkpoint
-from benchmarks.timing import ROOT, SHARED
+from benchmarks.timing import ROOT, SHARED, seconds
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
 CAMVID = SHARED / "data" / "camvid-mini"
@@ -333,7 +333,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=150, help="characters of stderr shown per row")
     parser.add_argument("--camvid", type=Path, default=CAMVID, help="camvid-mini, for the preset case (skipped if absent)")
     args = parser.parse_args()
-    started = time.time()
+    print(f"\n{seconds(lambda: run_all(args)):.0f} s in all")
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Train the setup run, then every chosen case, printing its row."""
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         root = generate_synthetic(tmp / "data", num_train=6, num_val=2, size=64, seed=0, num_classes=3)
@@ -352,7 +356,6 @@ def main() -> None:
             flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) or \
                 message.startswith("LOST") else ""
             print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
-    print(f"\n{time.time() - started:.0f} s in all")
 
 
 if __name__ == "__main__":
