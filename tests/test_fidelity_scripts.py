@@ -1,6 +1,6 @@
-"""The fidelity scripts in benchmarks/ end in `fidelity: PASS` against the releases, so a change that breaks fidelity
-fails CI. They run the releases through ../shared/reference/harness and skip where it (or einops) is absent, with
-a reason that `pytest -rs` (`make test`) prints: fidelity was then not checked."""
+"""The fidelity scripts (benchmarks/fidelity/) end in `fidelity: PASS` against the releases, so a change that breaks
+fidelity fails CI. They run the releases through ../shared/reference/harness and skip where it (or einops) is absent,
+with a reason that `pytest -rs` (`make test`) prints: fidelity was then not checked."""
 import importlib.util
 import os
 import subprocess
@@ -9,20 +9,21 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-# one entry per release: the script and the arguments of its brief run (well under a minute on one thread)
+# one entry per release: the script (a module of benchmarks.fidelity) and the arguments of its brief run (well under
+# a minute on one thread)
 SCRIPTS = [
-    ["fidelity_allspark.py", "--quick", "--threads", "1"],
-    ["fidelity_v2_training.py", "--steps", "4", "--threads", "1"],
-    ["fidelity_unimatch_v2.py", "--quick", "--crops", "98", "126", "--train-steps", "2", "--threads", "1"],
+    ["fidelity_allspark", "--quick", "--threads", "1"],
+    ["fidelity_v2_training", "--steps", "4", "--threads", "1"],
+    ["fidelity_unimatch_v2", "--quick", "--crops", "98", "126", "--train-steps", "2", "--threads", "1"],
 ]
 
 
 def run_script(argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=BENCHMARKS.parent)
+    return subprocess.run([sys.executable, "-m", f"benchmarks.fidelity.{argv[0]}", *argv[1:]], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 @pytest.mark.slow

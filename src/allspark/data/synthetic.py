@@ -188,7 +188,7 @@ def generate_synthetic(root: str | Path, num_train: int = 200, num_val: int = 50
     return root
 
 
-# What each list written by `write_bad_samples` holds, for the error tests and benchmarks/bad_inputs.py.
+# What each list written by `write_bad_samples` holds, for the error tests and benchmarks/studies/bad_inputs.py.
 BAD_SAMPLES = {"truncated": "truncated JPEG", "value": "mask value 7 of 3 classes", "rgb": "RGB mask",
                "size": "mask size mismatch", "missing": "missing image file", "three": "three-field list line",
                "empty": "empty list"}

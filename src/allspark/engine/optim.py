@@ -21,7 +21,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """`train.optimizer`: SGD with momentum, or AdamW with betas 0.9/0.999 (train.momentum unused) as UniMatch V2.
 
     Both on PyTorch's default kernel, as the releases: the fused ones are 2-3x faster per optimiser step on the CPU
-    (benchmarks/bench_optimizer.py) but change the last bits, which training amplifies (a weight the loss cannot
+    (benchmarks/speed/bench_optimizer.py) but change the last bits, which training amplifies (a weight the loss cannot
     move, such as a key bias ahead of the softmax, gets a gradient of rounding noise that Adam scales to lr-sized
     steps), so the release comparisons and the committed results would no longer come back exactly."""
     groups = param_groups(model, cfg.lr, cfg.lr_multi)

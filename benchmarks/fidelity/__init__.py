@@ -1,0 +1,1 @@
+"""Fidelity: our package against the authors' releases, and outputs across a refactor."""

@@ -1,0 +1,1 @@
+"""Speed: time and memory of training, prediction and their parts."""

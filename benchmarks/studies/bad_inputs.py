@@ -1,0 +1,362 @@
+"""Every bad input of the error checklist through the `allspark` CLI, one row per case: the command,
+its exit code, the stderr line count and the first stderr line that is not a log line or progress
+bar (`(!)` marks an exit code that contradicts the expectation).
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.studies.bad_inputs [--only SUBSTRING] [--camvid DIR]
+
+Builds a tiny synthetic dataset (3 classes, 64 px) in a temporary folder and trains one 2-iteration
+run for the checkpoint cases; every case then takes a few seconds. `expect` is `fail` for a bad input
+(exit code must not be 0), `ok` where the right outcome is a success, `any` where both are acceptable.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from allspark.config import config_to_dict, load_config
+from allspark.data.splits import make_split
+from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
+from allspark.runs.checkpoints import load_checkpoint
+from benchmarks.timing import ROOT, SHARED, seconds
+
+NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
+CAMVID = SHARED / "data" / "camvid-mini"
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]
+    expect: str = "fail"
+    env: dict[str, str | None] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+def tiny_train(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`train` argv of a 2-iteration SupBaseline on the synthetic set, loader workers in subprocesses."""
+    return ["train", "demo", f"data.root={root}", f"run_dir={run_dir}", "method=sup",
+            "model.num_classes=3", "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=2",
+            "train.log_every=1", "data.workers=1", "data.labeled_list=splits/labeled.txt", "--no-progress", *extra]
+
+
+def bad_checkpoints(tmp: Path, run: Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+    import torch
+
+    (tmp / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    save_file({"w": torch.zeros(2)}, str(tmp / "plain.safetensors"))
+    (tmp / "empty_run").mkdir()
+    return {"missing": tmp / "absent.safetensors", "random bytes": tmp / "random.safetensors",
+            "training state .pt": run / "checkpoints" / "latest.state.pt",
+            "safetensors without config": tmp / "plain.safetensors", "run dir without checkpoints": tmp / "empty_run"}
+
+
+def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
+    runs = tmp / "runs"
+    cases = [Case(f"train: {BAD_SAMPLES[kind]}", tiny_train(root, runs / f"s{i}", f"data.labeled_list={path}"))
+             for i, (kind, path) in enumerate(write_bad_samples(root).items())]
+    cases += [
+        Case("train: missing list file", tiny_train(root, runs / "e3", "data.labeled_list=nope.txt")),
+        Case("train: data.workers=-1", tiny_train(root, runs / "e4", "data.workers=-1")),
+        Case("train: model.num_classes=2 vs classes.txt 3", tiny_train(root, runs / "e5", "model.num_classes=2")),
+        Case("train: train.lr_multi=-1", tiny_train(root, runs / "e6", "train.lr_multi=-1")),
+        Case("train: train.momentum=5", tiny_train(root, runs / "e7", "train.momentum=5")),
+        Case("train: train.lr=abc (command line)", tiny_train(root, runs / "e8", "train.lr=abc")),
+        Case("train: run_dir under a file", tiny_train(root, tmp / "a_file" / "run")),
+        Case("train: run_dir is a file", tiny_train(root, tmp / "a_file")),
+        Case("train: model.pretrained=nvidia/mit-b0 offline", tiny_train(root, runs / "e9", "model.pretrained=nvidia/mit-b0"),
+             env={"HF_HUB_OFFLINE": None}),
+    ]
+    sci = tmp / "sci.yaml"
+    sci.write_text("base: demo\ntrain:\n  lr: 2e-3\n")
+    garbage = tmp / "mit_b0.pth"
+    garbage.write_bytes(np.random.default_rng(1).bytes(512))
+    cases += [
+        Case("train: train.lr=1e-3 (command line)", tiny_train(root, runs / "sci1", "train.lr=1e-3"), expect="ok"),
+        Case("train: lr: 2e-3 in a YAML file", ["train", str(sci), *tiny_train(root, runs / "sci2")[2:]], expect="ok"),
+        Case("train: --device cuda without a GPU", tiny_train(root, runs / "cuda", "--device", "cuda"),
+             expect="any" if _has_cuda() else "fail"),
+        Case("train: corrupt pretrained .pth", tiny_train(root, runs / "pth", f"model.pretrained={garbage}")),
+        Case("train: model.crop_size=8", tiny_train(root, runs / "crop8", "model.crop_size=8")),
+    ]
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        cases.append(Case("train: run_dir under a read-only folder", tiny_train(root, tmp / "readonly" / "run")))
+    if camvid.is_dir():
+        cases.append(Case("train: camvid/allspark preset as shipped",
+                          ["train", "camvid/allspark", f"data.root={camvid.resolve()}", f"run_dir={runs / 'cv'}",
+                           "model.pretrained=null", "--no-progress"]))
+    config = tmp / "mismatch.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(load_config("demo", [f"data.root={root}", "model.num_classes=2"]))))
+    cases += [Case("check-data: classes.txt 3, --num-classes 2", ["check-data", str(root), "--num-classes", "2"]),
+              Case("check-data: config num_classes 2, classes.txt 3", ["check-data", str(config)])]
+    image = root / "images" / "val_00000.jpg"
+    eval_args = ["demo", f"data.root={root}", "method=sup", "model.num_classes=3",
+                 "model.crop_size=64"]
+    for kind, path in bad_checkpoints(tmp, run).items():
+        cases += [Case(f"eval: --checkpoint {kind}", ["eval", *eval_args, "--checkpoint", str(path)]),
+                  Case(f"predict: --checkpoint {kind}",
+                       ["predict", str(image), "--checkpoint", str(path), "--out", str(tmp / "pred_bad")]),
+                  Case(f"export: --checkpoint {kind}",
+                       ["export", str(tmp / "bad.onnx"), "--checkpoint", str(path), "--no-check"])]
+    cases += [
+        Case("eval: checkpoint/config mismatch (crop 96)",
+             ["eval", *eval_args[:-1], "model.crop_size=96", "--checkpoint", str(run)]),
+        Case("eval: --out is a file", ["eval", *eval_args, "--checkpoint", str(run), "--out", str(tmp / "a_file")]),
+        Case("predict: --out under a file",
+             ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "a_file" / "pred")]),
+        Case("export: OUT under a file",
+             ["export", str(tmp / "a_file" / "m.onnx"), "--checkpoint", str(run), "--no-check"]),
+        Case("viz: --out under a file", ["viz", "curves", str(run), "--out", str(tmp / "a_file" / "c.png")]),
+    ]
+    odd = tmp / "odd"
+    odd.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(odd / "tiny_1x1.png")
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(odd / "grey16.png")
+    cases += [
+        Case("predict: folder with a 1x1 image", ["predict", str(odd), "--checkpoint", str(run), "--out",
+                                                  str(tmp / "pred_odd"), "--force"]),
+        Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
+                                          str(tmp / "pred16"), "--force"], expect="any"),
+    ]
+    return cases
+
+
+def case_env(case: Case) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(ROOT / "src")}
+    for key, value in case.env.items():
+        env.pop(key, None) if value is None else env.__setitem__(key, value)
+    return env
+
+
+def first_message(code, stderr: str, stdout: str) -> tuple[int, str]:
+    """(stderr line count, first stderr line that is not a log line or progress bar, else stdout's first line)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    message = next((line for line in lines if not NOISE.search(line)), None)
+    if message is None and code != 0 and stdout.strip():  # check-data reports on stdout
+        message = "(stdout) " + stdout.splitlines()[0]
+    return len(lines), message or (lines[0] if lines else "")
+
+
+def run_case(case: Case, timeout: float) -> tuple[int | str, int, str]:
+    env = case_env(case)
+    try:
+        done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=case.cwd)
+        code, stderr, stdout = done.returncode, done.stderr, done.stdout
+    except subprocess.TimeoutExpired as err:
+        code, stderr, stdout = "timeout", (err.stderr or b"").decode(errors="replace"), ""
+    return (code, *first_message(code, stderr, stdout))
+
+
+def concurrent_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A second `train` in the run directory of one still training."""
+    run_dir = tmp / "runs" / "busy"
+    argv = tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=400", "train.eval_every=400",
+                      "train.log_every=100")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "allspark", *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 60
+        while not (run_dir / "metrics.jsonl").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.5)
+        case = Case("train: second run in a busy run_dir", argv)
+        return (case, *run_case(case, timeout))
+    finally:
+        first.kill()
+        first.wait()
+
+
+def force_config_cases(root: Path, tmp: Path, timeout: float) -> list[tuple[Case, int | str, int, str]]:
+    """A rejected --force-config (another encoder: the checkpoint cannot load), then the original command,
+    which must still run."""
+    run_dir = tmp / "runs" / "forced"
+    original = tiny_train(root, run_dir)
+    subprocess.run([sys.executable, "-m", "allspark", *original], capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    rows = []
+    for case in (Case("train: --force-config model.encoder=mit_b1", [*original, "model.encoder=mit_b1", "--force-config"]),
+                 Case("train: original command after that", original, expect="ok")):
+        rows.append((case, *run_case(case, timeout)))
+    return rows
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def stop_case(root: Path, tmp: Path, signum: int, timeout: float) -> tuple[Case, int | str, int, str]:
+    """SIGINT (Ctrl-C: the whole process group) or SIGTERM (the process) to a training with loader workers;
+    checked: `latest` holds the iteration the line names (nothing lost past the step that was running)."""
+    name = signal.Signals(signum).name
+    run_dir = tmp / "runs" / f"stop_{name}"
+    case = Case(f"train: {name} while training", tiny_train(root, run_dir, "train.max_iters=400", "train.epochs=400",
+                                                             "train.eval_every=400", "train.checkpoint_every=1000"))
+    proc = subprocess.Popen([sys.executable, "-m", "allspark", *case.argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=case_env(case), start_new_session=True)
+    deadline = time.time() + timeout
+    while not (run_dir / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    count, message = first_message(proc.returncode, stderr, stdout)
+    saved = load_checkpoint(run_dir)
+    named = re.search(r"at iteration (\d+) ", message)
+    if saved is None or named is None or int(named[1]) != saved[1]["iteration"]:
+        message = f"LOST: latest {saved and saved[1]['iteration']} vs the line's {named and named[1]}; {message}"
+    return case, proc.returncode, count, message
+
+
+def torn_pair_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A run killed between the two writes of `latest` (the weights of the next iteration written, its state not):
+    the same command resumes from the previous complete pair."""
+    from allspark.runs.folder import RunFolder
+    from allspark.runs.weights_file import read_weights, save_weights
+
+    run_dir = tmp / "runs" / "torn"
+    case = Case("train: killed between the two checkpoint writes, rerun", tiny_train(root, run_dir, "train.epochs=3"),
+                expect="ok")
+    run_case(case, timeout)  # finishes at iteration 2
+    run = RunFolder(run_dir)
+    weights, state, kept_weights, kept_state = run.weights(), run.state(), run.weights("previous"), run.state("previous")
+    shutil.copyfile(weights, kept_weights)
+    shutil.copyfile(state, kept_state)
+    tensors, cfg = read_weights(weights)
+    save_weights(weights, tensors, cfg, extra={"iteration": "3"})  # the torn write
+    code, count, message = run_case(case, timeout)
+    resumed = load_checkpoint(run_dir)[1]["iteration"]
+    log = (run_dir / "train.log").read_text()
+    if resumed != 2 or "at iteration 2 " not in log.split("resuming")[-1]:
+        message = f"LOST: resumed at {resumed}; {message}"
+    return case, code, count, message or "resumed at iteration 2 from the previous pair"
+
+
+def disk_full_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """The run directory on a tmpfs with room for one set of checkpoints: the second save fails in one line,
+    and the previous pair still loads. Mounting needs root; otherwise the row says it was skipped."""
+    mount = tmp / "small_disk"
+    mount.mkdir()
+    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", "train.epochs=3"))
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        return case, "skipped", 0, "needs root to mount a small tmpfs"
+    try:
+        code, count, message = run_case(case, timeout)
+        saved = load_checkpoint(mount / "run")
+        logged = message.split("error: ")[-1] in (mount / "run" / "train.log").read_text()
+        if saved is None or code == 0:
+            message = f"LOST: no complete pair left; {message}"
+        else:
+            message = f"[pair at iteration {saved[1]['iteration']} intact, line in train.log: {logged}] {message}"
+        del saved
+        return case, code, count, message
+    finally:
+        gc.collect()  # the checkpoint's memory maps, which would keep the mount busy
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def read_only_cases(tmp: Path, run: Path, timeout: float):
+    """export, eval and viz into a read-only file system (a read-only tmpfs; root only): each fails at once,
+    naming the folder, before the slow part."""
+    mount = tmp / "read_only"
+    mount.mkdir()
+    cases = [Case("export: OUT on a read-only file system", ["export", str(mount / "m.onnx"), "--checkpoint", str(run)]),
+             Case("eval: --out on a read-only file system", ["eval", "--checkpoint", str(run), "--out", str(mount)]),
+             Case("viz: --out on a read-only file system", ["viz", "curves", str(run), "--out", str(mount / "c.png")])]
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        yield from ((case, "skipped", 0, "needs root to mount a read-only tmpfs") for case in cases)
+        return
+    try:
+        for case in cases:
+            yield (case, *run_case(case, timeout))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def relative_paths_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A run started with relative data.root and run_dir, evaluated by its absolute folder from another folder."""
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copytree(root, work / "mydata")
+    start = Case("setup", ["train", "demo", "data.root=mydata", "run_dir=runs/rel", "method=sup", "model.num_classes=3",
+                           "model.crop_size=64", "train.batch_size=2", "train.epochs=1", "train.max_iters=1",
+                           "data.labeled_list=splits/labeled.txt", "--no-progress"], cwd=work)
+    run_case(start, timeout)
+    case = Case("eval: a run with relative paths, from another folder",
+                ["eval", "--checkpoint", str(work / "runs" / "rel")], expect="ok", cwd=tmp / "odd")
+    return (case, *run_case(case, timeout))
+
+
+def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
+    """(case, exit code, stderr line count, message) for each case, then the busy run_dir and --force-config cases."""
+    for case in cases:
+        yield case, *run_case(case, args.timeout)
+    if "second run" in args.only or not args.only:
+        yield concurrent_case(root, tmp, args.timeout)
+    if "force-config" in args.only or not args.only:
+        yield from force_config_cases(root, tmp, args.timeout)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if args.only in f"train: {signal.Signals(signum).name} while training":
+            yield stop_case(root, tmp, signum, args.timeout)
+    if args.only in "train: killed between the two checkpoint writes, rerun":
+        yield torn_pair_case(root, tmp, args.timeout)
+    if args.only in "train: disk full while saving a checkpoint":
+        yield disk_full_case(root, tmp, args.timeout)
+    yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
+    if args.only in "eval: a run with relative paths, from another folder":
+        yield relative_paths_case(root, tmp, args.timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per case")
+    parser.add_argument("--width", type=int, default=150, help="characters of stderr shown per row")
+    parser.add_argument("--camvid", type=Path, default=CAMVID, help="camvid-mini, for the preset case (skipped if absent)")
+    args = parser.parse_args()
+    print(f"\n{seconds(lambda: run_all(args)):.0f} s in all")
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Train the setup run, then every chosen case, printing its row."""
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        root = generate_synthetic(tmp / "data", num_train=6, num_val=2, size=64, seed=0, num_classes=3)
+        make_split(root / "train.txt", root / "splits", count=2, seed=0)
+        (tmp / "a_file").write_text("not a folder\n")
+        (tmp / "readonly").mkdir(mode=0o555)
+        run = tmp / "runs" / "good"
+        code, _, message = run_case(Case("setup", tiny_train(root, run)), args.timeout)
+        if code != 0:
+            sys.exit(f"setup training failed: {message}")
+        cases = [c for c in build_cases(tmp, root, run, args.camvid) if args.only in c.name]
+        print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
+        print("|---|---|---|---|---|")
+        for case, code, count, message in rows(cases, root, tmp, args):
+            message = message.replace(folder, "$TMP").replace("|", "\\|")[: args.width]
+            flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) or \
+                message.startswith("LOST") else ""
+            print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
