@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from allspark.config import config_from_dict
-from allspark.models.weights import save_weights
+from allspark.config.loading import config_from_dict
 from allspark.models import build_model
+from allspark.models.weights import save_weights
 
 
 def write_checkpoint(folder: Path, crop: int) -> Path:

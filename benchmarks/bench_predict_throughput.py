@@ -31,9 +31,9 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "camv
 
 def random_checkpoint(folder: Path) -> Path:
     """Weights of a randomly initialised CamVid AllSpark model (seed 0) in `folder`."""
-    from allspark.config import load_config
-    from allspark.models.weights import save_weights
+    from allspark.config.loading import load_config
     from allspark.models import build_model
+    from allspark.models.weights import save_weights
 
     cfg = load_config("camvid/allspark", ["model.pretrained=null"])
     torch.manual_seed(0)
@@ -86,8 +86,8 @@ def main() -> None:
         sys.exit("bench_predict_throughput: onnxruntime is missing: pip install -e '.[export]'")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from allspark.models.weights import resolve_weights
     from allspark.inference.predictor import Predictor
+    from allspark.models.weights import resolve_weights
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     if args.checkpoint:

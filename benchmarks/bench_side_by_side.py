@@ -25,7 +25,7 @@ from release_harness import DEFAULT_REFERENCE, import_harness
 
 
 def our_config(args, method: str, amp: str = "off"):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
 
     ablation = "full" if method == "allspark" else "none"
     return load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder=mit_{args.arch}",

@@ -23,7 +23,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from allspark.commands.options import set_threads
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.engine.trainer import Trainer
 
     set_threads(argparse.Namespace(threads=args.threads))

@@ -28,7 +28,7 @@ SETTINGS = {  # name: (method, ablation, use_memory)
 
 def build(name: str, args: argparse.Namespace):
     """(trainer, labeled batch, unlabeled batch or None, use_memory) of one setting on fixed random batches."""
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.distributed import DistInfo
     from allspark.engine.trainer import Trainer
 

@@ -79,7 +79,7 @@ def build_trainer(cfg, total: int):
 
 
 def config(root: Path, method: str, args):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     return load_config("demo", [f"method={method}", "recipe=unimatch_v2", f"data.root={root}",
                                 f"run_dir={root / 'run'}", f"model.num_classes={args.classes}",
                                 f"model.crop_size={args.crop}", f"train.batch_size={args.batch}",
@@ -106,10 +106,10 @@ def compare_states(report: Report, name: str, ours: nn.Module, theirs: nn.Module
 
 
 def semi_checks(report: Report, harness, root: Path, args) -> None:
+    from allspark.data.loaders import build_val_loader
     from allspark.engine import trainer as trainer_module
     from allspark.engine.evaluate import evaluate
     from allspark.engine.recipes import complementary_masks
-    from allspark.data.loaders import build_val_loader
     cfg = config(root, "semi", args)
     torch.manual_seed(args.seed)
     trainer = build_trainer(cfg, args.steps)

@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     import torch
 
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.engine.demo import pretrain_source_encoder
     from allspark.engine.runs import read_metrics
     from allspark.models import build_model

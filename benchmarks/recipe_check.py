@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.engine.demo import demo_overrides
     from allspark.engine.trainer import train
 
@@ -59,7 +59,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.engine.demo import prepare_demo_data
 
     torch.set_num_threads(args.threads)

@@ -33,7 +33,7 @@ def overrides(root, run_dir, *extra):
 
 
 def make_cfg(root, run_dir, *extra):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
 
     return load_config("demo", overrides(root, run_dir, *extra))
 

@@ -2,9 +2,10 @@
 import pytest
 import yaml
 
-from allspark.config import list_presets, load_config, model_config_from_dict
+from allspark.config.loading import load_config, model_config_from_dict
 from allspark.engine.runs import check_run_dir, config_diff, write_run_config
 from allspark.errors import ConfigError
+from allspark.presets import list_presets
 
 PUBLISHED = {  # METHODS.md 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
     "pascal": (513, 2, 80, 0.001, 10.0, "ce", "whole", 21),

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import ModelConfig, config_from_dict
+from allspark.config.loading import config_from_dict
+from allspark.config.schema import ModelConfig
 from allspark.errors import ConfigError
 from allspark.models.encoders import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.models.segmenter import AllSparkSegmenter

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from allspark.cli import main
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.engine import trainer as trainer_module
 from allspark.engine.checkpoint import load_checkpoint

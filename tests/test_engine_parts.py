@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark import distributed as dist_utils
-from allspark.config import AMP_MODES, TrainConfig, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import AMP_MODES, TrainConfig
 from allspark.engine.amp import AMP_DTYPES, autocast
 from allspark.engine.checkpoint import load_checkpoint, save_checkpoint
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
@@ -153,7 +154,7 @@ def test_metrics_of_a_run_without_them(tmp_path):
 
 @pytest.mark.parametrize("iters", [None, 700])
 def test_demo_gives_every_run_the_same_budget(tmp_path, iters):
-    from allspark.config import Config
+    from allspark.config.schema import Config
     from allspark.engine import demo
 
     base = load_config("demo")

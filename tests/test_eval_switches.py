@@ -3,11 +3,11 @@ sliding windows whose last one is clipped to a strip; ours stay the defaults."""
 import pytest
 import torch
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.engine.evaluate import evaluate
-from allspark.inference.windows import predict_probs, window_starts, window_stride
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
+from allspark.inference.windows import predict_probs, window_starts, window_stride
 
 
 def spans(size, window, stride_ratio, placement):

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = (
     ("allspark.errors", "allspark.run_folder"),
     ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.registry",
-     "allspark.protocols"),
+     "allspark.presets"),
     ("allspark.config",),
     ("allspark.data", "allspark.models"),
     ("allspark.inference",),

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import RecipeConfig, list_presets, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import RecipeConfig
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
@@ -20,6 +21,7 @@ from allspark.engine.runs import config_diff, read_metrics
 from allspark.engine.trainer import Trainer
 from allspark.errors import ConfigError
 from allspark.models.allspark import SemanticMemory
+from allspark.presets import list_presets
 from engine_helpers import make_cfg, make_train_data, train_until
 
 FULL = ["recipe.strong_views=true", "recipe.cutmix_prob=0.5", "recipe.threshold=0.3", "recipe.teacher=ema",

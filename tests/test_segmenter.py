@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from allspark.config import ABLATIONS, Config, ModelConfig
+from allspark.config.schema import ABLATIONS, Config, ModelConfig
 from allspark.errors import ConfigError
 from allspark.models import AllSparkSegmenter, build_model
 from allspark.models.encoders import MiTEncoder, mit_config

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import RECIPES, RecipeConfig, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import RecipeConfig
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.views import UnlabeledViews
 from allspark.engine import trainer as trainer_module
@@ -16,6 +17,7 @@ from allspark.engine.optim import poly_factor
 from allspark.engine.recipes import complementary_masks, cutmix, student_views
 from allspark.engine.trainer import Trainer
 from allspark.errors import ConfigError
+from allspark.presets import RECIPES
 from engine_helpers import make_cfg, make_train_data, train_until
 
 V2 = ["recipe=unimatch_v2", "recipe.cutmix_prob=1"]  # every view with a box, so the boxes are tested

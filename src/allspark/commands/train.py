@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.engine.trainer import train
 
 

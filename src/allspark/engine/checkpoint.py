@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from allspark.config import Config
+from allspark.config.schema import Config
 from allspark.errors import CheckpointError
 from allspark.models.weights import atomic_write, read_weights, save_weights, weights_metadata
 from allspark.run_folder import KEPT, RunFolder

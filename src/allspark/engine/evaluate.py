@@ -10,14 +10,15 @@ import torch
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, apply_overrides, config_from_dict, config_to_dict
+from allspark.config.loading import apply_overrides, config_from_dict
+from allspark.config.schema import Config, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
-from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.engine.runs import config_diff, json_safe
 from allspark.errors import ConfigError
+from allspark.inference.windows import center_crop_box, eval_window, predict_probs
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import ensure_writable, read_weights, resolve_weights
 from allspark.run_folder import RunFolder

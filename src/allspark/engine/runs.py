@@ -15,7 +15,8 @@ from typing import IO
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from allspark.config import Config, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
+from allspark.config.loading import config_from_dict, load_yaml
+from allspark.config.schema import Config, config_to_dict, with_absolute_paths
 from allspark.engine.checkpoint import has_checkpoint
 from allspark.errors import ConfigError, InputError
 from allspark.models.weights import atomic_write

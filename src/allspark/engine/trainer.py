@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, with_absolute_paths
+from allspark.config.schema import Config, with_absolute_paths
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo

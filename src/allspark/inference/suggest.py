@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from allspark.config import MIN_CROP, Config
+from allspark.config.schema import MIN_CROP, Config
 from allspark.data.io import IGNORE_INDEX, read_image, read_list, read_mask
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
@@ -28,8 +28,8 @@ from allspark.distributed import all_gather_object, init_distributed, on_main
 from allspark.errors import DataError, InputError, UsageError
 from allspark.inference.selection import (class_balanced_uncertainty, class_rarity, combined_score, entropy_map,
                                           image_rarity, present_classes, select)
-from allspark.models.weights import load_model, resolve_weights
 from allspark.models.segmenter import AllSparkSegmenter
+from allspark.models.weights import load_model, resolve_weights
 from allspark.run_folder import RunFolder
 
 FIELDS = ("index", "image", "mask", "uncertainty", "rarity", "score", "classes", "dim")  # OUT/scoring/rows.R.csv

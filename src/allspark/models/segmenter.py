@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import Config, ModelConfig, config_from_dict, model_config_from_dict
+from allspark.config.loading import config_from_dict, model_config_from_dict
+from allspark.config.schema import Config, ModelConfig
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.models.dpt import DPTHead
 from allspark.models.encoders import build_encoder
