@@ -39,7 +39,7 @@ def run_case(args) -> float:
     import torch
 
     from allspark.config.loading import load_config
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(args.threads)
     accumulate, recompute = CASES[args.case]

@@ -60,7 +60,7 @@ class Ours:
     def __init__(self, args, method: str, release_state: dict, amp: str = "off"):
         from allspark import load_official
         from allspark.distributed import DistInfo
-        from allspark.engine.trainer import Trainer
+        from allspark.engine.step import Trainer
 
         cfg = our_config(args, method, amp)
         self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")), total=10**6)

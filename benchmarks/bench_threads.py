@@ -24,7 +24,7 @@ def measure(args: argparse.Namespace) -> None:
 
     from allspark.commands.options import set_threads
     from allspark.config.loading import load_config
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     set_threads(argparse.Namespace(threads=args.threads))
     cfg = load_config("demo", [f"model.crop_size={args.crop}", "model.num_classes=4", "train.batch_size=2",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's allspark
 
-import allspark.engine.trainer as trainer_module  # noqa: E402
+import allspark.engine.loop as loop_module  # noqa: E402
 from allspark.cli import main  # noqa: E402
 
 STREAM_OFFSET = 1000
-_seed_everything = trainer_module.dist_utils.seed_everything
+_seed_everything = loop_module.dist_utils.seed_everything
 
 
 def _reseeded(seed, rank=None):
@@ -22,5 +22,5 @@ def _reseeded(seed, rank=None):
     return _seed_everything(seed) if rank is None else _seed_everything(seed, rank + STREAM_OFFSET)
 
 
-trainer_module.dist_utils.seed_everything = _reseeded
+loop_module.dist_utils.seed_everything = _reseeded
 sys.exit(main(sys.argv[1:]))

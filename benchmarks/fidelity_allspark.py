@@ -114,7 +114,7 @@ def batch_teacher(model: nn.Module):
 # ------------------------------------------------------------------------------------------------ structure
 def check_structure(report: Report, args, release, ours) -> None:
     from allspark.config.loading import config_from_dict
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
     from allspark.models.convert import release_to_ours
 
     converted = release_to_ours(release.state_dict())
@@ -414,7 +414,7 @@ def our_trajectory(ours0, method: str, batches, args, *, release_teacher: bool, 
     """`Trainer.step` on the same batches from ours0's weights; (trainer, losses of each step). release_lr runs step i
     at the release's lr(max(i - 1, 0)) (its lr is set after the step); release_teacher swaps in `batch_teacher`."""
     from allspark.config.loading import config_from_dict
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     cfg = config_from_dict({"method": method, "model": our_model_config(args, method),
                             "train": {"lr": args.lr, "lr_multi": args.lr_multi, "batch_size": args.batch,

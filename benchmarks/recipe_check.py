@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:
     from allspark.config.loading import load_config
     from allspark.engine.demo import demo_overrides
-    from allspark.engine.trainer import train
+    from allspark.engine.loop import train
 
     method, recipe = VARIANTS[name]
     run_dir = Path(args.out) / f"{name}_s{seed}_i{args.iters}"

@@ -2,7 +2,8 @@
 from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.loop import train
+from allspark.engine.step import Trainer
 
 STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 

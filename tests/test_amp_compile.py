@@ -12,8 +12,9 @@ from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
 from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine.loop import train
 from allspark.engine.runs import read_metrics
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 
 MEMORY = "allspark.memory.queue"
 

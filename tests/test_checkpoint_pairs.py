@@ -6,8 +6,8 @@ import safetensors.torch
 from allspark.cli import main
 from allspark.engine import checkpoint as checkpoint_module
 from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine.loop import train
 from allspark.engine.runs import read_metrics
-from allspark.engine.trainer import train
 from allspark.errors import DiskFullError
 from allspark.models import weights as weights_module
 from allspark.models.weights import atomic_write

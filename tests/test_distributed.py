@@ -18,7 +18,8 @@ def worker(root: str, run_dir: str, out: str) -> None:
     from allspark import distributed as dist_utils
     from allspark.config.loading import load_config
     from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-    from allspark.engine.trainer import Trainer, train
+    from allspark.engine.loop import train
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(1)
     info = dist_utils.init_distributed("cpu")
@@ -88,7 +89,8 @@ def stop_worker(root: str, run_dir: str, out: str) -> None:
     """One rank of a run where only rank 1 gets SIGTERM, during iteration 2: both stop after that step."""
     from allspark import distributed as dist_utils
     from allspark.config.loading import load_config
-    from allspark.engine.trainer import Trainer, train
+    from allspark.engine.loop import train
+    from allspark.engine.step import Trainer
     from allspark.errors import TrainingInterrupted
 
     torch.set_num_threads(1)
@@ -160,7 +162,7 @@ def v2_worker(root: str, run_dir: str, out: str, *extra: str) -> None:
     from allspark import distributed as dist_utils
     from allspark.config.loading import load_config
     from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(1)
     info = dist_utils.init_distributed("cpu")

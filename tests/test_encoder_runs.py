@@ -7,7 +7,7 @@ import torch
 from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.trainer import train
+from allspark.engine.loop import train
 from allspark.inference.export import export_onnx, max_onnx_difference
 from allspark.inference.predictor import Predictor
 from allspark.models.weights import load_model

@@ -18,7 +18,7 @@ from allspark.engine.checkpoint import load_checkpoint
 from allspark.engine.optim import build_optimizer, poly_factor
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_views
 from allspark.engine.runs import config_diff, read_metrics
-from allspark.engine.trainer import Trainer
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
 from allspark.models.allspark import SemanticMemory
 from allspark.presets import list_presets

@@ -13,9 +13,10 @@ import yaml
 
 from allspark.cli import main
 
+from allspark.engine.loop import train
 from allspark.engine.optim import poly_factor
 from allspark.engine.runs import lock_run_dir, read_metrics
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
 from allspark.models.weights import atomic_write
 from engine_helpers import make_cfg, make_train_data

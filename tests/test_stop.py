@@ -10,8 +10,9 @@ import pytest
 
 from allspark.cli import main
 from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine.loop import train
 from allspark.engine.runs import read_metrics
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 from engine_helpers import STEP, make_cfg, make_train_data
 
 ARGS = ["model.crop_size=64", "train.batch_size=2", "train.epochs=2", "train.warmup_epochs=1", "train.log_every=1",

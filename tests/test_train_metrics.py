@@ -7,9 +7,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from allspark.config.loading import load_config
 from allspark.engine.checkpoint import load_checkpoint
+from allspark.engine.loop import train
 from allspark.engine.recipes import confident_share
 from allspark.engine.runs import read_metrics
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
 from allspark.models.weights import read_weights
 from engine_helpers import make_cfg, make_train_data

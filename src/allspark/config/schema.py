@@ -1,6 +1,9 @@
 """The run configuration's schema: one dataclass per section, each key's type and default, and every choice list.
 
-Checked by hand (allspark.config.loading, allspark.config.validation) rather than by pydantic v2 (see the note below).
+Checked by hand (config.loading: types; config.validation: choices, ranges) and not by pydantic v2, because its lax
+mode takes what these checks refuse (True or 2.0 for an int, a quoted "0.5") while its strict mode refuses YAML 1.1's
+1e-3, and its messages are not the tested ones ("must be at least 32"), so each key would need its own validator and
+message plus a translator of error locations: no fewer lines than the checks themselves.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Callable
 from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import SOURCE_SHAPES, generate_synthetic
-from allspark.engine.trainer import train
+from allspark.engine.loop import train
 from allspark.errors import UsageError
 from allspark.run_folder import RunFolder
 
