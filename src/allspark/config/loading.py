@@ -21,6 +21,7 @@ from allspark.config.validation import check_values, validate
 from allspark.errors import ConfigError
 from allspark.presets import RECIPES, find_preset, list_presets
 
+
 class _Loader(yaml.SafeLoader):
     """YAML with YAML 1.2 booleans: only true/false, so `amp: off` stays the string "off"."""
 
