@@ -1,8 +1,9 @@
 """Tiny synthetic training data and configs (MiT-B0, crop 64, batch 2) for the trainer tests."""
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.loop import train
+from allspark.engine.step import Trainer
 
 STEP = Trainer.step  # the real one, for spies that outlive one monkeypatch
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from allspark.cli import main
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.models import build_model
 from allspark.runs.weights_file import save_weights
 

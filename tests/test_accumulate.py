@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from allspark.engine.trainer import Trainer, micro_batches
+from allspark.engine.step import Trainer, micro_batches
 from engine_helpers import make_cfg, make_train_data
 
 

@@ -11,7 +11,8 @@ from allspark.cli import main
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.loop import train
+from allspark.engine.step import Trainer
 from allspark.runs.checkpoints import load_checkpoint
 from allspark.runs.metrics import read_metrics
 
@@ -33,7 +34,7 @@ def overrides(root, run_dir, *extra):
 
 
 def make_cfg(root, run_dir, *extra):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
 
     return load_config("demo", overrides(root, run_dir, *extra))
 

@@ -4,7 +4,7 @@ import pytest
 import safetensors.torch
 
 from allspark.cli import main
-from allspark.engine.trainer import train
+from allspark.engine.loop import train
 from allspark.errors import DiskFullError
 from allspark.runs import checkpoints as checkpoint_module
 from allspark.runs import weights_file as weights_module

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from allspark.cli import build_parser
-from allspark.config import DEVICES, load_config
+from allspark.commands.options import DEVICES
+from allspark.config.loading import load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.synthetic import generate_synthetic
 from allspark.distributed import resolve_device

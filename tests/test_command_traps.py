@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from allspark.config import config_from_dict, load_config
+from allspark.config.loading import config_from_dict, load_config
 from inference_helpers import run_cli, write_images
 
 

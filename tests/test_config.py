@@ -1,9 +1,12 @@
 """Config loading: every shipped preset loads; every bad key or value is reported by name."""
+from pathlib import Path
+
 import pytest
 import yaml
 
-from allspark.config import list_presets, load_config, model_config_from_dict
+from allspark.config.loading import load_config, model_config_from_dict
 from allspark.errors import ConfigError
+from allspark.presets import find_preset, list_presets
 from allspark.runs.run_config import check_run_dir, config_diff, write_run_config
 
 PUBLISHED = {  # METHODS.md 2 table: crop, batch, epochs, lr, lr_multi, labeled loss, eval mode
@@ -207,3 +210,11 @@ def test_a_built_in_layout_and_num_classes_must_agree(tmp_path):
 
     assert class_count_problem("camvid", tmp_path, 11) is None
     assert "layout 'camvid' has 11 classes but model.num_classes is 12" in class_count_problem("camvid", tmp_path, 12)
+
+
+def test_presets_are_found_by_the_names_they_are_listed_under():
+    names = list_presets()
+    assert {"demo", "camvid/allspark", "pascal/base", "pascal/original/183/allspark"} <= set(names)
+    assert all(find_preset(name) is not None for name in names)
+    assert isinstance(find_preset("demo"), Path) and isinstance(find_preset("pascal/original/183/allspark"), dict)
+    assert find_preset("protocols.py") is None and find_preset("no/such/preset") is None

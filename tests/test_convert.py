@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from allspark.cli import main
-from allspark.config import Config, ModelConfig
+from allspark.config.schema import Config, ModelConfig
 from allspark.errors import ConversionError
 from allspark.models import build_model, load_official
 

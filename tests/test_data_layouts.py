@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allspark.config import LAYOUTS, config_from_dict
+from allspark.config.loading import config_from_dict
+from allspark.config.schema import LAYOUTS
 from allspark.data.layouts import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
                                    class_names_and_palette, cityscapes_label_ids_to_train_ids, get_layout, voc_palette)
 

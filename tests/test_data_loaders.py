@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.data.loaders import (ShardSampler, TrainSampler, build_labeled_loader, build_unlabeled_loader,
                                    build_val_loader)
 from allspark.data.splits import make_split

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from allspark import demo
-from allspark.config import Config, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import Config
 from allspark.errors import UsageError
 from allspark.models import build_model
 from allspark.runs.weights_file import read_weights

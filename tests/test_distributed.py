@@ -17,9 +17,10 @@ MEMORY = "allspark.memory.queue"
 def worker(root: str, run_dir: str, out: str) -> None:
     """One rank: a step with the memory on, gather the memory from every rank, then a short `train`."""
     from allspark import distributed as dist_utils
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-    from allspark.engine.trainer import Trainer, train
+    from allspark.engine.loop import train
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(1)
     with dist_utils.distributed("cpu") as info:
@@ -88,8 +89,9 @@ def test_two_processes_gloo(tmp_path):
 def stop_worker(root: str, run_dir: str, out: str) -> None:
     """One rank of a run where only rank 1 gets SIGTERM, during iteration 2: both stop after that step."""
     from allspark import distributed as dist_utils
-    from allspark.config import load_config
-    from allspark.engine.trainer import Trainer, train
+    from allspark.config.loading import load_config
+    from allspark.engine.loop import train
+    from allspark.engine.step import Trainer
     from allspark.errors import TrainingInterrupted
 
     torch.set_num_threads(1)
@@ -158,9 +160,9 @@ def v2_worker(root: str, run_dir: str, out: str, *extra: str) -> None:
     """One rank of `method=semi recipe=unimatch_v2` (then the `extra` overrides): two student passes per step
     (labeled, then the views) under DDP, then the parameters of every rank."""
     from allspark import distributed as dist_utils
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(1)
     with dist_utils.distributed("cpu") as info:

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic
-from allspark.engine.trainer import train
+from allspark.engine.loop import train
 from allspark.models.weights import load_model
 from allspark.predict.export import export_onnx, max_onnx_difference
 from allspark.predict.predictor import Predictor
@@ -44,7 +44,7 @@ def test_short_run_then_load_and_predict(tmp_path, encoder, crop):
     ("dinov3_convnext_test", "segformer", "full", 64),
 ])
 def test_onnx_graph_of_every_family_equals_pytorch(tmp_path, encoder, head, ablation, crop):
-    from allspark.config import config_from_dict
+    from allspark.config.loading import config_from_dict
     from allspark.models.segmenter import AllSparkSegmenter
     cfg = config_from_dict({"method": "sup" if ablation == "none" else "allspark",
                             "model": {"encoder": encoder, "head": head, "ablation": ablation, "num_classes": 3,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from allspark.config import ModelConfig
+from allspark.config.schema import ModelConfig
 from allspark.encoders.registry import FAMILIES
 from allspark.errors import ConfigError, ConversionError
 from allspark.models import build_model, load_official

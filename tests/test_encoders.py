@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import ModelConfig, config_from_dict
+from allspark.config.loading import config_from_dict
+from allspark.config.schema import ModelConfig
 from allspark.encoders.dinov2 import ReleasePositionEmbeddings, _bicubic_matrix
 from allspark.encoders.specs import ENCODERS, fit_to_patch
 from allspark.errors import ConfigError

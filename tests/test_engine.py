@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from allspark.cli import main
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
-from allspark.engine import trainer as trainer_module
+from allspark.engine import loop as loop_module
 from allspark.engine.evaluate import evaluate
+from allspark.engine.loop import train
 from allspark.engine.losses import ce_loss, ohem_loss
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError, NonFiniteLossError
 from allspark.models.allspark import AllSparkBottleneck
 from allspark.runs.checkpoints import load_checkpoint
@@ -185,7 +186,7 @@ def test_best_is_written_only_when_the_miou_improves(data_root, tmp_path, monkey
         seen.append(weights_metadata(best) if best.is_file() else None)  # best as it stands before this score
         return Scored(next(scores))
 
-    monkeypatch.setattr(trainer_module, "evaluate", scripted)
+    monkeypatch.setattr(loop_module, "evaluate", scripted)
     train(make_cfg(data_root, tmp_path / "run", "sup", "train.epochs=3"), progress=False)  # 2 iterations per epoch
     assert seen[0] is None
     assert (seen[1]["iteration"], float(seen[1]["miou"])) == ("2", 0.3)

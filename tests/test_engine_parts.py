@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from allspark import distributed as dist_utils
-from allspark.config import AMP_MODES, TrainConfig, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import AMP_MODES, TrainConfig
 from allspark.engine.amp import AMP_DTYPES, autocast
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table

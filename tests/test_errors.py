@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from allspark.cli import main
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic, write_bad_samples
 from allspark.errors import CheckpointError, ConfigError, DataError

@@ -3,7 +3,7 @@ sliding windows whose last one is clipped to a strip; ours stay the defaults."""
 import pytest
 import torch
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.engine.evaluate import evaluate
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError

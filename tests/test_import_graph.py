@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = (
     ("allspark.errors",),
     ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.encoders",
-     "allspark.protocols"),
+     "allspark.presets"),
     ("allspark.config",),
     ("allspark.runs",),
     ("allspark.data", "allspark.models"),

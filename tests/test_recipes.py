@@ -8,16 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import RecipeConfig, list_presets, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import RecipeConfig
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import BOX_AREA, UnlabeledViews, cutmix_box
 from allspark.engine.optim import build_optimizer, poly_factor
 from allspark.engine.recipes import EmaTeacher, cutmix, pseudo_label_loss, rampup_factor, student_views
-from allspark.engine.trainer import Trainer
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
 from allspark.models.allspark import SemanticMemory
+from allspark.presets import list_presets
 from allspark.runs.checkpoints import load_checkpoint
 from allspark.runs.metrics import read_metrics
 from allspark.runs.run_config import config_diff

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import allspark
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.encoders.base import Encoder
 from allspark.encoders.registry import FAMILIES, build_encoder
 from allspark.encoders.specs import ENCODERS, EncoderSpec

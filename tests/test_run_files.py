@@ -3,7 +3,7 @@ and the EMA teacher's weights read from the newest complete checkpoint pair, as 
 import pytest
 import torch
 
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.splits import add_to_labeled, make_split
 from allspark.errors import CheckpointError
 from allspark.runs import atomic as atomic_module

@@ -13,8 +13,9 @@ import yaml
 
 from allspark.cli import main
 
+from allspark.engine.loop import train
 from allspark.engine.optim import poly_factor
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
 from allspark.runs.atomic import atomic_write
 from allspark.runs.lock import lock_run_dir

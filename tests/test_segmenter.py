@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from allspark.config import ABLATIONS, Config, ModelConfig
+from allspark.config.schema import ABLATIONS, Config, ModelConfig
 from allspark.encoders.mit import MiTEncoder, mit_config
 from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError

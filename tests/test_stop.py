@@ -9,7 +9,8 @@ import time
 import pytest
 
 from allspark.cli import main
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.loop import train
+from allspark.engine.step import Trainer
 from allspark.runs.checkpoints import load_checkpoint
 from allspark.runs.metrics import read_metrics
 from engine_helpers import STEP, make_cfg, make_train_data

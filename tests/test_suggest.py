@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from allspark.suggest import run as suggest_module
 from allspark.suggest.run import suggest

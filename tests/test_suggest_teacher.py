@@ -3,7 +3,7 @@ teacher gives the teacher's averaged tensors (the memory stays the student's); o
 import pytest
 import torch
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.engine.recipes import EmaTeacher
 from allspark.models import build_model
 from allspark.runs.folder import RunFolder

@@ -5,9 +5,11 @@ import torch
 from safetensors import safe_open
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from allspark.config import ConfigError, load_config
+from allspark.config.loading import load_config
+from allspark.engine.loop import train
 from allspark.engine.recipes import confident_share
-from allspark.engine.trainer import Trainer, train
+from allspark.engine.step import Trainer
+from allspark.errors import ConfigError
 from allspark.runs.checkpoints import load_checkpoint
 from allspark.runs.metrics import read_metrics
 from allspark.runs.weights_file import read_weights

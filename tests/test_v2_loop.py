@@ -8,14 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import RECIPES, RecipeConfig, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import RecipeConfig
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.views import UnlabeledViews
-from allspark.engine import trainer as trainer_module
+from allspark.engine import step as step_module
 from allspark.engine.optim import poly_factor
 from allspark.engine.recipes import complementary_masks, cutmix, student_views
-from allspark.engine.trainer import Trainer
+from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
+from allspark.presets import RECIPES
 from engine_helpers import make_cfg, make_train_data, train_until
 
 V2 = ["recipe=unimatch_v2", "recipe.cutmix_prob=1"]  # every view with a box, so the boxes are tested
@@ -253,7 +255,7 @@ def test_v2_loop_with_fixed_masks_equals_the_plain_reference(data_root, tmp_path
     assert trainer.two_passes == (method == "semi")  # auto: one pass for the AllSpark module
     start = copy.deepcopy(trainer.model.state_dict())
     masks = complementary_masks(2, max(trainer.model.encoder.channels), torch.Generator().manual_seed(3))
-    monkeypatch.setattr(trainer_module, "complementary_masks", lambda pairs, channels: masks)
+    monkeypatch.setattr(step_module, "complementary_masks", lambda pairs, channels: masks)
     torch.manual_seed(1)  # the head's dropout
     records = []
     for _ in range(4):
@@ -326,7 +328,7 @@ def test_each_v2_switch_changes_only_its_part(data_root, tmp_path, monkeypatch):
     assert isinstance(adamw_trainer.optimizer, torch.optim.AdamW)
     assert adamw_trainer.optimizer.defaults["betas"] == (0.9, 0.999)
     # comp_drop with all-ones masks is no dropout at all; with real ones only the unlabeled term moves at first
-    monkeypatch.setattr(trainer_module, "complementary_masks", lambda pairs, channels: torch.ones(2 * pairs, channels))
+    monkeypatch.setattr(step_module, "complementary_masks", lambda pairs, channels: torch.ones(2 * pairs, channels))
     ones, _ = _first_steps(make_cfg(data_root, tmp_path, "semi", *base, "recipe.comp_drop=true"), batch_l, batch_u)
     assert ones == plain
     monkeypatch.undo()

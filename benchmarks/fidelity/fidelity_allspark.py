@@ -113,8 +113,8 @@ def batch_teacher(model: nn.Module):
 
 # ------------------------------------------------------------------------------------------------ structure
 def check_structure(report: Report, args, release, ours) -> None:
-    from allspark.config import config_from_dict
-    from allspark.engine.trainer import Trainer
+    from allspark.config.loading import config_from_dict
+    from allspark.engine.step import Trainer
     from allspark.models.convert import release_to_ours
 
     converted = release_to_ours(release.state_dict())
@@ -413,8 +413,8 @@ def release_trajectory(official, release, method: str, batches, args) -> list[li
 def our_trajectory(ours0, method: str, batches, args, *, release_teacher: bool, release_lr: bool):
     """`Trainer.step` on the same batches from ours0's weights; (trainer, losses of each step). release_lr runs step i
     at the release's lr(max(i - 1, 0)) (its lr is set after the step); release_teacher swaps in `batch_teacher`."""
-    from allspark.config import config_from_dict
-    from allspark.engine.trainer import Trainer
+    from allspark.config.loading import config_from_dict
+    from allspark.engine.step import Trainer
 
     cfg = config_from_dict({"method": method, "model": our_model_config(args, method),
                             "train": {"lr": args.lr, "lr_multi": args.lr_multi, "batch_size": args.batch,

@@ -68,7 +68,7 @@ class NoBatchNorm(nn.Identity):
 
 def build_trainer(cfg, total: int):
     """Our trainer for `cfg`, its model built without BatchNorm and run without dropout (see the module text)."""
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
     batch_norm = nn.BatchNorm2d
     nn.BatchNorm2d = NoBatchNorm
     try:
@@ -80,7 +80,7 @@ def build_trainer(cfg, total: int):
 
 
 def config(root: Path, method: str, args):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     return load_config("demo", [f"method={method}", "recipe=unimatch_v2", f"data.root={root}",
                                 f"run_dir={root / 'run'}", f"model.num_classes={args.classes}",
                                 f"model.crop_size={args.crop}", f"train.batch_size={args.batch}",
@@ -107,10 +107,10 @@ def compare_states(report: Report, name: str, ours: nn.Module, theirs: nn.Module
 
 
 def semi_checks(report: Report, harness, root: Path, args) -> None:
-    from allspark.engine import trainer as trainer_module
+    from allspark.data.loaders import build_val_loader
+    from allspark.engine import step as step_module
     from allspark.engine.evaluate import evaluate
     from allspark.engine.recipes import complementary_masks
-    from allspark.data.loaders import build_val_loader
     cfg = config(root, "semi", args)
     torch.manual_seed(args.seed)
     trainer = build_trainer(cfg, args.steps)
@@ -122,7 +122,7 @@ def semi_checks(report: Report, harness, root: Path, args) -> None:
     lr, multi = cfg.train.lr, cfg.train.lr_multi
     optimizer = harness.make_optimizer(theirs, lr, multi)
     ours_masks = list(masks)
-    trainer_module.complementary_masks = lambda pairs, channels: ours_masks.pop(0)
+    step_module.complementary_masks = lambda pairs, channels: ours_masks.pop(0)
     boxes = 0
     for i, (batch_l, batch_u) in enumerate(batches(cfg, args.steps, True)):
         boxes += int(batch_u["box"].flatten(1).any(1).sum() + batch_u["box2"].flatten(1).any(1).sum())

@@ -10,7 +10,7 @@ from collections import deque
 from itertools import islice
 from pathlib import Path
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader
 from allspark.data.splits import make_split
 from allspark.data.synthetic import generate_synthetic

@@ -38,8 +38,8 @@ def run_case(args) -> float:
     """In the child: build the trainer, one warm-up step, then the --measure figure (MiB, or seconds per step)."""
     import torch
 
-    from allspark.config import load_config
-    from allspark.engine.trainer import Trainer
+    from allspark.config.loading import load_config
+    from allspark.engine.step import Trainer
 
     torch.set_num_threads(args.threads)
     accumulate, recompute = CASES[args.case]

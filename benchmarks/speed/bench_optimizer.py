@@ -34,7 +34,7 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.models import build_model
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); median ms of {args.repeats} steps")
     print("| encoder (+ head) | tensors | parameters | optimiser | " + " | ".join(IMPLEMENTATIONS) + " |")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.models import build_model
 from allspark.runs.weights_file import save_weights
 from benchmarks.timing import timed

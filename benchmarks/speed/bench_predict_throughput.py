@@ -32,7 +32,7 @@ DEFAULT_IMAGES = SHARED / "data" / "camvid-mini" / "images" / "val"
 
 def random_checkpoint(folder: Path) -> Path:
     """Weights of a randomly initialised CamVid AllSpark model (seed 0) in `folder`."""
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.models import build_model
     from allspark.runs.weights_file import save_weights
 

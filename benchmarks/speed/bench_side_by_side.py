@@ -24,7 +24,7 @@ from benchmarks.timing import REFERENCE, interleave, medians
 
 
 def our_config(args, method: str, amp: str = "off"):
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
 
     ablation = "full" if method == "allspark" else "none"
     return load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder=mit_{args.arch}",
@@ -59,7 +59,7 @@ class Ours:
     def __init__(self, args, method: str, release_state: dict, amp: str = "off"):
         from allspark import load_official
         from allspark.distributed import DistInfo
-        from allspark.engine.trainer import Trainer
+        from allspark.engine.step import Trainer
 
         cfg = our_config(args, method, amp)
         self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")), total=10**6)

@@ -29,9 +29,9 @@ SETTINGS = {  # name: (method, ablation, use_memory)
 
 def build(name: str, args: argparse.Namespace):
     """(trainer, labeled batch, unlabeled batch or None, use_memory) of one setting on fixed random batches."""
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.distributed import DistInfo
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
 
     method, ablation, use_memory = SETTINGS[name]
     cfg = load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder={args.encoder}",

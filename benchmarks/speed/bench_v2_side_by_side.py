@@ -52,7 +52,7 @@ def loop_steps(v2, args, crop: int) -> dict:
     """No-argument callables, one v2-loop step each side on the same next batch (cycling through a few)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
-    from allspark.engine.trainer import Trainer
+    from allspark.engine.step import Trainer
     from benchmarks.fidelity.fidelity_v2_training import batches, config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_v2_"))

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from allspark.config import config_to_dict, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import config_to_dict
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
 from allspark.runs.checkpoints import load_checkpoint

@@ -75,7 +75,7 @@ def table(results: dict[str, dict[int, float]], seeds: list[int]) -> str:
 
 
 def main() -> None:
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.demo import DEMO_RUNS, demo_overrides, prepare_demo_data, pretrain_source_encoder
 
     args = parse_args()

@@ -36,9 +36,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     import torch
 
-    from allspark.config import load_config
+    from allspark.config.loading import load_config
     from allspark.demo import pretrain_source_encoder
-    from allspark.runs.metrics import read_metrics
     from allspark.models import build_model
     from allspark.runs.metrics import read_metrics
 

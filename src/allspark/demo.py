@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.splits import make_split
 from allspark.data.synthetic import SOURCE_SHAPES, generate_synthetic
-from allspark.engine.trainer import train
+from allspark.engine.loop import train
 from allspark.errors import UsageError
 from allspark.runs.folder import RunFolder
 

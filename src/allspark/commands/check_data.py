@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from allspark.config import LAYOUTS
+from allspark.config.schema import LAYOUTS
 from allspark.data.checks import check_data
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from allspark.config import apply_overrides, config_from_dict, load_config
+from allspark.config.loading import apply_overrides, config_from_dict, load_config
 from allspark.errors import ConversionError
 from allspark.models.official import convert_official
 from allspark.runs.weights_file import save_weights

@@ -5,7 +5,8 @@ import argparse
 
 from allspark.commands.options import (add_checkpoint_options, add_config_command, add_device_option,
                                        add_threads_option, set_threads)
-from allspark.config import AMP_MODES, EVAL_MODES, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import AMP_MODES, EVAL_MODES
 from allspark.engine.evaluate import run_evaluation
 from allspark.engine.metrics import format_iou_table
 

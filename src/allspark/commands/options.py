@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from allspark.config import DEVICES
 from allspark.runs.folder import CHECKPOINTS
 from allspark.threads import busy_cores, default_threads, usable_cores
+
+DEVICES = ("auto", "cpu", "cuda")  # `--device` of every command that runs a model; auto: CUDA when available
 
 
 def positive_int(text: str) -> int:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
-from allspark.config import ENGINES, WHOLE_IMAGE_MODES
+from allspark.config.schema import WHOLE_IMAGE_MODES
 from allspark.errors import UsageError
+from allspark.predict.backends import ENGINES
 from allspark.predict.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.predict.predictor import Predictor
 from allspark.runs.atomic import ensure_writable

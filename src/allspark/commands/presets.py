@@ -6,7 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from allspark.config import config_to_dict, list_presets, load_config
+from allspark.config.loading import load_config
+from allspark.config.schema import config_to_dict
+from allspark.presets import list_presets
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from allspark.config import LAYOUTS
+from allspark.config.schema import LAYOUTS
 from allspark.data.splits import add_to_labeled, make_split, write_layout_list
 from allspark.errors import UsageError
 

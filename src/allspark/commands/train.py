@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
-from allspark.config import load_config
-from allspark.engine.trainer import train
+from allspark.config.loading import load_config
+from allspark.engine.loop import train
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from allspark.config import load_config
+from allspark.config.loading import load_config
 from allspark.data.io import check_pair, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
 from allspark.errors import ConfigError, DataError

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from allspark.config import Config
+from allspark.config.schema import Config
 from allspark.data.checks import class_count_problem
 from allspark.data.datasets import ListDataset
 from allspark.data.layouts import mask_converter

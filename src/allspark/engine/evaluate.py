@@ -10,7 +10,8 @@ import torch
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config import Config, apply_overrides, config_from_dict, config_to_dict
+from allspark.config.loading import apply_overrides, config_from_dict
+from allspark.config.schema import Config, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from allspark.config import MIOU_OVER
+from allspark.config.schema import MIOU_OVER
 from allspark.data.io import IGNORE_INDEX
 from allspark.distributed import all_reduce_sum
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from allspark.config import TrainConfig
+from allspark.config.schema import TrainConfig
 
 
 def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict]:

@@ -7,13 +7,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from allspark import config
+from allspark.config.schema import ABLATIONS, GROUPINGS
 from allspark.distributed import is_initialized
 from allspark.encoders.specs import HIERARCHICAL_STRIDE
 from allspark.models.chunked_attention import MAX_DIM, chunked_dropout_attention
 
-MODULE_ABLATIONS = tuple(a for a in config.ABLATIONS if a != "none")  # the Table 5 rows that have the module
-GROUPINGS = config.GROUPINGS
+MODULE_ABLATIONS = tuple(a for a in ABLATIONS if a != "none")  # the Table 5 rows that have the module
 IN_EPS = 1e-5  # instance norm of the attention maps (METHODS.md 1.1)
 LN_EPS = 1e-6
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from allspark.config import Config, ModelConfig
+from allspark.config.schema import Config, ModelConfig
 from allspark.models.pretrained import load_pretrained_encoder
 from allspark.models.segmenter import AllSparkSegmenter, model_config
 

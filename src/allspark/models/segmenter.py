@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allspark.config import Config, ModelConfig, config_from_dict, model_config_from_dict
+from allspark.config.loading import config_from_dict, model_config_from_dict
+from allspark.config.schema import Config, ModelConfig
 from allspark.encoders.registry import build_encoder
 from allspark.encoders.specs import encoder_spec, fit_to_patch
 from allspark.models.allspark import AllSparkBottleneck

@@ -18,13 +18,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from allspark.config import ENGINES, Config, config_from_dict
+from allspark.config.loading import config_from_dict
+from allspark.config.schema import Config
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import resolve_device
 from allspark.errors import EngineError
 from allspark.models.weights import load_model
 from allspark.runs.weights_file import CONFIG_KEY, resolve_weights
 
+ENGINES = ("auto", "torch", "onnx")  # `predict --engine`: PyTorch or an `allspark export` graph under onnxruntime
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the graph's input (1, 3, H, W) and output (1, K, H, W)
 SOURCE_KEY = "source_sha256"  # metadata: SHA-256 of the weights file the graph was exported from
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from allspark.config import config_to_dict
+from allspark.config.schema import config_to_dict
 from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from allspark.predict.backends import INPUT_NAME, OUTPUT_NAME, SOURCE_KEY, OnnxModel
 from allspark.runs.atomic import atomic_write

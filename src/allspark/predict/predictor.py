@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from allspark.config import MIN_CROP, WHOLE_IMAGE_MODES
+from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
 from allspark.predict.backends import load_engine

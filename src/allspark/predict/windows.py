@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from allspark.config import EVAL_MODES, WINDOW_PLACEMENTS, Config
+from allspark.config.schema import EVAL_MODES, WINDOW_PLACEMENTS, Config
 from allspark.errors import ConfigError
 
 

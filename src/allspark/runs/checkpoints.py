@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from allspark.config import Config
+from allspark.config.schema import Config
 from allspark.errors import CheckpointError
 from allspark.runs.atomic import atomic_write
 from allspark.runs.folder import KEPT, RunFolder

@@ -6,7 +6,8 @@ import os
 
 import yaml
 
-from allspark.config import Config, config_from_dict, config_to_dict, load_yaml, with_absolute_paths
+from allspark.config.loading import config_from_dict, load_yaml
+from allspark.config.schema import Config, config_to_dict, with_absolute_paths
 from allspark.errors import ConfigError
 from allspark.runs.atomic import atomic_write_text
 from allspark.runs.checkpoints import has_checkpoint

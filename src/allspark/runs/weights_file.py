@@ -9,7 +9,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from allspark.config import Config, config_from_dict, config_to_dict
+from allspark.config.loading import config_from_dict
+from allspark.config.schema import Config, config_to_dict
 from allspark.errors import CheckpointError
 from allspark.runs.atomic import atomic_write
 from allspark.runs.folder import RunFolder

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from allspark.config import Config
+from allspark.config.schema import Config
 from allspark.data.io import read_list
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import DistInfo, all_gather_object, distributed, on_main

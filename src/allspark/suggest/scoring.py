@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from allspark.config import MIN_CROP, Config
+from allspark.config.schema import Config, MIN_CROP
 from allspark.data.io import IGNORE_INDEX, read_image, read_list, read_mask
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image

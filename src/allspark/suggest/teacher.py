@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from allspark.config import Config
+from allspark.config.schema import Config
 from allspark.models.segmenter import AllSparkSegmenter
 from allspark.models.weights import load_model
 from allspark.runs.checkpoints import ema_weights
