@@ -5,6 +5,7 @@ import argparse
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
+from allspark.suggest.outputs import SHEET
 from allspark.suggest.run import suggest
 from allspark.suggest.selection import STRATEGIES
 from allspark.viz.contact_sheet import save_contact_sheet
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     captions = [f"#{number} {row['image'].rsplit('/', 1)[-1]}\nscore {float(row['score']):.3f} "
                 f"unc {float(row['uncertainty']):.3f} rare {float(row['rarity']):.2f}"
                 for number, row in enumerate(result.chosen, 1)]
-    sheet = save_contact_sheet(result.suggested.with_name("contact_sheet.png"), result.sheet_images,
+    sheet = save_contact_sheet(result.suggested.with_name(SHEET), result.sheet_images,
                                result.sheet_masks, captions, result.palette, result.class_names)
     print(f"{result.note}\nwrote {result.suggested} ({len(result.chosen)} images, best first), {result.scores} and "
           f"{sheet}\nlabel them, then: allspark splits --add {result.suggested} --out SPLITS_DIR")
