@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from allspark.errors import UsageError
+from allspark.suggest import outputs as suggest_outputs
 from allspark.suggest import run as suggest_module
 from suggest_helpers import colour_image, fixed_model, run_suggest, write_list  # noqa: F401 (a fixture)
 
@@ -131,3 +132,21 @@ def test_another_model_is_refused_without_force(tmp_path, fixed_model, scored, c
     assert _outputs(tmp_path / "out") == before and len(scored) == 1
     run_suggest(tmp_path, lines, 2, force=True, **kwargs)
     assert scored[1] == [line.split()[0] for line in lines]
+
+
+def test_a_kill_between_the_two_outputs_leaves_no_suggestion(tmp_path, fixed_model, monkeypatch):
+    lines = _lines(tmp_path, 6)
+    run_suggest(tmp_path, lines, 2)
+    (tmp_path / "out" / "contact_sheet.png").write_bytes(b"the last run's sheet")
+    real = suggest_outputs.atomic_write
+
+    def killed_at_suggested(path, write):
+        if path.name == "suggested.txt":
+            raise KeyboardInterrupt
+        real(path, write)
+    monkeypatch.setattr(suggest_outputs, "atomic_write", killed_at_suggested)
+    with pytest.raises(KeyboardInterrupt):
+        run_suggest(tmp_path, lines[3:] + lines[:3], 2)
+    out = tmp_path / "out"
+    assert (out / "scores.csv").is_file() and not (out / "suggested.txt").exists()
+    assert not (out / "contact_sheet.png").exists()

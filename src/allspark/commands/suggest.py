@@ -32,8 +32,8 @@ def register(sub) -> None:
     parser = sub.add_parser("suggest", description="Score every unlabeled image with a trained model (class-balanced "
                             "entropy, lifted by classes rare in the labeled masks, and pooled encoder features for "
                             "diversity) and write OUT/suggested.txt (best first), OUT/scores.csv and "
-                            "OUT/contact_sheet.png. Resumes from OUT/scoring/ when interrupted; under torchrun each "
-                            "rank scores a share.")
+                            "OUT/contact_sheet.png. Resumes from OUT/scoring/ when interrupted, and scores only the "
+                            "images new to a changed list; under torchrun each rank scores a share.")
     add_checkpoint_options(parser)
     parser.add_argument("--count", type=positive_int, required=True, help="how many images to suggest")
     parser.add_argument("--out", required=True, help="output folder")
@@ -47,7 +47,8 @@ def register(sub) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images of equal size scored together")
     parser.add_argument("--max-side", type=positive_int, default=1024,
                         help="images are shrunk to this longer side for scoring")
-    parser.add_argument("--force", action="store_true", help="score again, dropping OUT/scoring/")
+    parser.add_argument("--force", action="store_true",
+                        help="score every image again, dropping OUT/scoring/ (needed for another model or --max-side)")
     add_threads_option(parser)
     add_device_option(parser)
     parser.set_defaults(run=run)
