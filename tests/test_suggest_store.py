@@ -150,3 +150,14 @@ def test_a_kill_between_the_two_outputs_leaves_no_suggestion(tmp_path, fixed_mod
     out = tmp_path / "out"
     assert (out / "scores.csv").is_file() and not (out / "suggested.txt").exists()
     assert not (out / "contact_sheet.png").exists()
+
+
+def test_a_store_of_the_older_format_is_refused_in_one_line(tmp_path, fixed_model):
+    lines = _lines(tmp_path, 3)
+    scoring = tmp_path / "out" / "scoring"
+    scoring.mkdir(parents=True)
+    (scoring / "source.json").write_text('{"weights": "/old/best.safetensors", "size": 1, "mtime_ns": 2, '
+                                         '"list": "/old/unlabeled.txt", "max_side": 1024}\n')
+    with pytest.raises(UsageError, match="written by an older allspark.*--force"):
+        run_suggest(tmp_path, lines, 1)
+    run_suggest(tmp_path, lines, 1, force=True)
