@@ -12,6 +12,7 @@ from PIL import Image
 from allspark.errors import UsageError
 from allspark.suggest import outputs as suggest_outputs
 from allspark.suggest import run as suggest_module
+from inference_helpers import run_cli, tiny_checkpoint, write_images
 from suggest_helpers import colour_image, fixed_model, run_suggest, write_list  # noqa: F401 (a fixture)
 
 
@@ -161,3 +162,30 @@ def test_a_store_of_the_older_format_is_refused_in_one_line(tmp_path, fixed_mode
     with pytest.raises(UsageError, match="written by an older allspark.*--force"):
         run_suggest(tmp_path, lines, 1)
     run_suggest(tmp_path, lines, 1, force=True)
+
+
+def test_after_splits_add_the_command_suggests_none_of_the_moved_images(tmp_path, capsys):
+    """The issue's case: suggest, move the suggestions to the labeled list, suggest into the same --out."""
+    weights = tiny_checkpoint(tmp_path / "run")
+    root = tmp_path / "data"
+    images = write_images(root / "images", [(40, 40)] * 12)
+    (root / "masks").mkdir()
+    for path in images:
+        Image.fromarray(np.full((40, 40), int(path.stem[3:]) % 3, np.uint8)).save(root / "masks" / path.name)
+    splits = root / "splits"
+    splits.mkdir()
+    write_list(splits / "labeled.txt", [f"images/{p.name} masks/{p.name}" for p in images[:2]])
+    write_list(splits / "unlabeled.txt", [f"images/{p.name} masks/{p.name}" for p in images[2:]])
+    command = ["suggest", "--checkpoint", str(weights), "--count", "3", "--list", str(splits / "unlabeled.txt"),
+               "--labeled", str(splits / "labeled.txt"), "--root", str(root), "--out", str(tmp_path / "out"),
+               "--threads", "1", "--device", "cpu"]
+    assert run_cli(command) == 0
+    moved = (tmp_path / "out" / "suggested.txt").read_text().splitlines()
+    assert run_cli(["splits", "--add", str(tmp_path / "out" / "suggested.txt"), "--out", str(splits)]) == 0
+    capsys.readouterr()
+    assert run_cli(command) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.startswith("scoring 0 of 7 images") and "(7 scored before); dropped the scores of 3 images" in said
+    rows, suggested = _outputs(tmp_path / "out")
+    _assert_agree(rows, suggested, (splits / "unlabeled.txt").read_text().splitlines())
+    assert not set(suggested) & set(moved)
