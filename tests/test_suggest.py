@@ -7,83 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from allspark.config.loading import config_from_dict
-from allspark.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from allspark.suggest import run as suggest_module
-from allspark.suggest.run import suggest
 from inference_helpers import run_cli, tiny_checkpoint, write_images
-
-MEAN = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
-STD = torch.tensor(IMAGENET_STD)[None, :, None, None]
-
-
-class _Pixels(torch.nn.Module):
-    """The 'encoder': the pixels in [0, 1], one feature map (the features are the image's mean colour)."""
-
-    def forward(self, images):
-        return [images * STD + MEAN]
-
-
-class ColourModel(torch.nn.Module):
-    """Logits of class c = 8 x channel c of the pixels in [0, 1]: a grey pixel is uniform (most uncertain), a pure
-    red one certain class 0; the same colours permuted give permuted probabilities (the same entropy)."""
-
-    def __init__(self, stop_after: int | None = None):
-        super().__init__()
-        self.encoder = _Pixels()
-        self.calls, self.stop_after = 0, stop_after
-
-    def forward(self, images):
-        self.calls += 1
-        if self.stop_after is not None and self.calls > self.stop_after:
-            raise KeyboardInterrupt  # a kill in the middle of the scoring
-        return 8 * self.encoder(images)[-1]
-
-
-def _image(root: Path, name: str, colour, size: int = 32) -> str:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    pixels = np.zeros((size, size, 3), np.uint8) + np.array(colour, np.uint8)
-    Image.fromarray(pixels).save(root / "images" / name)
-    return f"images/{name}"
-
-
-def _list(path: Path, lines) -> Path:
-    path.write_text("".join(f"{line}\n" for line in lines))
-    return path
-
-
-@pytest.fixture
-def fixed_model(tmp_path, monkeypatch):
-    """suggest() with ColourModel as the run's model; returns a function making it (stop_after for a kill)."""
-    weights = tmp_path / "fake.safetensors"
-    weights.write_bytes(b"stands for a checkpoint")
-    cfg = config_from_dict({"model": {"encoder": "mit_b0", "num_classes": 3, "crop_size": 32},
-                            "data": {"layout": "folder", "root": str(tmp_path / "data")}})
-    holder = {"model": ColourModel()}
-    monkeypatch.setattr(suggest_module, "load_teacher",
-                        lambda checkpoint, which, device: (holder["model"], cfg, weights, "the fixed model"))
-
-    def use(stop_after=None):
-        holder["model"] = ColourModel(stop_after)
-    return use
-
-
-def _run(tmp_path, lines, count, strategy="both", labeled=None, out="out", **kwargs):
-    root = tmp_path / "data"
-    result = suggest("fake", tmp_path / out, count, list_path=_list(tmp_path / "pool.txt", lines), root=root,
-                     labeled_list=labeled, strategy=strategy, device="cpu", progress=False, **kwargs)
-    return [line.split()[0] for line in result.suggested.read_text().splitlines()], result
+from suggest_helpers import colour_image, fixed_model, run_suggest, write_list  # noqa: F401 (a fixture)
 
 
 def test_most_uncertain_ranks_first(tmp_path, fixed_model):
     root = tmp_path / "data"
-    lines = [_image(root, "red.png", (255, 0, 0)), _image(root, "reddish.png", (200, 90, 60)),
-             _image(root, "grey.png", (128, 128, 128))]
+    lines = [colour_image(root, "red.png", (255, 0, 0)), colour_image(root, "reddish.png", (200, 90, 60)),
+             colour_image(root, "grey.png", (128, 128, 128))]
     for strategy in ("both", "uncertainty"):
-        chosen, result = _run(tmp_path, lines, 3, strategy, force=True)
+        chosen, result = run_suggest(tmp_path, lines, 3, strategy, force=True)
         assert chosen[0] == "images/grey.png", strategy
         assert [row["image"] for row in result.chosen] == chosen
     scores = {row["image"]: float(row["uncertainty"]) for row in result.chosen}
@@ -93,13 +28,13 @@ def test_most_uncertain_ranks_first(tmp_path, fixed_model):
 
 def test_exact_duplicates_not_both_chosen(tmp_path, fixed_model):
     root = tmp_path / "data"
-    lines = [_image(root, "grey.png", (128, 128, 128)), _image(root, "grey_copy.png", (128, 128, 128)),
-             _image(root, "reddish.png", (200, 90, 60)), _image(root, "red.png", (255, 0, 0))]
-    chosen, _ = _run(tmp_path, lines, 2, "both")
+    lines = [colour_image(root, "grey.png", (128, 128, 128)), colour_image(root, "grey_copy.png", (128, 128, 128)),
+             colour_image(root, "reddish.png", (200, 90, 60)), colour_image(root, "red.png", (255, 0, 0))]
+    chosen, _ = run_suggest(tmp_path, lines, 2, "both")
     assert chosen == ["images/grey.png", "images/reddish.png"]
-    chosen, _ = _run(tmp_path, lines, 2, "uncertainty", force=True)  # without diversity the copy comes second
+    chosen, _ = run_suggest(tmp_path, lines, 2, "uncertainty", force=True)  # without diversity the copy comes second
     assert chosen == ["images/grey.png", "images/grey_copy.png"]
-    chosen, _ = _run(tmp_path, lines, 3, "diversity", force=True)
+    chosen, _ = run_suggest(tmp_path, lines, 3, "diversity", force=True)
     assert not {"images/grey.png", "images/grey_copy.png"} <= set(chosen)
 
 
@@ -109,15 +44,15 @@ def test_rare_class_lifts_its_image(tmp_path, fixed_model):
     mask = np.zeros((32, 32), np.uint8)
     mask[:, 16:] = 1  # the labeled set: classes 0 and 1 in equal shares, no class 2
     Image.fromarray(mask).save(root / "masks" / "l.png")
-    labeled = _list(tmp_path / "labeled.txt", [f"{_image(root, 'l.png', (255, 0, 0))} masks/l.png"])
-    greenish = _image(root, "greenish.png", (80, 180, 80))  # class 1, common in the labeled set
-    bluish = _image(root, "bluish.png", (80, 80, 180))  # class 2, absent from it: the same uncertainty
-    chosen, result = _run(tmp_path, [greenish, bluish], 2, "uncertainty", labeled=labeled)
+    labeled = write_list(tmp_path / "labeled.txt", [f"{colour_image(root, 'l.png', (255, 0, 0))} masks/l.png"])
+    greenish = colour_image(root, "greenish.png", (80, 180, 80))  # class 1, common in the labeled set
+    bluish = colour_image(root, "bluish.png", (80, 80, 180))  # class 2, absent from it: the same uncertainty
+    chosen, result = run_suggest(tmp_path, [greenish, bluish], 2, "uncertainty", labeled=labeled)
     assert chosen == [bluish, greenish]
     rows = {row["image"]: row for row in result.chosen}
     assert float(rows[bluish]["uncertainty"]) == pytest.approx(float(rows[greenish]["uncertainty"]), rel=1e-4)
     assert (float(rows[bluish]["rarity"]), float(rows[greenish]["rarity"])) == (1.0, 0.0)
-    _, result = _run(tmp_path, [greenish, bluish], 2, "uncertainty", force=True)  # no labeled masks: no lift
+    _, result = run_suggest(tmp_path, [greenish, bluish], 2, "uncertainty", force=True)  # no labeled masks: no lift
     scores = [float(row["score"]) for row in result.chosen]
     assert [float(row["rarity"]) for row in result.chosen] == [0.0, 0.0] and scores[0] == pytest.approx(scores[1])
 
@@ -125,19 +60,19 @@ def test_rare_class_lifts_its_image(tmp_path, fixed_model):
 def test_resume_after_kill_gives_the_same_ranking(tmp_path, fixed_model):
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
-    lines = [_image(root, f"img{i}.png", rng.integers(0, 256, 3)) for i in range(7)]
-    whole, _ = _run(tmp_path, lines, 4, out="whole")
+    lines = [colour_image(root, f"img{i}.png", rng.integers(0, 256, 3)) for i in range(7)]
+    whole, _ = run_suggest(tmp_path, lines, 4, out="whole")
     fixed_model(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, lines, 4, out="killed")
+        run_suggest(tmp_path, lines, 4, out="killed")
     scoring = tmp_path / "killed" / "scoring"
     assert len((scoring / "rows.0.csv").read_text().splitlines()) == 1 + 3
     with open(scoring / "features.0.f32", "ab") as handle:  # killed after a batch's features, inside its row
         handle.write(np.ones(3, np.float32).tobytes())
     with open(scoring / "rows.0.csv", "a") as handle:
-        handle.write("3,images/img3.png,,0.5")
+        handle.write("images/img3.png,100,12")
     fixed_model()  # resumed: only the four images left are scored
-    resumed, _ = _run(tmp_path, lines, 4, out="killed")
+    resumed, _ = run_suggest(tmp_path, lines, 4, out="killed")
     assert resumed == whole
     assert (tmp_path / "killed" / "scores.csv").read_text() == (tmp_path / "whole" / "scores.csv").read_text()
 
@@ -145,7 +80,7 @@ def test_resume_after_kill_gives_the_same_ranking(tmp_path, fixed_model):
 def test_command_writes_lists_scores_and_sheet(tmp_path, capsys):
     weights = tiny_checkpoint(tmp_path / "run")
     images = write_images(tmp_path / "data" / "images", [(40, 48)] * 4 + [(36, 36)])
-    pool = _list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
+    pool = write_list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
     assert run_cli(["suggest", "--checkpoint", str(weights), "--count", "3", "--list", str(pool), "--root",
                     str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--threads", "1", "--device", "cpu"]) == 0
     suggested = (tmp_path / "out" / "suggested.txt").read_text().splitlines()
@@ -160,7 +95,7 @@ def test_command_writes_lists_scores_and_sheet(tmp_path, capsys):
 def test_two_ranks_share_the_scoring_and_rank_as_one_process(tmp_path):
     weights = tiny_checkpoint(tmp_path / "run")
     images = write_images(tmp_path / "data" / "images", [(40, 40)] * 5)
-    pool = _list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
+    pool = write_list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
     common = ["suggest", "--checkpoint", str(weights), "--count", "3", "--list", str(pool), "--root",
               str(tmp_path / "data"), "--threads", "1", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -189,7 +124,7 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path, capsys, case):
         count = "3"
     else:
         (tmp_path / "data" / "images" / "img1.png").write_bytes(b"not a png")
-    pool = _list(tmp_path / "pool.txt", lines)
+    pool = write_list(tmp_path / "pool.txt", lines)
     code = run_cli(["suggest", "--checkpoint", checkpoint, "--count", count, "--list", str(pool), "--root",
                     str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--threads", "1", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -207,8 +142,8 @@ def _splits(tmp_path):
     for name in names[:4]:
         (root / "masks" / f"{name}.png").write_bytes(b"mask")
     (root / "splits").mkdir()
-    _list(root / "splits" / "labeled.txt", [f"images/{n}.png masks/{n}.png" for n in names[:2]])
-    _list(root / "splits" / "unlabeled.txt", [f"images/{n}.png masks/{n}.png" for n in names[2:4]]
+    write_list(root / "splits" / "labeled.txt", [f"images/{n}.png masks/{n}.png" for n in names[:2]])
+    write_list(root / "splits" / "unlabeled.txt", [f"images/{n}.png masks/{n}.png" for n in names[2:4]]
           + [f"images/{n}.png" for n in names[4:]])
     return root
 
@@ -221,7 +156,7 @@ def test_splits_add_keeps_lists_disjoint_and_complete(tmp_path, capsys):
     root = _splits(tmp_path)
     splits = root / "splits"
     before = set(_entries(splits / "labeled.txt")) | set(_entries(splits / "unlabeled.txt"))
-    suggested = _list(tmp_path / "suggested.txt", ["images/i3.png", "images/i0.png", "images/i5.png masks/i2.png",
+    suggested = write_list(tmp_path / "suggested.txt", ["images/i3.png", "images/i0.png", "images/i5.png masks/i2.png",
                                                    "images/i3.png"])
     assert run_cli(["splits", "--add", str(suggested), "--out", str(splits)]) == 0
     labeled, unlabeled = _entries(splits / "labeled.txt"), _entries(splits / "unlabeled.txt")
@@ -235,7 +170,7 @@ def test_splits_add_refuses_images_without_masks(tmp_path, capsys):
     root = _splits(tmp_path)
     splits = root / "splits"
     before = [(splits / name).read_text() for name in ("labeled.txt", "unlabeled.txt")]
-    suggested = _list(tmp_path / "suggested.txt", ["images/i2.png", "images/i4.png", "images/i5.png masks/i9.png"])
+    suggested = write_list(tmp_path / "suggested.txt", ["images/i2.png", "images/i4.png", "images/i5.png masks/i9.png"])
     assert run_cli(["splits", "--add", str(suggested), "--out", str(splits)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no mask" in err[0] and "images/i4.png" in err[0] and "images/i5.png" in err[0]

@@ -307,6 +307,54 @@ def relative_paths_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, in
     return (case, *run_case(case, timeout))
 
 
+def _suggest_argv(run: Path, root: Path, out: Path, list_path: Path, lines: list[str]) -> list[str]:
+    """`suggest` argv choosing 2 of `lines` (written to `list_path`) into `out`."""
+    list_path.write_text("".join(f"{line}\n" for line in lines))
+    return ["suggest", "--checkpoint", str(run), "--list", str(list_path), "--root", str(root), "--count", "2",
+            "--out", str(out), "--threads", "1", "--device", "cpu"]
+
+
+def _scores_csv(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "scores.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def suggest_store_cases(root: Path, tmp: Path, run: Path, timeout: float):
+    """`suggest` into an --out that holds scores: of another version of the list (2 lines gone, 2 new, reordered:
+    checked that only the new ones are scored, scores.csv holds the list's images with the scores they had and
+    suggested.txt is its top), and of another checkpoint (refused)."""
+    from allspark.runs.weights_file import read_weights, resolve_weights, save_weights
+
+    out = tmp / "suggest_store"
+    first = [line.split()[0] for line in (root / "train.txt").read_text().splitlines()]
+    second = (first[:2] + first[4:] + [line.split()[0] for line in (root / "val.txt").read_text().splitlines()])[::-1]
+    run_case(Case("setup", _suggest_argv(run, root, out, tmp / "suggest_first.txt", first)), timeout)
+    before = {row["image"]: row["score"] for row in _scores_csv(out)}
+    case = Case("suggest: --out holding scores of another list version",
+                _suggest_argv(run, root, out, tmp / "suggest_second.txt", second), expect="ok")
+    done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
+                          env=case_env(case), timeout=timeout)
+    count, message = first_message(done.returncode, done.stderr, done.stdout)
+    said = (done.stdout.splitlines() or [""])[0]
+    rows_ = _scores_csv(out) if done.returncode == 0 else []
+    ranked = [row["image"] for row in sorted((r for r in rows_ if r["rank"]), key=lambda r: int(r["rank"]))]
+    right = ([row["image"] for row in rows_] == second and said.startswith("scoring 2 of 6 images")
+             and all(before[row["image"]] == row["score"] for row in rows_ if row["image"] in before)
+             and (out / "suggested.txt").read_text().split() == ranked)
+    if done.returncode == 0:
+        message = f"(stdout) {said}" + (" [scores.csv: the list's images, kept scores equal; suggested.txt its top]"
+                                         if right else "")
+    yield case, done.returncode, count, message if right else f"WRONG: {message}"
+    tensors, cfg = read_weights(resolve_weights(run))
+    name = next(key for key, tensor in tensors.items() if tensor.is_floating_point())
+    save_weights(tmp / "other.safetensors", {**tensors, name: tensors[name] + 1}, cfg)
+    case = Case("suggest: --out holding scores of another checkpoint",
+                _suggest_argv(tmp / "other.safetensors", root, out, tmp / "suggest_second.txt", second))
+    yield (case, *run_case(case, timeout))
+
+
 def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     """(case, exit code, stderr line count, message) for each case, then the busy run_dir and --force-config cases."""
     for case in cases:
@@ -325,6 +373,9 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
     if args.only in "eval: a run with relative paths, from another folder":
         yield relative_paths_case(root, tmp, args.timeout)
+    if any(args.only in f"suggest: --out holding scores of another {what}" for what in ("list version", "checkpoint")):
+        yield from (row for row in suggest_store_cases(root, tmp, tmp / "runs" / "good", args.timeout)
+                    if args.only in row[0].name)
 
 
 def main() -> None:
@@ -355,7 +406,7 @@ def run_all(args: argparse.Namespace) -> None:
         for case, code, count, message in rows(cases, root, tmp, args):
             message = message.replace(folder, "$TMP").replace("|", "\\|")[: args.width]
             flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) or \
-                message.startswith("LOST") else ""
+                message.startswith(("LOST", "WRONG")) else ""
             print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
 
 

@@ -5,6 +5,7 @@ import argparse
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
+from allspark.suggest.outputs import SHEET
 from allspark.suggest.run import suggest
 from allspark.suggest.selection import STRATEGIES
 from allspark.viz.contact_sheet import save_contact_sheet
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     captions = [f"#{number} {row['image'].rsplit('/', 1)[-1]}\nscore {float(row['score']):.3f} "
                 f"unc {float(row['uncertainty']):.3f} rare {float(row['rarity']):.2f}"
                 for number, row in enumerate(result.chosen, 1)]
-    sheet = save_contact_sheet(result.suggested.with_name("contact_sheet.png"), result.sheet_images,
+    sheet = save_contact_sheet(result.suggested.with_name(SHEET), result.sheet_images,
                                result.sheet_masks, captions, result.palette, result.class_names)
     print(f"{result.note}\nwrote {result.suggested} ({len(result.chosen)} images, best first), {result.scores} and "
           f"{sheet}\nlabel them, then: allspark splits --add {result.suggested} --out SPLITS_DIR")
@@ -31,8 +32,8 @@ def register(sub) -> None:
     parser = sub.add_parser("suggest", description="Score every unlabeled image with a trained model (class-balanced "
                             "entropy, lifted by classes rare in the labeled masks, and pooled encoder features for "
                             "diversity) and write OUT/suggested.txt (best first), OUT/scores.csv and "
-                            "OUT/contact_sheet.png. Resumes from OUT/scoring/ when interrupted; under torchrun each "
-                            "rank scores a share.")
+                            "OUT/contact_sheet.png. Resumes from OUT/scoring/ when interrupted, and scores only the "
+                            "images new to a changed list; under torchrun each rank scores a share.")
     add_checkpoint_options(parser)
     parser.add_argument("--count", type=positive_int, required=True, help="how many images to suggest")
     parser.add_argument("--out", required=True, help="output folder")
@@ -46,7 +47,8 @@ def register(sub) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images of equal size scored together")
     parser.add_argument("--max-side", type=positive_int, default=1024,
                         help="images are shrunk to this longer side for scoring")
-    parser.add_argument("--force", action="store_true", help="score again, dropping OUT/scoring/")
+    parser.add_argument("--force", action="store_true",
+                        help="score every image again, dropping OUT/scoring/ (needed for another model or --max-side)")
     add_threads_option(parser)
     add_device_option(parser)
     parser.set_defaults(run=run)

@@ -12,9 +12,9 @@ import torch
 
 from allspark.runs.atomic import atomic_write
 from allspark.suggest.scoring import predict_one
-from allspark.suggest.store import FIELDS
 
-SCORE_FIELDS = ("rank", *FIELDS[1:-1])  # OUT/scores.csv: the list index and feature width stay internal
+SCORE_FIELDS = ("rank", "image", "mask", "uncertainty", "rarity", "score", "classes")  # OUT/scores.csv
+SHEET = "contact_sheet.png"  # OUT/contact_sheet.png, written by the command from the Suggestion
 SHEET_MAX = 24  # images on the contact sheet (the best of the chosen)
 
 
@@ -31,22 +31,25 @@ class Suggestion:
     note: str
 
 
-def _write_scores(path: str, rows: dict[int, dict], indices: list[int], rank_of: dict[int, int]) -> None:
+def _write_scores(path: str, table: list[dict], rank_of: dict[int, int]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, SCORE_FIELDS)
         writer.writeheader()
-        for index in indices:
-            writer.writerow({"rank": rank_of.get(index, ""), **{key: rows[index][key] for key in SCORE_FIELDS[1:]}})
+        for place, row in enumerate(table):
+            writer.writerow({"rank": rank_of.get(place, ""), **{key: row[key] for key in SCORE_FIELDS[1:]}})
 
 
-def write_outputs(out: Path, entries, rows: dict[int, dict], order: np.ndarray, indices: list[int]) -> tuple[Path, Path]:
-    """OUT/suggested.txt (the chosen lines, best first, list format) and OUT/scores.csv (every image, its parts, its
-    rank among the chosen or empty), each replaced in one step."""
-    rank_of = {indices[i]: number for number, i in enumerate(order, 1)}
+def write_outputs(out: Path, table: list[dict], order: np.ndarray) -> tuple[Path, Path]:
+    """OUT/scores.csv (every row of `table`, its rank among the chosen or empty) and OUT/suggested.txt (the chosen
+    rows' lines, best first), both from the same rows. The old suggested.txt and contact sheet go first and
+    suggested.txt comes last, each file replaced in one step, so a kill leaves no suggestion that disagrees with
+    scores.csv."""
     suggested, scores = out / "suggested.txt", out / "scores.csv"
-    lines = [" ".join(part for part in entries[indices[i]] if part) for i in order]
+    suggested.unlink(missing_ok=True)
+    (out / SHEET).unlink(missing_ok=True)
+    atomic_write(scores, lambda tmp: _write_scores(tmp, table, {int(place): n for n, place in enumerate(order, 1)}))
+    lines = [" ".join(part for part in (table[i]["image"], table[i]["mask"]) if part) for i in order]
     atomic_write(suggested, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in lines)))
-    atomic_write(scores, lambda tmp: _write_scores(tmp, rows, indices, rank_of))
     return suggested, scores
 
 

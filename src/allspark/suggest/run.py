@@ -1,10 +1,11 @@
 """`allspark suggest`: score every unlabeled image with a trained model and rank which to label next.
 
-Streamed: images are read and scored a batch at a time (`scoring`); each rank appends its rows (score parts) and
-pooled encoder features to its own files under OUT/scoring/ (`store`) as they are computed, so memory holds one
-batch plus a feature vector per image, and a killed run resumes where its files end and ranks the same. Under
-torchrun each rank scores every world_size-th image not yet stored; the selection (`selection`) then runs on rank 0
-over the stored values alone and writes the outputs (`outputs`)."""
+Streamed: images are read and scored a batch at a time (`scoring`); each rank appends its rows (uncertainty and
+predicted pixels per class) and pooled encoder features to its own files under OUT/scoring/ (`store`) as they are
+computed, so memory holds one batch plus a feature vector per image, and a killed run resumes where its files end
+and ranks the same. Rows are keyed by image, so a changed list scores only its new images. Under torchrun each rank
+scores every world_size-th image not yet stored; rank 0 then lifts the stored rows by the current labeled masks,
+selects (`selection`) and writes the outputs (`outputs`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,18 +14,19 @@ from typing import Callable
 
 import numpy as np
 
-from allspark.config.schema import Config
+from allspark.config.schema import Config, config_to_dict
 from allspark.data.io import read_list
 from allspark.data.layouts import class_names_and_palette
-from allspark.distributed import DistInfo, all_gather_object, distributed, on_main
+from allspark.distributed import all_gather_object, distributed, on_main
 from allspark.errors import InputError
 from allspark.suggest.outputs import Suggestion, sheet_pairs, write_outputs
-from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool
+from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool, score_row
 from allspark.suggest.selection import class_rarity, select
-from allspark.suggest.store import check_source, read_scored, source_key
-from allspark.suggest.teacher import load_teacher
+from allspark.suggest.store import check_source, keep_current, read_scored, source_key, stamp, stored_images
+from allspark.suggest.teacher import load_teacher, model_digest
 
 Say = Callable[[str], None]
+NOT_IN_FORWARD = ("pretrained", "freeze_encoder")  # model settings that leave the trained model's outputs alone
 
 
 def _silent(line: str) -> None:
@@ -40,9 +42,13 @@ class _Pool:
     labeled: list[tuple[str, str | None]]
     counts: np.ndarray | None  # labeled pixels per class; None without labeled masks
 
+    def images(self) -> list[str]:
+        """The distinct images, in list order: what the store's rows are keyed by."""
+        return [self.entries[i][0] for i in self.indices]
 
-def _pool(cfg: Config, weights: Path, root: Path, list_path: str | Path | None, labeled_list: str | Path | None,
-          count: int) -> _Pool:
+
+def _pool(cfg: Config, weights: Path, list_path: str | Path | None, labeled_list: str | Path | None, count: int,
+          root: Path) -> _Pool:
     """The list to choose `count` images from (default: the run's unlabeled list) and the labeled list (default:
     the run's), read; raises InputError without a list or with fewer distinct images than `count`."""
     if list_path is None:
@@ -62,9 +68,36 @@ def _pool(cfg: Config, weights: Path, root: Path, list_path: str | Path | None, 
     return _Pool(list_path, entries, indices, labeled, counts)
 
 
-def _my_share(pool: _Pool, done: dict[int, dict], info: DistInfo) -> list[int]:
-    """This rank's images: every world_size-th of those not yet in the store, from its rank on."""
-    return [i for i in pool.indices if i not in done][info.rank::info.world_size]
+def _open_store(out: Path, model, cfg: Config, what: str, pool: _Pool, root: Path, max_side: int,
+                force: bool) -> tuple[int, int]:
+    """Rank 0's part before scoring: refuse stored rows of another model, trim what a kill left, drop the rows of
+    images no longer listed or changed since; returns (rows kept, rows dropped)."""
+    architecture = {key: value for key, value in config_to_dict(cfg)["model"].items() if key not in NOT_IN_FORWARD}
+    check_source(out, source_key(model_digest(model), what, architecture, max_side), force)
+    return keep_current(out, {image: stamp(root / image) for image in pool.images()})
+
+
+def _rank(model, cfg: Config, root: Path, pool: _Pool, out: Path, count: int, strategy: str, max_side: int,
+          device) -> tuple[list[dict], np.ndarray]:
+    """(a row of score parts per distinct image in list order, the chosen rows' places best first): the stored
+    rows lifted by the current labeled masks, then `select`."""
+    scored = read_scored(out)
+    rarity, names = class_rarity(pool.counts, cfg.model.num_classes), class_names_and_palette(cfg)[0]
+    table = [{"image": image, "mask": mask or "", **score_row(scored[image][0], rarity, names)}
+             for image, mask in (pool.entries[i] for i in pool.indices)]
+    features = np.stack([scored[image][1] for image in pool.images()])
+    anchors = None
+    if pool.labeled and strategy != "uncertainty":
+        anchors = anchor_features(model, root, pool.labeled, max_side, device)
+    order = select(np.array([float(row["score"]) for row in table]), features, count, strategy, anchors)
+    return table, order
+
+
+def _say_counts(say: Say, pool: _Pool, kept: int, dropped: int, what: str, weights: Path) -> None:
+    total = len(pool.indices)
+    say(f"scoring {total - kept} of {total} images with {what} of {weights}"
+        + (f" ({kept} scored before)" if kept else "")
+        + (f"; dropped the scores of {dropped} images no longer in the list or changed since" if dropped else ""))
 
 
 def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str | Path | None = None,
@@ -79,30 +112,23 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
     with distributed(device) as info:
         model, cfg, weights, what = load_teacher(checkpoint, which, info.device)
         root = Path(root) if root is not None else Path(cfg.data.root)
-        pool = _pool(cfg, weights, root, list_path, labeled_list, count)
+        pool = _pool(cfg, weights, list_path, labeled_list, count, root)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        on_main(info, lambda: check_source(out, source_key(weights, pool.list_path, max_side), force))  # others wait
-        done, _ = read_scored(out)
+        kept = on_main(info, lambda: _open_store(out, model, cfg, what, pool, root, max_side, force))  # others wait
         if info.is_main:
-            say(f"scoring {len(pool.indices) - len(done)} of {len(pool.indices)} images with {what} of {weights}"
-                + (f" ({len(done)} scored before)" if done else ""))
-        score_pool(model, cfg, root, pool.entries, out, class_rarity(pool.counts, cfg.model.num_classes),
-                   _my_share(pool, done, info), batch_size, max_side, info.device, info.rank, progress)
+            _say_counts(say, pool, *kept, what, weights)
+        done = stored_images(out)
+        mine = [i for i in pool.indices if pool.entries[i][0] not in done][info.rank::info.world_size]
+        score_pool(model, root, pool.entries, out, mine, batch_size, max_side, info.device, info.rank, progress)
         all_gather_object(None)  # every rank's rows are on disk
         if not info.is_main:
             return None
-        rows, features = read_scored(out)
-        scores = np.array([float(rows[i]["score"]) for i in pool.indices])
-        feats = np.stack([features[i] for i in pool.indices])
-        anchors = None
-        if pool.labeled and strategy != "uncertainty":
-            anchors = anchor_features(model, root, pool.labeled, max_side, info.device)
-        order = select(scores, feats, count, strategy, anchors)
-        suggested, scores_path = write_outputs(out, pool.entries, rows, order, pool.indices)
-        images, masks = sheet_pairs(model, [root / pool.entries[pool.indices[i]][0] for i in order], max_side, info.device)
+        table, order = _rank(model, cfg, root, pool, out, count, strategy, max_side, info.device)
+        suggested, scores_path = write_outputs(out, table, order)
+        images, masks = sheet_pairs(model, [root / table[i]["image"] for i in order], max_side, info.device)
         names, palette = class_names_and_palette(cfg)
         lift = ("rare-class lift from the labeled masks" if pool.counts is not None
                 else "no labeled masks: no rare-class lift")
-        return Suggestion([rows[pool.indices[i]] for i in order], suggested, scores_path, images, masks, names, palette,
+        return Suggestion([table[i] for i in order], suggested, scores_path, images, masks, names, palette,
                           f"{what} of {weights}; strategy {strategy}; {lift}")

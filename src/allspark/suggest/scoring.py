@@ -11,16 +11,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from allspark.config.schema import Config, MIN_CROP
+from allspark.config.schema import MIN_CROP
 from allspark.data.io import IGNORE_INDEX, read_image, read_list, read_mask
-from allspark.data.layouts import class_names_and_palette
 from allspark.data.normalize import normalize_image
 from allspark.errors import DataError
 from allspark.suggest.selection import (class_balanced_uncertainty, combined_score, entropy_map, image_rarity,
                                         present_classes)
-from allspark.suggest.store import appending
+from allspark.suggest.store import Stamp, appending, stamp
 
-Batch = list[tuple[int, np.ndarray]]  # (list index, uint8 pixels (H, W, 3)) of images of one size
+Batch = list[tuple[int, Stamp | None, np.ndarray]]  # (list index, file stamp, uint8 pixels (H, W, 3)), one size
 
 
 def labeled_class_counts(root: Path, list_path: Path | None, num_classes: int) -> np.ndarray | None:
@@ -90,13 +89,19 @@ def anchor_features(model: torch.nn.Module, root: Path, labeled: Sequence[tuple[
     return np.stack([predict_one(model, root / image, max_side, device)[2] for image, _ in labeled])
 
 
-def score_row(prob: np.ndarray, rarity: np.ndarray, names: Sequence[str]) -> dict:
-    """One image's score parts from its probabilities (K, H, W) and the rarity (K,) of each class, as the store's
-    strings."""
-    pred = prob.argmax(0)
-    uncertainty, counts = class_balanced_uncertainty(entropy_map(prob), pred, len(rarity))
+def measure(prob: np.ndarray) -> dict:
+    """What the store keeps of one image's probabilities (K, H, W): its class-balanced uncertainty and predicted
+    pixels per class, as strings; the rarity lift depends on the labeled masks and is applied when ranking."""
+    uncertainty, counts = class_balanced_uncertainty(entropy_map(prob), prob.argmax(0), prob.shape[0])
+    return {"uncertainty": repr(uncertainty), "counts": "|".join(str(int(count)) for count in counts)}
+
+
+def score_row(stored: dict, rarity: np.ndarray, names: Sequence[str]) -> dict:
+    """One image's score parts from its stored row and the rarity (K,) of each class, as strings."""
+    counts = np.array([float(count) for count in stored["counts"].split("|")])
     lift = image_rarity(counts, rarity)
-    return {"uncertainty": repr(uncertainty), "rarity": repr(lift), "score": repr(combined_score(uncertainty, lift)),
+    return {"uncertainty": stored["uncertainty"], "rarity": repr(lift),
+            "score": repr(combined_score(float(stored["uncertainty"]), lift)),
             "classes": "|".join(names[c] for c in np.flatnonzero(present_classes(counts)))}
 
 
@@ -105,29 +110,31 @@ def _batches(root: Path, entries: Sequence[tuple[str, str | None]], indices: Seq
     """The images `entries[i]`, i in `indices`, read one at a time and grouped: at most `batch_size`, one size."""
     batch: Batch = []
     for index in indices:
+        stamped = stamp(root / entries[index][0])  # before reading: a file changed meanwhile is scored again
         pixels = load_pixels(root / entries[index][0], max_side)
-        if batch and (len(batch) == batch_size or pixels.shape != batch[0][1].shape):
+        if batch and (len(batch) == batch_size or pixels.shape != batch[0][2].shape):
             yield batch
             batch = []
-        batch.append((index, pixels))
+        batch.append((index, stamped, pixels))
     if batch:
         yield batch
 
 
-def score_pool(model: torch.nn.Module, cfg: Config, root: Path, entries: Sequence[tuple[str, str | None]],
-               out: Path, rarity: np.ndarray, indices: Sequence[int], batch_size: int = 1, max_side: int = 1024,
-               device: torch.device | str = "cpu", rank: int = 0, progress: bool = True) -> int:
+def score_pool(model: torch.nn.Module, root: Path, entries: Sequence[tuple[str, str | None]], out: Path,
+               indices: Sequence[int], batch_size: int = 1, max_side: int = 1024, device: torch.device | str = "cpu",
+               rank: int = 0, progress: bool = True) -> int:
     """Score the images `entries[i]` for i in `indices`, appending each batch's rows and features to this rank's
-    files in the store as soon as they are computed; returns how many were scored."""
-    names = class_names_and_palette(cfg)[0]
+    files in the store as soon as they are computed; returns how many were scored (none: no file is touched)."""
+    if not indices:
+        return 0
     bar = tqdm(total=len(indices), desc=f"suggest (rank {rank})" if rank else "suggest", unit="img",
                file=sys.stderr, disable=not progress)
     with LastFeature(model.encoder) as hook, bar, appending(out, rank) as append:
         for batch in _batches(root, entries, indices, batch_size, max_side):
-            images = torch.stack([normalize_image(pixels) for _, pixels in batch]).to(device)
+            images = torch.stack([normalize_image(pixels) for _, _, pixels in batch]).to(device)
             probs, feats = probs_and_features(model, images, hook)
-            rows = [{"index": index, "image": entries[index][0], "mask": entries[index][1] or "",
-                     **score_row(prob, rarity, names)} for (index, _), prob in zip(batch, probs)]
+            rows = [{"image": entries[index][0], "bytes": stamped[0], "mtime_ns": stamped[1], **measure(prob)}
+                    for (index, stamped, _), prob in zip(batch, probs)]
             append(rows, feats)
             bar.update(len(batch))
     return len(indices)

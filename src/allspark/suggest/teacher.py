@@ -2,6 +2,7 @@
 holds one (the better pseudo-labeller)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -29,3 +30,13 @@ def load_teacher(checkpoint: str | Path, which: str = "best", device: torch.devi
     model, cfg = load_model(weights, device=device)
     best_is_ema = folder is not None and weights == folder.weights("best") and cfg.train.best_of == "ema"
     return model, cfg, weights, "the EMA teacher" if best_is_ema else "the student"
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every tensor of the model's state (names, dtypes, shapes, bytes): what the scores come from, however
+    the weights file was named, copied or touched."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
