@@ -8,6 +8,7 @@ section changes the teacher, the student's unlabeled views and passes and the un
 """
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -33,7 +34,7 @@ from allspark.engine.recipes import (EmaTeacher, complementary_masks, confident_
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from allspark.models import build_model
-from allspark.runs.checkpoints import load_checkpoint, save_checkpoint
+from allspark.runs.checkpoints import newest_pair, save_checkpoint
 from allspark.runs.folder import RunFolder
 from allspark.runs.lock import lock_run_dir
 from allspark.runs.logs import setup_logger
@@ -309,13 +310,15 @@ class _Run:
         return self.trainer.iteration
 
     def resume(self) -> None:
-        """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
-        checkpoint = load_checkpoint(self.run_dir)
-        if checkpoint is not None:
-            self.trainer.load_state(*checkpoint)
-            self.at = Position.from_state(checkpoint[1])
-            self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.iteration,
-                          self.at.epoch, self.at.epoch_iter)
+        """Continue from the newest checkpoint pair that loads, saying which (and why a newer one did not); metrics
+        past the starting point are dropped either way."""
+        pair = newest_pair(self.run_dir)
+        if pair is not None:
+            self.trainer.load_state(pair.model_state, pair.state)
+            self.at = Position.from_state(pair.state)
+            self.log.log(logging.WARNING if pair.skipped else logging.INFO,
+                         "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
+                         self.at.epoch, self.at.epoch_iter, pair.source)
         if self.info.is_main:
             truncate_metrics(self.run_dir, self.iteration)
 
