@@ -279,7 +279,8 @@ def disk_full_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | s
     and the previous pair still loads. Mounting needs root; otherwise the row says it was skipped."""
     mount = tmp / "small_disk"
     mount.mkdir()
-    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", "train.epochs=3"))
+    saves = ("train.epochs=3", "train.max_iters=3", "train.checkpoint_every=1")  # at iterations 1, 2 and 3
+    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", *saves))
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         return case, "skipped", 0, "needs root to mount a small tmpfs"
