@@ -10,7 +10,7 @@ import torch
 
 from allspark.cli import main
 from allspark.engine.trainer import train
-from allspark.errors import CheckpointError, DiskFullError
+from allspark.errors import CheckpointError, ConfigError, DiskFullError
 from allspark.runs import checkpoints as checkpoint_module
 from allspark.runs import weights_file as weights_module
 from allspark.runs.atomic import atomic_write
@@ -75,6 +75,14 @@ def test_a_latest_file_cut_short_resumes_from_the_previous_pair(data_root, finis
     assert len(resumed) == 1 and f"{line}load (" in resumed[0] and resumed[0].endswith("); skipped)")
     # the damaged pair was overwritten, not kept over the pair that loaded
     assert _iterations(run, "latest") == (8, 8) and _iterations(run, "previous") == (6, 6)
+
+
+def test_a_model_change_is_told_from_the_pair_that_loads(data_root, finished, tmp_path):
+    run = tmp_path / "run"
+    _copy(finished, run)
+    _truncate(RunFolder(run).weights())
+    with pytest.raises(ConfigError, match="does not fit this model \\(model.encoder: 'mit_b0' -> 'mit_b1'\\)"):
+        train(make_cfg(data_root, run, "sup", "train.epochs=4", "model.encoder=mit_b1"), progress=False)
 
 
 def test_no_pair_that_loads_names_the_files_and_keeps_best(finished, tmp_path):

@@ -167,12 +167,12 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         return {**state, "ema": self.ema.state_dict()} if self.ema else state
 
-    def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, EMA teacher, optimizer, scaler, schedule position,
-        this rank's RNG.
+    def load_state(self, model_state: dict, state: dict, weights: Path) -> None:
+        """Restore a checkpoint pair (`weights`, the file of `model_state`): weights and memory, EMA teacher,
+        optimizer, scaler, schedule position, this rank's RNG.
         The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
         checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
-        self._check_fits(model_state)
+        self._check_fits(model_state, weights)
         self.model.load_state_dict(model_state)
         if self.ema:
             self.ema.load_state_dict(self.model, state.get("ema"))
@@ -190,8 +190,8 @@ class Trainer:
         else:
             dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
 
-    def _check_fits(self, model_state: dict) -> None:
-        """Raise ConfigError, naming the model keys that changed, when the checkpoint's tensors do not fit."""
+    def _check_fits(self, model_state: dict, weights: Path) -> None:
+        """Raise ConfigError, naming the model keys that changed since `weights`, when its tensors do not fit."""
         own = self.model.state_dict()
         problems = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in model_state.items()
                     if k in own and v.shape != own[k].shape]
@@ -199,7 +199,7 @@ class Trainer:
         problems += [f"{k} unexpected" for k in sorted(set(model_state) - set(own))]
         if not problems:
             return
-        _, saved = read_weights(RunFolder(self.cfg.run_dir).weights())
+        _, saved = read_weights(weights)
         changed = [line for line in config_diff(saved, self.cfg) if line.startswith("model.")]
         raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model ({'; '.join(changed)}): "
                           f"{'; '.join(problems[:3])}; use another run_dir for a different model")
@@ -314,7 +314,7 @@ class _Run:
         past the starting point are dropped either way."""
         pair = newest_pair(self.run_dir)
         if pair is not None:
-            self.trainer.load_state(pair.model_state, pair.state)
+            self.trainer.load_state(pair.model_state, pair.state, pair.weights)
             self.at = Position.from_state(pair.state)
             self.log.log(logging.WARNING if pair.skipped else logging.INFO,
                          "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
