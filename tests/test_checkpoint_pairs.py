@@ -1,11 +1,16 @@
-"""The `latest` pair: a kill between its two writes resumes from the previous complete pair, exactly; a full disk
-stops the run in one line naming the file and the free space (train.log too) and keeps the previous pair."""
+"""The checkpoint pairs: the last two complete ones are kept; a kill between the two writes of `latest`, or a
+`latest` file cut short, resumes from the previous pair, exactly, saying so; a full disk stops the run in one line
+naming the file and the free space (train.log too) and keeps the previous pair."""
+import os
+import shutil
+
 import pytest
 import safetensors.torch
+import torch
 
 from allspark.cli import main
 from allspark.engine.loop import train
-from allspark.errors import DiskFullError
+from allspark.errors import CheckpointError, ConfigError, DiskFullError
 from allspark.runs import checkpoints as checkpoint_module
 from allspark.runs import weights_file as weights_module
 from allspark.runs.atomic import atomic_write
@@ -22,6 +27,78 @@ def data_root(tmp_path_factory):
 
 def _losses(run):
     return [(r["iter"], r["loss"], r["lr"]) for r in read_metrics(run) if r["split"] == "train"]
+
+
+def _iterations(run, name):
+    """The iterations pair `name` holds: its weights' stamp and its state's."""
+    folder = RunFolder(run)
+    return (int(weights_module.weights_metadata(folder.weights(name))["iteration"]),
+            torch.load(folder.state(name), weights_only=True)["iteration"])
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory):
+    """A run of 8 iterations left alone (checkpoints at 3, 6 and 8)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(make_cfg(data_root, run, "sup", "train.epochs=4"), progress=False)
+    return run
+
+
+def _copy(finished, run):
+    """The finished run's checkpoints and metrics in another run directory (its config.yaml names its own)."""
+    shutil.copytree(finished / "checkpoints", run / "checkpoints")
+    shutil.copyfile(finished / "metrics.jsonl", run / "metrics.jsonl")
+
+
+def _truncate(path):
+    """Cut a file to half its size, as a full network disk or a copy cut short leaves it."""
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_the_last_two_complete_pairs_are_kept(finished):
+    assert _iterations(finished, "latest") == (8, 8) and _iterations(finished, "previous") == (6, 6)
+    folder = RunFolder(finished)
+    assert not folder.weights().samefile(folder.weights("previous"))
+
+
+@pytest.mark.parametrize("damaged", ["weights", "state"])
+def test_a_latest_file_cut_short_resumes_from_the_previous_pair(data_root, finished, tmp_path, damaged):
+    run = tmp_path / "run"
+    _copy(finished, run)
+    folder = RunFolder(run)
+    _truncate(getattr(folder, damaged)())
+    train(make_cfg(data_root, run, "sup", "train.epochs=4"), progress=False)
+    assert _losses(run) == _losses(finished)  # continued from iteration 6 exactly as the run left alone
+    name = getattr(folder, damaged)().name
+    line = f"WARNING resuming {run} at iteration 6 (epoch 2, batch 2) from the previous pair (latest: {name} does not "
+    resumed = [text for text in (run / "train.log").read_text().splitlines() if " resuming " in text]
+    assert len(resumed) == 1 and f"{line}load (" in resumed[0] and resumed[0].endswith("); skipped)")
+    # the damaged pair was overwritten, not kept over the pair that loaded
+    assert _iterations(run, "latest") == (8, 8) and _iterations(run, "previous") == (6, 6)
+
+
+def test_a_model_change_is_told_from_the_pair_that_loads(data_root, finished, tmp_path):
+    run = tmp_path / "run"
+    _copy(finished, run)
+    _truncate(RunFolder(run).weights())
+    with pytest.raises(ConfigError, match="does not fit this model \\(model.encoder: 'mit_b0' -> 'mit_b1'\\)"):
+        train(make_cfg(data_root, run, "sup", "train.epochs=4", "model.encoder=mit_b1"), progress=False)
+
+
+def test_no_pair_that_loads_names_the_files_and_keeps_best(finished, tmp_path):
+    run = tmp_path / "run"
+    _copy(finished, run)
+    folder = RunFolder(run)
+    _truncate(folder.state())
+    _truncate(folder.weights("previous"))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(run)
+    message = str(error.value)
+    assert message.startswith(f"{run / 'checkpoints'}: no checkpoint pair to resume from (latest: latest.state.pt "
+                              "does not load (")
+    assert "previous: previous.safetensors does not load (" in message and "\n" not in message
+    assert "delete" not in message and "best.safetensors here stays as it is" in message
+    assert folder.weights("best").is_file()
 
 
 def test_a_kill_between_the_two_writes_resumes_from_the_previous_pair(data_root, tmp_path, monkeypatch):
@@ -48,7 +125,7 @@ def test_a_kill_between_the_two_writes_resumes_from_the_previous_pair(data_root,
     monkeypatch.undo()
     train(make_cfg(data_root, torn, "sup", "train.epochs=4"), progress=False)
     assert _losses(torn) == _losses(whole)
-    assert not (torn / "checkpoints" / "previous.safetensors").exists()
+    assert _iterations(torn, "previous") == (6, 6)  # the two last complete pairs stay
 
 
 def test_a_full_disk_stops_in_one_line_and_keeps_the_previous_pair(data_root, tmp_path, monkeypatch, capsys):

@@ -124,7 +124,7 @@ def test_state_file_loads_with_weights_only(tmp_path):
     assert not list(tmp_path.glob("checkpoints/*.tmp"))
     state["iteration"] = 8  # a state file newer than its weights: caught, not silently mixed
     torch.save(state, state_path)
-    with pytest.raises(ValueError, match="no complete checkpoint pair: latest.state.pt \\(iteration 8\\)"):
+    with pytest.raises(ValueError, match="latest.safetensors is of iteration 7, latest.state.pt of 8"):
         load_checkpoint(tmp_path)
 
 

@@ -1,5 +1,6 @@
 """The run folder's files (allspark.runs): the one atomic write, which every writer of the package goes through,
-and the EMA teacher's weights read from the newest complete checkpoint pair, as resume chooses it."""
+and the checkpoint pairs: the last two complete ones kept, the EMA teacher's weights read from the newest that
+loads, as resume chooses it."""
 import pytest
 import torch
 
@@ -76,14 +77,32 @@ def test_the_ema_weights_come_from_the_newest_complete_pair(tmp_path):
     folder = RunFolder(run)
     weights, ema = ema_weights(run)
     assert weights == folder.weights() and torch.equal(ema["weight"], torch.full((2,), 60.0))
-    # a run killed between the two writes of iteration 9: the kept pair is the newest complete one
+    # a run killed between the two writes of iteration 9 (latest became previous): previous is the newest that loads
     for name in ("weights", "state"):
+        getattr(folder, name)("previous").unlink()
         getattr(folder, name)("previous").hardlink_to(getattr(folder, name)())
     save_weights(folder.weights(), {"weight": torch.full((2,), 9.0)}, cfg, extra={"iteration": "9"})
     weights, ema = ema_weights(run)
     assert weights == folder.weights("previous") and torch.equal(ema["weight"], torch.full((2,), 60.0))
-    assert newest_pair(run) == (folder.weights("previous"), folder.state("previous"))
+    pair = newest_pair(run)
+    assert (pair.name, pair.weights, pair.state["iteration"]) == ("previous", folder.weights("previous"), 6)
+    assert pair.skipped == "latest: latest.safetensors is of iteration 9, latest.state.pt of 6 (a save cut short)"
     assert load_checkpoint(run)[1]["iteration"] == 6  # resume picks the same pair
+
+
+def test_the_ema_weights_pass_over_a_latest_state_cut_short(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("demo", [f"run_dir={run}"])
+    for iteration in (3, 6, 9):
+        _save(run, cfg, iteration, {"weight": torch.full((2,), 10.0 * iteration)})
+    folder = RunFolder(run)
+    assert not folder.state().samefile(folder.state("previous"))  # two complete pairs: 9 and 6
+    with open(folder.state(), "r+b") as handle:
+        handle.truncate(folder.state().stat().st_size // 2)
+    weights, ema = ema_weights(run)
+    assert weights == folder.weights("previous") and torch.equal(ema["weight"], torch.full((2,), 60.0))
+    _save(run, cfg, 12, None)  # the pair that does not load is replaced; the one that loads stays
+    assert newest_pair(run).state["iteration"] == 12 and torch.load(folder.state("previous"))["iteration"] == 6
 
 
 def test_ema_weights_is_none_without_a_teacher_and_refuses_a_torn_run(tmp_path):
@@ -92,5 +111,6 @@ def test_ema_weights_is_none_without_a_teacher_and_refuses_a_torn_run(tmp_path):
     _save(run, cfg, 3, None)
     assert ema_weights(run) is None
     torch.save({"iteration": 4, "ema": {"weight": torch.zeros(2)}}, RunFolder(run).state())
-    with pytest.raises(CheckpointError, match="no complete checkpoint pair: latest.state.pt \\(iteration 4\\)"):
+    with pytest.raises(CheckpointError, match="no checkpoint pair to resume from \\(latest: latest.safetensors is of "
+                                              "iteration 3, latest.state.pt of 4 .*previous.safetensors is missing"):
         ema_weights(run)

@@ -250,12 +250,38 @@ def torn_pair_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | s
     return case, code, count, message or "resumed at iteration 2 from the previous pair"
 
 
+def damaged_pair_cases(root: Path, tmp: Path, timeout: float):
+    """A run with two checkpoint pairs (iterations 1 and 2) whose `latest` state file is cut to half its size: the
+    same command resumes from `previous` and says so; with `previous` cut short too, one line names the files."""
+    from allspark.runs.folder import RunFolder
+
+    trained, pairs = tmp / "runs" / "pairs", ("train.epochs=2", "train.checkpoint_every=1")  # 1 step per epoch
+    run_case(Case("setup", tiny_train(root, trained, *pairs)), timeout)
+    for name, expect, cut in (("latest pair cut short, rerun", "ok", ["state"]),
+                              ("both checkpoint pairs cut short", "fail", ["state", "weights"])):
+        run_dir = tmp / "runs" / name.split()[0]
+        shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+        run = RunFolder(run_dir)
+        for kind, pair in zip(cut, ("latest", "previous")):
+            path = getattr(run, kind)(pair)
+            os.truncate(path, path.stat().st_size // 2)
+        case = Case(f"train: {name}", tiny_train(root, run_dir, *pairs), expect)
+        code, count, message = run_case(case, timeout)
+        if expect == "ok":
+            lines = run.log.read_text().splitlines()
+            message = next((line.split(" ", 2)[-1] for line in lines if " resuming " in line), "")
+            if "at iteration 1 (epoch 0, batch 1) from the previous pair (latest: " not in message:
+                message = f"LOST: {message or 'no resume line'}"
+        yield case, code, count, message
+
+
 def disk_full_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
     """The run directory on a tmpfs with room for one set of checkpoints: the second save fails in one line,
     and the previous pair still loads. Mounting needs root; otherwise the row says it was skipped."""
     mount = tmp / "small_disk"
     mount.mkdir()
-    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", "train.epochs=3"))
+    saves = ("train.epochs=3", "train.max_iters=3", "train.checkpoint_every=1")  # at iterations 1, 2 and 3
+    case = Case("train: disk full while saving a checkpoint", tiny_train(root, mount / "run", *saves))
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         return case, "skipped", 0, "needs root to mount a small tmpfs"
@@ -368,6 +394,9 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
             yield stop_case(root, tmp, signum, args.timeout)
     if args.only in "train: killed between the two checkpoint writes, rerun":
         yield torn_pair_case(root, tmp, args.timeout)
+    damaged = ("train: latest pair cut short, rerun", "train: both checkpoint pairs cut short")
+    if any(args.only in name for name in damaged):
+        yield from (row for row in damaged_pair_cases(root, tmp, args.timeout) if args.only in row[0].name)
     if args.only in "train: disk full while saving a checkpoint":
         yield disk_full_case(root, tmp, args.timeout)
     yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)

@@ -3,6 +3,7 @@ resuming at any iteration and stopping on a signal. One step itself is engine/st
 """
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -21,7 +22,7 @@ from allspark.engine.evaluate import evaluate
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
-from allspark.runs.checkpoints import load_checkpoint, save_checkpoint
+from allspark.runs.checkpoints import newest_pair, save_checkpoint
 from allspark.runs.folder import RunFolder
 from allspark.runs.lock import lock_run_dir
 from allspark.runs.logs import setup_logger
@@ -135,13 +136,15 @@ class _Run:
         return self.trainer.iteration
 
     def resume(self) -> None:
-        """Continue from `latest` when there is one; metrics past the starting point are dropped either way."""
-        checkpoint = load_checkpoint(self.run_dir)
-        if checkpoint is not None:
-            self.trainer.load_state(*checkpoint)
-            self.position = Position.from_state(checkpoint[1])
-            self.log.info("resuming %s at iteration %d (epoch %d, batch %d)", self.run_dir, self.iteration,
-                          self.position.epoch, self.position.epoch_iter)
+        """Continue from the newest checkpoint pair that loads, saying which (and why a newer one did not); metrics
+        past the starting point are dropped either way."""
+        pair = newest_pair(self.run_dir)
+        if pair is not None:
+            self.trainer.load_state(pair.model_state, pair.state, pair.weights)
+            self.position = Position.from_state(pair.state)
+            self.log.log(logging.WARNING if pair.skipped else logging.INFO,
+                         "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
+                         self.position.epoch, self.position.epoch_iter, pair.source)
         if self.info.is_main:
             truncate_metrics(self.run_dir, self.iteration)
 

@@ -9,6 +9,7 @@ AdamW and lr order. The run around the steps (epochs, evaluation, checkpoints) i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -24,7 +25,6 @@ from allspark.engine.recipes import (EmaTeacher, complementary_masks, confident_
                                      rampup_factor, student_views)
 from allspark.errors import ConfigError, NonFiniteLossError
 from allspark.models import build_model
-from allspark.runs.folder import RunFolder
 from allspark.runs.run_config import config_diff
 from allspark.runs.weights_file import read_weights
 
@@ -153,12 +153,12 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         return {**state, "ema": self.ema.state_dict()} if self.ema else state
 
-    def load_state(self, model_state: dict, state: dict) -> None:
-        """Restore a `latest` checkpoint: weights and memory, EMA teacher, optimizer, scaler, schedule position,
-        this rank's RNG.
+    def load_state(self, model_state: dict, state: dict, weights: Path) -> None:
+        """Restore a checkpoint pair (`weights`, the file of `model_state`): weights and memory, EMA teacher,
+        optimizer, scaler, schedule position, this rank's RNG.
         The optimizer keeps this config's hyperparameters (lr, lr_multi, momentum, weight_decay) and takes the
         checkpoint's momentum buffers, so a `--force-config` change of them takes effect from the next step."""
-        self._check_fits(model_state)
+        self._check_fits(model_state, weights)
         self.model.load_state_dict(model_state)
         if self.ema:
             self.ema.load_state_dict(self.model, state.get("ema"))
@@ -176,8 +176,8 @@ class Trainer:
         else:
             dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
 
-    def _check_fits(self, model_state: dict) -> None:
-        """Raise ConfigError, naming the model keys that changed, when the checkpoint's tensors do not fit."""
+    def _check_fits(self, model_state: dict, weights: Path) -> None:
+        """Raise ConfigError, naming the model keys that changed since `weights`, when its tensors do not fit."""
         own = self.model.state_dict()
         problems = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in model_state.items()
                     if k in own and v.shape != own[k].shape]
@@ -185,7 +185,7 @@ class Trainer:
         problems += [f"{k} unexpected" for k in sorted(set(model_state) - set(own))]
         if not problems:
             return
-        _, saved = read_weights(RunFolder(self.cfg.run_dir).weights())
+        _, saved = read_weights(weights)
         changed = [line for line in config_diff(saved, self.cfg) if line.startswith("model.")]
         raise ConfigError(f"{self.cfg.run_dir}: the checkpoint does not fit this model ({'; '.join(changed)}): "
                           f"{'; '.join(problems[:3])}; use another run_dir for a different model")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CHECKPOINTS = ("best", "latest")  # what `--which` may name
-KEPT = "previous"  # the `latest` pair kept while a new one is written (runs.checkpoints)
+KEPT = "previous"  # the complete pair before `latest`, the fallback when `latest` does not load (runs.checkpoints)
+PAIRS = ("latest", KEPT)  # the checkpoint pairs a run resumes from, newest first
 
 
 class RunFolder:
