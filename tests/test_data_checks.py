@@ -190,3 +190,18 @@ def test_comment_and_blank_lines_name_no_sample(tmp_path):
     (root / "ImageSets/Segmentation").mkdir(parents=True)
     (root / "ImageSets/Segmentation/train.txt").write_text("# stems\n2007_000032\n")
     assert [stem for stem, _ in get_layout("pascal").pairs(root, "train")] == ["JPEGImages/2007_000032.jpg"]
+
+
+def test_a_list_file_is_checked_under_the_folder_its_images_are_in(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    (root / "splits/1_8").mkdir(parents=True)
+    listed = root / "splits/1_8/labeled.txt"
+    listed.write_text("# two of three\nimages/0.jpg masks/0.png\nimages/1.jpg masks/1.png\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(listed)])
+    assert exit_info.value.code == 0
+    assert f"2 samples in 1 lists (labeled) under {root}, 3 classes: no problems" in capsys.readouterr().out
+    pool = root / "pool.txt"  # images alone: masks are optional outside train/val/labeled lists
+    pool.write_text("images/2.jpg\nimages/9.jpg\n")
+    problems, summary = check_data(str(pool), progress=False)
+    assert problems == [f"{root / 'images/9.jpg'}: missing file (listed as image)"]
