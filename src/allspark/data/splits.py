@@ -117,7 +117,8 @@ def _data_root(labeled_path: Path, entries: list) -> Path:
     return root
 
 
-def add_to_labeled(suggested: str | Path, splits_dir: str | Path, root: str | Path | None = None) -> tuple[int, Path, Path]:
+def add_to_labeled(suggested: str | Path, splits_dir: str | Path,
+                   root: str | Path | None = None) -> tuple[int, Path, Path]:
     """Move the images of `suggested` (list lines; best first) from SPLITS_DIR/unlabeled.txt to the end of
     SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
     duplicating a line (comment lines kept); images already labeled are left as they are. Refuses, naming them,

@@ -72,7 +72,8 @@ def evaluate_set(model, loader, cfg: Config, device: torch.device, mode: str | N
             masks = masks[..., top:bottom, left:right]
         confusion.update(probs.argmax(1), masks)
         count += len(images)
-        skipped += [(path, problem) for path, problem in zip(batch.get("skipped", ()), batch.get("problem", ())) if path]
+        named = zip(batch.get("skipped", ()), batch.get("problem", ()))  # ListDataset's validation samples
+        skipped += [(path, problem) for path, problem in named if path]
     model.train(was_training)
     confusion.reduce()
     shares = dist_utils.all_gather_object((count, skipped))
@@ -93,10 +94,10 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                    device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list` and write eval.json (in the checkpoint's run
     directory unless `out`, whose writability is checked first); returns eval.json's content with its path under
-    "written" (rank 0) and, when samples were skipped, the line naming them under "warning". Works under torchrun (one share per rank; a caller's process group is left to it).
-    With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
-    "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
-    (best or latest)."""
+    "written" (rank 0) and, when samples were skipped, the line naming them under "warning". Works under torchrun
+    (one share per rank; a caller's process group is left to it). With `cfg` None the config embedded in the
+    weights is used, with `overrides` applied. `amp` ("off", "bf16", "fp16") runs the forward passes under
+    autocast, as `train.amp` does. `which` picks a run directory's checkpoint (best or latest)."""
     with dist_utils.distributed(device) as info:
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
