@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Evaluation:
     """One pass over a validation set: the confusion matrix, the images in it, and the (path, problem) of each
-    sample `data.skip_bad_samples` left out, over every rank."""
+    sample `data.skip_bad_samples` left out, over every rank, sorted by path."""
 
     confusion: ConfusionMatrix
     images: int
@@ -77,7 +77,7 @@ def evaluate_set(model, loader, cfg: Config, device: torch.device, mode: str | N
     model.train(was_training)
     confusion.reduce()
     shares = dist_utils.all_gather_object((count, skipped))
-    skipped = [item for _, share in shares for item in share]
+    skipped = sorted(item for _, share in shares for item in share)  # the same whatever the number of ranks
     return Evaluation(confusion, sum(share_count for share_count, _ in shares) - len(skipped), skipped)
 
 
