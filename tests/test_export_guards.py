@@ -6,7 +6,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from allspark.config import config_from_dict
+from allspark.config.loading import config_from_dict
 from allspark.predict import export as export_module
 from allspark.predict.export import REGISTRATION_LOGGER, export_onnx
 from inference_helpers import run_cli
