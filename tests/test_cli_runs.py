@@ -64,6 +64,22 @@ def test_eval_and_predict_never_read_the_pretrained_source(run_dir, tmp_path, of
     assert run_cli(["predict", image, "--checkpoint", str(tmp_path / "w.safetensors"), "--out", str(tmp_path)]) == 0
 
 
+def test_eval_counts_and_names_skipped_validation_images(run_dir, tmp_path, capsys, caplog):
+    root = Path(read_weights(run_dir / "checkpoints" / "best.safetensors")[1].data.root)
+    gone = [f"images/gone{k}.jpg" for k in range(5)]
+    (tmp_path / "val.txt").write_text((root / "val.txt").read_text() + "".join(f"{g} masks/val_00000.png\n" for g in gone))
+    assert run_cli(["eval", "data.skip_bad_samples=true", f"data.val_list={tmp_path / 'val.txt'}",
+                    "--checkpoint", str(run_dir), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["images"] == 2 and result["skipped"] == [str(root / g) for g in gone]
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"allspark eval: warning: 5 validation image(s) skipped (data.skip_bad_samples), not in the "
+                       f"mIoU: {root / gone[0]}: missing file (listed as image); {root / gone[1]}: missing file "
+                       f"(listed as image); {root / gone[2]}: missing file (listed as image); and 2 more"]
+    assert "(2 images)" in captured.out and "skipping bad sample" not in captured.err + caplog.text
+
+
 def test_eval_threads_sets_torch_threads(run_dir, tmp_path):
     assert run_cli(["eval", "--checkpoint", str(run_dir), "--out", str(tmp_path), "--threads", "2"]) == 0
     assert torch.get_num_threads() == 2

@@ -11,7 +11,8 @@ from PIL import Image
 from allspark.cli import main
 from allspark.data.checks import check_data
 from allspark.data.datasets import ListDataset
-
+from allspark.data.io import read_list
+from allspark.data.layouts import get_layout, read_classes_file
 from allspark.data.transforms import TrainTransform
 from allspark.errors import DataError
 
@@ -173,3 +174,34 @@ def test_layout_tree_without_lists_converts_label_ids(tmp_path, capsys):
     problems, _ = check_data(str(tmp_path), layout_name="pascal", progress=False)
     assert problems[0].endswith("split file of layout 'pascal' not found (expected one image stem per line "
                                 "for split 'train')")
+
+
+def test_comment_and_blank_lines_name_no_sample(tmp_path):
+    root = _tree(tmp_path / "data")
+    (root / "classes.txt").write_text("# name r g b\nbackground\nthing\n\nstuff\n")
+    (root / "train.txt").write_text("# split of 2026-12-07: image mask\n\n  # images/9.jpg masks/9.png\n"
+                                    "images/0.jpg masks/0.png\nimages/1.jpg masks/1.png\n")
+    assert read_list(root / "train.txt", need_masks=True) == [("images/0.jpg", "masks/0.png"),
+                                                               ("images/1.jpg", "masks/1.png")]
+    assert len(ListDataset(root, root / "train.txt", "val", 3)) == 2
+    problems, summary = check_data(str(root), progress=False)
+    assert problems == [] and "2 samples" in summary and "3 classes" in summary
+    assert read_classes_file(root / "classes.txt")[0] == ("background", "thing", "stuff")
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    (root / "ImageSets/Segmentation/train.txt").write_text("# stems\n2007_000032\n")
+    assert [stem for stem, _ in get_layout("pascal").pairs(root, "train")] == ["JPEGImages/2007_000032.jpg"]
+
+
+def test_a_list_file_is_checked_under_the_folder_its_images_are_in(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    (root / "splits/1_8").mkdir(parents=True)
+    listed = root / "splits/1_8/labeled.txt"
+    listed.write_text("# two of three\nimages/0.jpg masks/0.png\nimages/1.jpg masks/1.png\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(listed)])
+    assert exit_info.value.code == 0
+    assert f"2 samples in 1 lists (labeled) under {root}, 3 classes: no problems" in capsys.readouterr().out
+    pool = root / "pool.txt"  # images alone: masks are optional outside train/val/labeled lists
+    pool.write_text("images/2.jpg\nimages/9.jpg\n")
+    problems, summary = check_data(str(pool), progress=False)
+    assert problems == [f"{root / 'images/9.jpg'}: missing file (listed as image)"]

@@ -1,9 +1,14 @@
 """The release's evaluation behind `eval` switches: mIoU over all K (absent classes count 0) and
 sliding windows whose last one is clipped to a strip; ours stay the defaults."""
+import logging
+
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
 from allspark.config.loading import config_from_dict
+from allspark.data.datasets import ListDataset
 from allspark.engine.evaluate import evaluate
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
@@ -97,6 +102,24 @@ def test_evaluate_reads_miou_over(switches, expected):
     model = Constant(classes=3, label=1)  # IoU 0 for class 0, 20 / 30 for class 1
     loader = [{"image": torch.zeros(1, 3, 8, 40), "mask": mask}]
     assert evaluate(model, loader, cfg, torch.device("cpu"), progress=False).miou() == pytest.approx(expected)
+
+
+def test_evaluate_names_the_skipped_validation_samples_in_one_warning(tmp_path, caplog):
+    """The trainer's validation: samples data.skip_bad_samples left out are one line, not one each."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 8)).save(tmp_path / "images/a.png")
+    Image.new("L", (16, 8)).save(tmp_path / "a_mask.png")
+    (tmp_path / "val.txt").write_text("images/a.png a_mask.png\n" + "".join(f"images/{k}.png a_mask.png\n"
+                                                                          for k in range(4)))
+    cfg = config_from_dict({"model": {"num_classes": 2, "crop_size": 32}})
+    loader = DataLoader(ListDataset(tmp_path, tmp_path / "val.txt", "val", 2, skip_bad=True), batch_size=1)
+    with caplog.at_level(logging.WARNING):
+        confusion = evaluate(Constant(), loader, cfg, torch.device("cpu"), progress=False)
+    assert int(confusion.matrix.sum()) == 16 * 8  # the good image alone
+    assert [record.getMessage() for record in caplog.records] == [
+        f"4 validation image(s) skipped (data.skip_bad_samples), not in the mIoU: {tmp_path / 'images/0.png'}: "
+        f"missing file (listed as image); {tmp_path / 'images/1.png'}: missing file (listed as image); "
+        f"{tmp_path / 'images/2.png'}: missing file (listed as image); and 1 more"]
 
 
 def test_evaluate_uses_the_release_window_placement():

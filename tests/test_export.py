@@ -9,6 +9,7 @@ import torch
 from allspark.data.normalize import normalize_image
 from allspark.models.weights import load_model
 from allspark.predict.backends import SOURCE_KEY, file_sha256
+from allspark.predict.export import export_size
 from inference_helpers import PALETTE, run_cli
 
 pytestmark = pytest.mark.slow  # the torch.export-based exporter traces the whole model (~20 s on a laptop CPU)
@@ -58,3 +59,9 @@ def test_refuses_to_overwrite_without_force(exported, capsys):
     assert run_cli(["export", "--checkpoint", str(checkpoint), str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_the_free_space_estimate_covers_the_file(exported):
+    checkpoint, out = exported
+    size, estimate = out.stat().st_size, export_size(load_model(checkpoint)[0])
+    assert size <= estimate < 2 * size + 4 * 2**20

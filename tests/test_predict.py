@@ -8,6 +8,8 @@ from PIL import Image
 
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
+from allspark.commands import predict as predict_command
+from allspark.predict import outputs as predict_outputs
 from allspark.predict import predictor as predictor_module
 from allspark.predict.predictor import Predictor
 from allspark.predict.tiled import tiled_rows
@@ -105,6 +107,23 @@ def test_refuses_to_overwrite_and_reports_missing_inputs(checkpoint, tmp_path, c
     code = run_cli(["predict", "--checkpoint", str(checkpoint), str(path), missing, "--out", str(out), "--force"])
     assert code == 1
     assert "nothing_here.png" in capsys.readouterr().err
+
+
+def test_no_input_images_stop_before_the_model_loads_or_out_is_made(checkpoint, tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(predict_command, "Predictor", None)  # loading the model would fail the test
+    out = tmp_path / "out"
+    code = run_cli(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "empty"), str(tmp_path / "*.png"),
+                    "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and not out.exists()
+    assert err[0].startswith("allspark predict: error: no images to predict: ") and "*.png: pattern matches no" in err[0]
+    (path,) = write_images(tmp_path / "in", [(32, 32)])
+    for target in predict_outputs.output_paths(out, path).values():
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(b"done")
+    code = run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--skip-existing"])
+    assert code == 0 and "nothing to predict" in capsys.readouterr().out
 
 
 def test_predictor_rejects_wrong_inputs(checkpoint):

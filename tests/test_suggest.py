@@ -176,3 +176,22 @@ def test_splits_add_refuses_images_without_masks(tmp_path, capsys):
     assert len(err) == 1 and "no mask" in err[0] and "images/i4.png" in err[0] and "images/i5.png" in err[0]
     assert "images/i2.png" not in err[0]
     assert [(splits / name).read_text() for name in ("labeled.txt", "unlabeled.txt")] == before
+
+
+def test_splits_add_finds_the_data_root_of_a_presets_split_folder(tmp_path, capsys):
+    root = _splits(tmp_path)
+    splits = root / "splits" / "1_8"  # the presets' layout: ROOT/splits/1_8/{labeled,unlabeled}.txt
+    splits.mkdir()
+    for name in ("labeled.txt", "unlabeled.txt"):
+        (root / "splits" / name).rename(splits / name)
+    (splits / "labeled.txt").write_text("# labelled by hand\n" + (splits / "labeled.txt").read_text())
+    suggested = _list(tmp_path / "suggested.txt", ["images/i2.png"])
+    assert run_cli(["splits", "--add", str(suggested), "--out", str(splits)]) == 0
+    assert (splits / "labeled.txt").read_text().splitlines()[::3] == ["# labelled by hand", "images/i2.png masks/i2.png"]
+    assert "(3 images)" in capsys.readouterr().out
+    (tmp_path / "else").mkdir()
+    elsewhere = _list(tmp_path / "else" / "labeled.txt", ["x/a.png x/a.png"])
+    _list(tmp_path / "else" / "unlabeled.txt", ["x/b.png"])
+    assert run_cli(["splits", "--add", str(_list(tmp_path / "s.txt", ["x/b.png"])), "--out", str(elsewhere.parent)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"neither under {elsewhere.parent} nor under any folder above it; pass --root" in err[0]

@@ -133,7 +133,54 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
                                           str(tmp / "pred16"), "--force"], expect="any"),
     ]
-    return cases
+    return cases + silent_cases(tmp, root, run)
+
+
+def silent_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
+    """Issue 32, items 5 and 7: inputs that went by without a word, or with a misleading one."""
+    val = root / "val.txt"
+    (root / "val_gone.txt").write_text(val.read_text() + "images/gone.jpg masks/gone.png\n")
+    (root / "val_commented.txt").write_text("# validation images\n\n" + val.read_text())
+    make_split(root / "train.txt", root / "splits" / "1_8", count=2, seed=0)
+    first_unlabeled = (root / "splits" / "1_8" / "unlabeled.txt").read_text().split()[0]
+    (tmp / "suggested.txt").write_text(f"{first_unlabeled}\n")
+    (tmp / "nowhere").mkdir()
+    (tmp / "nowhere" / "labeled.txt").write_text("x/a.jpg x/a.png\n")
+    (tmp / "nowhere" / "unlabeled.txt").write_text(f"{first_unlabeled}\n")
+    (tmp / "empty_folder").mkdir()
+    return [
+        Case("eval: a missing val image with data.skip_bad_samples=true",
+             ["eval", "--checkpoint", str(run), "data.val_list=val_gone.txt", "data.skip_bad_samples=true",
+              "--out", str(tmp / "eval_skip")], expect="ok"),
+        Case("splits --add: --out ROOT/splits/1_8 (the presets' layout)",
+             ["splits", "--add", str(tmp / "suggested.txt"), "--out", str(root / "splits" / "1_8")], expect="ok"),
+        Case("splits --add: lists whose images are under no folder above --out",
+             ["splits", "--add", str(tmp / "suggested.txt"), "--out", str(tmp / "nowhere")]),
+        Case("check-data: a .txt list with # comment and blank lines", ["check-data", str(root / "val_commented.txt")],
+             expect="ok"),
+        Case("check-data: a .txt list naming a missing image", ["check-data", str(root / "val_gone.txt")]),
+        Case("predict: an empty folder as the only input",
+             ["predict", str(tmp / "empty_folder"), "--checkpoint", str(run), "--out", str(tmp / "pred_none")]),
+        Case("export: a good checkpoint (no torchvision notes on stderr)",
+             ["export", str(tmp / "good.onnx"), "--checkpoint", str(run), "--no-check"], expect="ok"),
+    ]
+
+
+def export_disk_case(tmp: Path, run: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """`export` onto a tmpfs of 4 MiB (root only): one line before the tracing, with the seconds it took."""
+    mount = tmp / "tiny_disk"
+    mount.mkdir()
+    case = Case("export: OUT on a disk too small for the file", ["export", str(mount / "m.onnx"), "--checkpoint",
+                                                                 str(run), "--no-check"])
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        return case, "skipped", 0, "needs root to mount a small tmpfs"
+    try:
+        start = time.time()
+        code, count, message = run_case(case, timeout)
+        return case, code, count, f"[{time.time() - start:.0f} s] {message}"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def case_env(case: Case) -> dict[str, str]:
@@ -400,6 +447,8 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     if args.only in "train: disk full while saving a checkpoint":
         yield disk_full_case(root, tmp, args.timeout)
     yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
+    if args.only in "export: OUT on a disk too small for the file":
+        yield export_disk_case(tmp, tmp / "runs" / "good", args.timeout)
     if args.only in "eval: a run with relative paths, from another folder":
         yield relative_paths_case(root, tmp, args.timeout)
     if any(args.only in f"suggest: --out holding scores of another {what}" for what in ("list version", "checkpoint")):

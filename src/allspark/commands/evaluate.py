@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from allspark.commands.options import (add_checkpoint_options, add_config_command, add_device_option,
                                        add_threads_option, set_threads)
@@ -17,8 +18,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides,
                             amp=args.amp, which=args.which)
     if result.get("written"):  # rank 0
+        if result["warning"]:
+            print(f"allspark eval: warning: {result['warning']}", file=sys.stderr)
         print(format_iou_table(result["iou"], result["class_names"], result["miou"]))
-        print(f"wrote {result['written']}")
+        print(f"wrote {result['written']} ({result['images']} images)")
     return 0
 
 

@@ -12,7 +12,7 @@ from allspark.errors import CheckFailedError, CheckpointError, UsageError
 from allspark.extras import require_extra
 from allspark.models.weights import load_model
 from allspark.predict.backends import export_path, file_sha256
-from allspark.predict.export import export_onnx, max_onnx_difference
+from allspark.predict.export import ensure_room, export_onnx, max_onnx_difference
 from allspark.runs.atomic import ensure_writable
 from allspark.runs.weights_file import resolve_weights
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_model(weights)
     if file_sha256(weights) != digest:  # e.g. a training run saved it meanwhile: the export must name its source
         raise CheckpointError(f"{weights} changed while it was read; run the export again")
+    ensure_room(model, out)  # a full disk fails now, not after the tracing
     names, palette = class_names_and_palette(cfg)
     with warnings.catch_warnings():  # the exporter's and onnxscript's notes say nothing a user can act on
         warnings.simplefilter("ignore")

@@ -8,7 +8,7 @@ from pathlib import Path
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
 from allspark.config.schema import WHOLE_IMAGE_MODES
-from allspark.errors import UsageError
+from allspark.errors import InputError, UsageError
 from allspark.predict.backends import ENGINES
 from allspark.predict.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.predict.predictor import Predictor
@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_existing:  # an interrupted folder continues: inputs whose three outputs are there are done, and
         # an input left with part of its outputs is predicted again, over them
         files = [path for path in files if not all(t.exists() for t in output_paths(out, path).values())]
+    if not files:  # said before the model loads or OUT is made
+        if problems:
+            raise InputError(f"no images to predict: {'; '.join(problems)}")
+        print(f"nothing to predict: every input has its outputs in {out}")
+        return 0
     targets: dict[Path, Path] = {out / name: Path("--legend") for name in LEGEND_FILES if args.legend}
     for path in files:
         for target in output_paths(out, path).values():

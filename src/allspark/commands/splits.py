@@ -6,18 +6,23 @@ import argparse
 from pathlib import Path
 
 from allspark.config.schema import LAYOUTS
+from allspark.data.io import list_fields
 from allspark.data.splits import add_to_labeled, make_split, write_layout_list
 from allspark.errors import UsageError
+
+
+def _count(list_path: Path) -> int:
+    """Samples of a list file (an empty one included): its lines less blank and comment lines."""
+    return sum(1 for line in list_path.read_text().splitlines() if list_fields(line))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.add:
         if args.train_list or args.count or args.fraction:
             raise UsageError("--add moves images between the lists in --out; give no TRAIN_LIST, --count or --fraction")
-        root = Path(args.root) if args.root else Path(args.out).parent
-        moved, labeled, unlabeled = add_to_labeled(args.add, args.out, root)
-        print(f"moved {moved} image(s) to {labeled} ({len(labeled.read_text().splitlines())} images); "
-              f"{unlabeled} keeps {len(unlabeled.read_text().splitlines())}")
+        moved, labeled, unlabeled = add_to_labeled(args.add, args.out, args.root)
+        print(f"moved {moved} image(s) to {labeled} ({_count(labeled)} images); "
+              f"{unlabeled} keeps {_count(unlabeled)}")
         return 0
     if not args.train_list or not (args.count or args.fraction):
         raise UsageError("give TRAIN_LIST and --count or --fraction (or --add SUGGESTED)")
@@ -27,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {source} (every {args.layout} pair of split '{args.split}')")
     labeled, unlabeled = make_split(source, args.out, args.count, args.fraction, args.seed, args.force)
     for path in (labeled, unlabeled):
-        print(f"wrote {path} ({len(path.read_text().splitlines())} images)")
+        print(f"wrote {path} ({_count(path)} images)")
     return 0
 
 
@@ -45,5 +50,6 @@ def register(sub) -> None:
     parser.add_argument("--split", default="train", help="split to list when TRAIN_LIST is a dataset root")
     parser.add_argument("--add", metavar="SUGGESTED", help="move the images of this list (`allspark suggest`'s "
                         "suggested.txt, once labelled) from OUT/unlabeled.txt to OUT/labeled.txt")
-    parser.add_argument("--root", help="with --add: folder the masks' paths are relative to (default: OUT's parent)")
+    parser.add_argument("--root", help="with --add: folder the masks' paths are relative to (default: the nearest "
+                        "folder, from OUT up, under which the lists' images are)")
     parser.set_defaults(run=run)

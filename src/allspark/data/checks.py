@@ -7,7 +7,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from allspark.config.loading import load_config
-from allspark.data.io import check_pair, read_image, read_list, read_mask
+from allspark.data.io import check_pair, list_root, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
 from allspark.errors import ConfigError, DataError
 
@@ -54,6 +54,7 @@ def class_count_problem(layout_name: str, root: str | Path, num_classes: int) ->
 
 
 LIST_NAMES = ("train", "val", "labeled", "unlabeled")
+MASKED_LISTS = ("train", "val", "labeled")  # every line names a mask; in other lists a mask is optional
 
 
 def _layout_or_none(name: str | None, root: Path) -> Layout | None:
@@ -63,25 +64,36 @@ def _layout_or_none(name: str | None, root: Path) -> Layout | None:
     return get_layout(name, root)
 
 
+def _is_list(path: Path) -> bool:
+    """Whether `path` names a list file (`image [mask]` lines): any file but a YAML config."""
+    return path.is_file() and path.suffix.lower() not in (".yaml", ".yml")
+
+
 def _sources(source: str, num_classes: int | None, layout_name: str | None):
-    """(root, {list name: list path}, K, layout) from a config/preset or a dataset root."""
+    """(root, {list name: list path}, K, layout) from a config/preset, a dataset root or one list file (its root
+    the folder its images are under: io.list_root)."""
     path = Path(source)
-    if not path.is_dir():
+    if _is_list(path):
+        root = list_root(path, read_list(path, need_masks=False)) or path.absolute().parent
+        lists = {path.stem: path}
+    elif path.is_dir():
+        root = path
+        lists = {name: path / f"{name}.txt" for name in LIST_NAMES if (path / f"{name}.txt").is_file()}
+    else:
         cfg = load_config(source)
         root = Path(cfg.data.root)
         keys = {"labeled": cfg.data.labeled_list, "unlabeled": cfg.data.unlabeled_list, "val": cfg.data.val_list}
         lists = {name: root / value for name, value in keys.items() if value}
         layout = _layout_or_none(layout_name or cfg.data.layout, root)
         return root, lists, num_classes or cfg.model.num_classes, layout
-    lists = {name: path / f"{name}.txt" for name in LIST_NAMES if (path / f"{name}.txt").is_file()}
-    if layout_name is None and (path / "classes.txt").is_file():
+    if layout_name is None and (root / "classes.txt").is_file():
         layout_name = "folder"
-    layout = _layout_or_none(layout_name, path)
+    layout = _layout_or_none(layout_name, root)
     num_classes = num_classes or (layout.num_classes if layout else None)
     if num_classes is None:
-        raise ConfigError(f"{path}: cannot tell the number of classes; pass --num-classes K or --layout L, "
+        raise ConfigError(f"{root}: cannot tell the number of classes; pass --num-classes K or --layout L, "
                           "or add a classes.txt (one class name per line)")
-    return path, lists, num_classes, layout
+    return root, lists, num_classes, layout
 
 
 def _entries(root: Path, lists: dict[str, Path], layout: Layout | None, problems: list[str]) -> dict:
@@ -89,7 +101,7 @@ def _entries(root: Path, lists: dict[str, Path], layout: Layout | None, problems
     entries = {}
     for name, list_path in lists.items():
         try:
-            entries[name] = read_list(list_path, need_masks=name != "unlabeled")
+            entries[name] = read_list(list_path, need_masks=name in MASKED_LISTS)
         except DataError as err:
             problems.append(str(err))
     if not lists and layout is not None:

@@ -24,10 +24,10 @@ class ListDataset(Dataset):
     """Samples of a list file (`image_path [mask_path]` per line, relative to `root`).
 
     labeled: {"image" (3,S,S), "mask" (S,S) int64}; unlabeled: {"image", "valid" (S,S) bool};
-    val: full size {"image" (3,H,W), "mask" (H,W) int64, "name"}; `views` adds the recipes' keys to
-    unlabeled samples, from the augmented image (data/views.py). Each sample passes the checks of
-    `io.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and
-    replaced (training) or left out of the metric with an all-ignore mask (validation).
+    val: full size {"image" (3,H,W), "mask" (H,W) int64, "name", "skipped", "problem"}; `views` adds the recipes'
+    keys to unlabeled samples, from the augmented image (data/views.py). Each sample passes the checks of
+    `io.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and replaced
+    (training) or left out of the metric with an all-ignore mask and named in "skipped" (validation).
     """
 
     def __init__(self, root: str | Path, list_path: str | Path, mode: str, num_classes: int,
@@ -54,9 +54,9 @@ class ListDataset(Dataset):
             except DataError as err:
                 if not self.skip_bad:
                     raise
+                if self.mode == "val":  # counted and named once the whole set is evaluated (engine/evaluate.py)
+                    return self._ignored(index, err)
                 log.warning("skipping bad sample (data.skip_bad_samples): %s", err)
-                if self.mode == "val":
-                    return self._ignored(index)
                 index = (index + 1) % len(self.entries)
         raise DataError(self.list_path, "every sample of this list failed its checks")
 
@@ -66,7 +66,7 @@ class ListDataset(Dataset):
         image, mask = load_sample(self.root / image_rel, mask_path, self.num_classes, self.convert_mask)
         if self.mode == "val":
             return {"image": normalize_image(image), "mask": torch.from_numpy(mask.astype(np.int64)),
-                    "name": Path(image_rel).stem}
+                    "name": Path(image_rel).stem, "skipped": "", "problem": ""}
         image, mask = self.transform(image, mask)
         sample = {"image": normalize_image(image)}  # (3, S, S)
         if self.mode == "labeled":
@@ -77,7 +77,8 @@ class ListDataset(Dataset):
                 sample.update(self.views(image))
         return sample
 
-    def _ignored(self, index: int) -> dict:
-        """A stand-in for an unreadable validation sample that adds nothing to the confusion matrix."""
+    def _ignored(self, index: int, err: DataError) -> dict:
+        """A stand-in for an unreadable validation sample that adds nothing to the confusion matrix; "skipped" and
+        "problem" name the file at fault (empty strings in every other validation sample)."""
         return {"image": torch.zeros(3, 32, 32), "mask": torch.full((32, 32), IGNORE_INDEX, dtype=torch.int64),
-                "name": Path(self.entries[index][0]).stem}
+                "name": Path(self.entries[index][0]).stem, "skipped": err.path, "problem": err.problem}

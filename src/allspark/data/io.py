@@ -84,14 +84,21 @@ def load_sample(image_path: Path, mask_path: Path | None, num_classes: int,
     return image, mask
 
 
+def list_fields(line: str) -> list[str]:
+    """The fields of one list-file line; none for a blank line or a `# comment` line, which name no sample."""
+    fields = line.split()
+    return [] if not fields or fields[0].startswith("#") else fields
+
+
 def read_list(path: str | Path, need_masks: bool) -> list[tuple[str, str | None]]:
-    """A list file: `image_path mask_path` per line (the mask optional unless `need_masks`)."""
+    """A list file: `image_path mask_path` per line (the mask optional unless `need_masks`); blank lines and
+    `#` comment lines are skipped."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "missing list file")
     entries = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
+        fields = list_fields(line)
         if not fields:
             continue
         if len(fields) > 2 or (need_masks and len(fields) < 2):
@@ -101,3 +108,12 @@ def read_list(path: str | Path, need_masks: bool) -> list[tuple[str, str | None]
     if not entries:
         raise DataError(path, "list file is empty")
     return entries
+
+
+def list_root(list_path: str | Path, entries: list[tuple[str, str | None]]) -> Path | None:
+    """The data root a list's paths are relative to: the list's own folder or the nearest folder above it under
+    which one of its first images or masks exists (a preset's ROOT/splits/1_8/labeled.txt -> ROOT); None if none."""
+    folder = Path(list_path).absolute().parent
+    probes = [path for entry in entries[:5] for path in entry if path is not None]
+    return next((candidate for candidate in (folder, *folder.parents)
+                 if any((candidate / path).is_file() for path in probes)), None)

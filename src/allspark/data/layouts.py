@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from allspark.config.schema import LAYOUTS, Config
+from allspark.data.io import list_fields
 from allspark.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -150,7 +151,7 @@ class Layout:
             if not names_path.is_file():
                 raise FileNotFoundError(f"{names_path}: split file of layout '{self.name}' not found "
                                         f"(expected one image stem per line for split '{split}')")
-            stems = [line.split()[0] for line in names_path.read_text().splitlines() if line.strip()]
+            stems = [fields[0] for fields in map(list_fields, names_path.read_text().splitlines()) if fields]
             return [pattern.replace("*", stem) for stem in stems]
         found = (p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
         return sorted(p.relative_to(root).as_posix() for p in found)
@@ -166,10 +167,11 @@ class Layout:
 
 def read_classes_file(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
     """`classes.txt`: one class per line, `name` or `name r g b`; missing colours come from the built-in
-    layout with exactly these class names (e.g. CamVid's palette for CamVid's 11 names), else the VOC map."""
+    layout with exactly these class names (e.g. CamVid's palette for CamVid's 11 names), else the VOC map; blank
+    and `#` comment lines are skipped."""
     names, colours = [], []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        parts = line.split()
+        parts = list_fields(line)
         if not parts:
             continue
         if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):

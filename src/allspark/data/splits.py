@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allspark.data.io import read_list
+from allspark.data.io import list_fields, list_root, read_list
 from allspark.data.layouts import get_layout
 from allspark.errors import InputError
 from allspark.runs.atomic import atomic_write_text
@@ -88,15 +88,9 @@ def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
     return f"allspark splits {root} --layout {layout}{'' if split == 'train' else f' --split {split}'} --out {out} {size}"
 
 
-def add_to_labeled(suggested: str | Path, splits_dir: str | Path, root: str | Path) -> tuple[int, Path, Path]:
-    """Move the images of `suggested` (list lines; best first) from SPLITS_DIR/unlabeled.txt to the end of
-    SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
-    duplicating a line; images already labeled are left as they are. Refuses, naming them, images that are in
-    neither list or whose mask (relative to `root`) is not there yet. Each list is replaced in one step."""
-    splits_dir, root = Path(splits_dir), Path(root)
-    labeled_path, unlabeled_path = splits_dir / "labeled.txt", splits_dir / "unlabeled.txt"
-    labeled = read_list(labeled_path, need_masks=True)
-    unlabeled = read_list(unlabeled_path, need_masks=False)
+def _moving(suggested: str | Path, labeled: list, unlabeled: list, names: tuple[str, str]) -> dict[str, str | None]:
+    """{image: mask or None} of the suggested images to move, in the suggested order; refuses images in neither
+    list."""
     is_labeled = {image for image, _ in labeled}
     waiting = {image: mask for image, mask in unlabeled}
     moving: dict[str, str | None] = {}
@@ -109,14 +103,42 @@ def add_to_labeled(suggested: str | Path, splits_dir: str | Path, root: str | Pa
             continue
         moving[image] = mask or waiting[image]
     if unknown:
-        raise InputError(f"{suggested}: {len(unknown)} image(s) in neither {labeled_path.name} nor "
-                         f"{unlabeled_path.name}: {', '.join(unknown[:5])}" + (", ..." if len(unknown) > 5 else ""))
+        raise InputError(f"{suggested}: {len(unknown)} image(s) in neither {names[0]} nor {names[1]}: "
+                         f"{', '.join(unknown[:5])}" + (", ..." if len(unknown) > 5 else ""))
+    return moving
+
+
+def _data_root(labeled_path: Path, entries: list) -> Path:
+    """The folder the lists' paths are relative to, found from where their images are (list_root)."""
+    root = list_root(labeled_path, entries)
+    if root is None:
+        raise InputError(f"{labeled_path}: its images (e.g. {entries[0][0]}) are found neither under "
+                         f"{labeled_path.absolute().parent} nor under any folder above it; pass --root DATA_ROOT")
+    return root
+
+
+def add_to_labeled(suggested: str | Path, splits_dir: str | Path,
+                   root: str | Path | None = None) -> tuple[int, Path, Path]:
+    """Move the images of `suggested` (list lines; best first) from SPLITS_DIR/unlabeled.txt to the end of
+    SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
+    duplicating a line (comment lines kept); images already labeled are left as they are. Refuses, naming them,
+    images that are in neither list or whose mask (relative to `root`; by default the folder where the lists'
+    images are) is not there yet. Each list is replaced in one step."""
+    splits_dir = Path(splits_dir)
+    labeled_path, unlabeled_path = splits_dir / "labeled.txt", splits_dir / "unlabeled.txt"
+    labeled = read_list(labeled_path, need_masks=True)
+    unlabeled = read_list(unlabeled_path, need_masks=False)
+    moving = _moving(suggested, labeled, unlabeled, (labeled_path.name, unlabeled_path.name))
+    root = Path(root) if root is not None else _data_root(labeled_path, labeled + unlabeled)
     missing = [image for image, mask in moving.items() if mask is None or not (root / mask).is_file()]
     if missing:
-        raise InputError(f"{len(missing)} suggested image(s) have no mask yet (label them, or give 'image mask' lines "
-                         f"in {suggested}): {', '.join(missing[:5])}" + (", ..." if len(missing) > 5 else ""))
-    new_labeled = [f"{image} {mask}" for image, mask in labeled] + [f"{image} {mask}" for image, mask in moving.items()]
-    new_unlabeled = [" ".join(part for part in entry if part) for entry in unlabeled if entry[0] not in moving]
+        raise InputError(f"{len(missing)} suggested image(s) have no mask yet under {root} (label them, or give "
+                         f"'image mask' lines in {suggested}): {', '.join(missing[:5])}"
+                         + (", ..." if len(missing) > 5 else ""))
+    kept = labeled_path.read_text().splitlines()  # comment lines and all, as written
+    new_labeled = [*kept, *(f"{image} {mask}" for image, mask in moving.items())]
+    new_unlabeled = [line for line in unlabeled_path.read_text().splitlines()
+                     if not (fields := list_fields(line)) or fields[0] not in moving]
     for path, lines in ((labeled_path, new_labeled), (unlabeled_path, new_unlabeled)):
         atomic_write_text(path, "".join(f"{line}\n" for line in lines))
     return len(moving), labeled_path, unlabeled_path

@@ -3,6 +3,8 @@ whole set (each image counted once across ranks), mIoU and per-class IoU."""
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,15 +28,37 @@ from allspark.runs.run_config import config_diff
 from allspark.runs.weights_file import resolve_weights
 
 
+SHOWN_SKIPPED = 3  # files a warning names before "and N more"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """One pass over a validation set: the confusion matrix, the images in it, and the (path, problem) of each
+    sample `data.skip_bad_samples` left out, over every rank, sorted by path."""
+
+    confusion: ConfusionMatrix
+    images: int
+    skipped: list[tuple[str, str]]
+
+
+def skipped_line(skipped: Sequence[tuple[str, str]]) -> str:
+    """One line naming the first few skipped validation files, with their problem, then how many more."""
+    named = "; ".join(f"{path}: {problem}" for path, problem in skipped[:SHOWN_SKIPPED])
+    more = f"; and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+    return f"{len(skipped)} validation image(s) skipped (data.skip_bad_samples), not in the mIoU: {named}{more}"
+
+
 @torch.no_grad()
-def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
-             amp: str = "off", progress: bool = True) -> ConfusionMatrix:
-    """Confusion matrix of `model` (a module in eval mode) over `loader`, summed over ranks.
+def evaluate_set(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
+                 amp: str = "off", progress: bool = True) -> Evaluation:
+    """The Evaluation of `model` (a module in eval mode) over `loader`, summed over ranks.
     `mode` defaults to `eval.mode`; `eval.window_placement` and `eval.miou_over` select ours or the release's
-    behaviour. Batches are {'image': (N,3,H,W), 'mask': (N,H,W)}."""
+    behaviour. Batches are {'image': (N,3,H,W), 'mask': (N,H,W)} with ListDataset's "skipped" and "problem"."""
     mode = mode or cfg.eval.mode
     window = eval_window(cfg)
     confusion = ConfusionMatrix(cfg.model.num_classes, device, cfg.eval.miou_over)
+    count, skipped = 0, []
     was_training = model.training
     model.eval()
     for batch in tqdm(loader, desc=f"eval ({mode})", disable=not progress, leave=False, dynamic_ncols=True):
@@ -47,19 +71,33 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
             top, left, bottom, right = center_crop_box(masks.shape[-2], masks.shape[-1], window)
             masks = masks[..., top:bottom, left:right]
         confusion.update(probs.argmax(1), masks)
+        count += len(images)
+        named = zip(batch.get("skipped", ()), batch.get("problem", ()))  # ListDataset's validation samples
+        skipped += [(path, problem) for path, problem in named if path]
     model.train(was_training)
     confusion.reduce()
-    return confusion
+    shares = dist_utils.all_gather_object((count, skipped))
+    skipped = sorted(item for _, share in shares for item in share)  # the same whatever the number of ranks
+    return Evaluation(confusion, sum(share_count for share_count, _ in shares) - len(skipped), skipped)
+
+
+def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None = None,
+             amp: str = "off", progress: bool = True) -> ConfusionMatrix:
+    """The confusion matrix of `evaluate_set`; skipped samples are logged in one warning line."""
+    result = evaluate_set(model, loader, cfg, device, mode, amp, progress)
+    if result.skipped:
+        log.warning(skipped_line(result.skipped))
+    return result.confusion
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
                    device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list` and write eval.json (in the checkpoint's run
     directory unless `out`, whose writability is checked first); returns eval.json's content with its path under
-    "written" (rank 0). Works under torchrun (one share per rank; a caller's process group is left to it).
-    With `cfg` None the config embedded in the weights is used, with `overrides` applied. `amp` ("off", "bf16",
-    "fp16") runs the forward passes under autocast, as `train.amp` does. `which` picks a run directory's checkpoint
-    (best or latest)."""
+    "written" (rank 0) and, when samples were skipped, the line naming them under "warning". Works under torchrun
+    (one share per rank; a caller's process group is left to it). With `cfg` None the config embedded in the
+    weights is used, with `overrides` applied. `amp` ("off", "bf16", "fp16") runs the forward passes under
+    autocast, as `train.amp` does. `which` picks a run directory's checkpoint (best or latest)."""
     with dist_utils.distributed(device) as info:
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
@@ -67,15 +105,18 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         dist_utils.on_main(info, lambda: ensure_writable(run.root))
         model, cfg = _model_and_config(weights, cfg, overrides, info.device)
         mode = mode or cfg.eval.mode
-        confusion = evaluate(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
-                             amp=amp, progress=info.is_main)
+        done = evaluate_set(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
+                            amp=amp, progress=info.is_main)
         names, _ = class_names_and_palette(cfg)
+        confusion = done.confusion
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
-                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp}
+                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp,
+                  "images": done.images, "skipped": [path for path, _ in done.skipped]}
         if info.is_main:
             atomic_write_text(run.eval_json, json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
-        return {**result, "written": run.eval_json if info.is_main else None}
+        return {**result, "written": run.eval_json if info.is_main else None,
+                "warning": skipped_line(done.skipped) if done.skipped else None}
 
 
 def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str], device: torch.device):
