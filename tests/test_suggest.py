@@ -185,13 +185,13 @@ def test_splits_add_finds_the_data_root_of_a_presets_split_folder(tmp_path, caps
     for name in ("labeled.txt", "unlabeled.txt"):
         (root / "splits" / name).rename(splits / name)
     (splits / "labeled.txt").write_text("# labelled by hand\n" + (splits / "labeled.txt").read_text())
-    suggested = _list(tmp_path / "suggested.txt", ["images/i2.png"])
+    suggested = write_list(tmp_path / "suggested.txt", ["images/i2.png"])
     assert run_cli(["splits", "--add", str(suggested), "--out", str(splits)]) == 0
     assert (splits / "labeled.txt").read_text().splitlines()[::3] == ["# labelled by hand", "images/i2.png masks/i2.png"]
     assert "(3 images)" in capsys.readouterr().out
     (tmp_path / "else").mkdir()
-    elsewhere = _list(tmp_path / "else" / "labeled.txt", ["x/a.png x/a.png"])
-    _list(tmp_path / "else" / "unlabeled.txt", ["x/b.png"])
-    assert run_cli(["splits", "--add", str(_list(tmp_path / "s.txt", ["x/b.png"])), "--out", str(elsewhere.parent)]) == 1
+    elsewhere = write_list(tmp_path / "else" / "labeled.txt", ["x/a.png x/a.png"])
+    write_list(tmp_path / "else" / "unlabeled.txt", ["x/b.png"])
+    assert run_cli(["splits", "--add", str(write_list(tmp_path / "s.txt", ["x/b.png"])), "--out", str(elsewhere.parent)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"neither under {elsewhere.parent} nor under any folder above it; pass --root" in err[0]
