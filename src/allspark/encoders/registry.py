@@ -36,6 +36,12 @@ def family_of(spec: EncoderSpec) -> type[Encoder]:
                           "model.encoder") from None
 
 
+def family_holding(keys) -> type[Encoder] | None:
+    """The family whose original release names `keys` (a state dict's) are, each family judging its own; None when
+    no family claims them."""
+    return next((family for family in FAMILIES.values() if family.holds_original(keys)), None)
+
+
 def build_encoder(spec: EncoderSpec, pos_embed: str = "release") -> Encoder:
     """The encoder of `spec`, randomly initialised (model.pos_embed = pos_embed where its family reads it)."""
     return family_of(spec)(spec, pos_embed)
