@@ -11,15 +11,17 @@ from allspark.errors import UsageError
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1 (the number of labeled images); got {args.count}")
     if args.add:
-        if args.train_list or args.count or args.fraction:
+        if args.train_list or args.count is not None or args.fraction is not None:
             raise UsageError("--add moves images between the lists in --out; give no TRAIN_LIST, --count or --fraction")
         root = Path(args.root) if args.root else Path(args.out).parent
         moved, labeled, unlabeled = add_to_labeled(args.add, args.out, root)
         print(f"moved {moved} image(s) to {labeled} ({len(labeled.read_text().splitlines())} images); "
               f"{unlabeled} keeps {len(unlabeled.read_text().splitlines())}")
         return 0
-    if not args.train_list or not (args.count or args.fraction):
+    if not args.train_list or (args.count is None and args.fraction is None):
         raise UsageError("give TRAIN_LIST and --count or --fraction (or --add SUGGESTED)")
     source = Path(args.train_list)
     if source.is_dir():

@@ -49,4 +49,5 @@ def register(sub) -> None:
     parser.add_argument("--force", action="store_true", help="score again, dropping OUT/scoring/")
     add_threads_option(parser)
     add_device_option(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, interrupted="the scores so far are kept in OUT/scoring/; the same command resumes "
+                                             "from them")
