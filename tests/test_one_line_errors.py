@@ -155,3 +155,14 @@ def test_outputs_in_the_way_exit_1(checkpoint, tmp_path, capsys):
     (tmp_path / "taken.safetensors").write_bytes(b"")
     assert run_cli(["convert-official", str(tmp_path / "x.pth"), str(tmp_path / "taken.safetensors")]) == 1
     assert "taken.safetensors already exists; pass --force" in _one_error_line(capsys)
+
+
+def test_ctrl_c_in_predict_ends_its_progress_bar_first(checkpoint, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("allspark.predict.outputs.write_outputs", interrupted)
+    images = write_images(tmp_path / "in", [(40, 40)])
+    assert run_cli(["predict", str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 130
+    lines = capsys.readouterr().err.split("\n")  # the bar redraws with \r: a line glued to it would not start one
+    assert any(line.startswith("allspark predict: interrupted by SIGINT (Ctrl-C)") for line in lines), lines
