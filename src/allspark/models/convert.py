@@ -4,6 +4,7 @@ authors' release checkpoints (ModelBuilder layout: MiT encoder + decoder) and Un
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ def read_checkpoint(source: str | Path | dict, entry: str | None = None) -> tupl
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage read as a pickle of an odd protocol warns before it fails
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # garbage bytes fail in many ways (unpickling, index, key, EOF, zip errors)
         raise ConversionError(f"{path}: not a checkpoint that can be read safely ({_why_unreadable(err)})") from None
     return unwrap_checkpoint(obj, str(path), entry), str(path)
@@ -180,7 +183,7 @@ def _why_unreadable(err: Exception) -> str:
     first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
     if isinstance(err, RuntimeError) and first:  # a damaged zip archive
         return first.removeprefix("PytorchStreamReader ")
-    return f"{type(err).__name__} {first}".strip()
+    return f"not in PyTorch's format: {type(err).__name__} {first}".strip()
 
 
 def _listing(title: str, items: list[str]) -> str:
