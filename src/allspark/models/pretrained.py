@@ -90,7 +90,8 @@ def _refuse_another_encoder(encoder: Encoder, where: str, family: str, size: str
     if family == encoder.family and size in (None, encoder.name):
         return
     sample = f"keys such as {', '.join(keys[:3])}"
-    held = f"{size} weights ({family} family; {sample})" if size else f"{family} weights of no registered size ({sample})"
+    held = f"{size} weights ({family} family; {sample})" if size else \
+        f"{family} weights of no registered size ({sample})"
     fix = f"set model.encoder={size}, or model.pretrained" if size else "set model.pretrained"
     raise ConversionError(f"{where}: holds {held}, not weights of model.encoder {encoder.name} ({encoder.family} "
                           f"family); {fix} to {encoder.name} weights") from None
