@@ -10,8 +10,8 @@ import torch
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 
 from allspark.encoders.base import Encoder
-from allspark.encoders.registry import family_holding
-from allspark.encoders.specs import ENCODERS, encoder_spec
+from allspark.encoders.registry import family_holding, sizes_of
+from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError, ConversionError
 from allspark.models.convert import Converted, load_exact, read_checkpoint, rename_keys
 from allspark.runs.weights_file import read_weights
@@ -53,21 +53,23 @@ def _load_ours(encoder: Encoder, source: str) -> None:
         load_exact(encoder, Converted(tensors=tensors, origin={k: f"encoder.{k}" for k in tensors}), source)
     except ConversionError:
         held = encoder_spec(cfg.model.encoder)
-        _refuse_another_encoder(encoder, source, held.family, held.name, list(tensors))
+        if held.name != encoder.name:
+            raise _another_encoder(encoder, source, held.family, held.name, list(tensors)) from None
         raise
 
 
 def _load_original(encoder: Encoder, source: str) -> None:
     """An original release file (`mit_b0.pth`, `dinov2_vits14_pretrain.pth`); a file of another family or size is
-    named (the families tell their own keys, the sizes their shapes)."""
+    named (each family tells its own keys, the sizes their shapes)."""
     state, where = read_checkpoint(source)
     try:
         load_exact(encoder, _original_to_ours(encoder, state), where)
     except (ConversionError, ConfigError):
-        family = family_holding(state)
-        if family is not None:
-            _refuse_another_encoder(encoder, where, family.family, _size_held(family, state), list(state))
-        raise
+        holder = family_holding(state)
+        size = _size_held(holder, state) if holder is not None else None
+        if holder is not None and not (type(encoder).holds_original(state) and size in (None, encoder.name)):
+            raise _another_encoder(encoder, where, holder.family, size, list(state)) from None
+        raise  # the encoder's own family and size, or no family's: every key that differs is listed
 
 
 def _size_held(family: type[Encoder], state: dict) -> str | None:
@@ -75,26 +77,20 @@ def _size_held(family: type[Encoder], state: dict) -> str | None:
     built on the meta device (no memory); None when no size fits."""
     converted = rename_keys(state, family.original_keys, family.weights_prefix, dropped=family.original_dropped)
     shapes = {key: tuple(tensor.shape) for key, tensor in converted.tensors.items()}
-    for spec in ENCODERS.values():
-        if spec.family == family.family:
-            with torch.device("meta"):
-                built = family(spec).state_dict()
-            if {key: tuple(tensor.shape) for key, tensor in built.items()} == shapes:
-                return spec.name
+    for spec in sizes_of(family):
+        with torch.device("meta"):
+            built = family(spec).state_dict()
+        if {key: tuple(tensor.shape) for key, tensor in built.items()} == shapes:
+            return spec.name
     return None
 
 
-def _refuse_another_encoder(encoder: Encoder, where: str, family: str, size: str | None, keys: list[str]) -> None:
-    """Raise one short line when the file holds another family or size than `encoder` (instead of the listing of
-    every key that differs); return when it is the same, or nothing better can be said."""
-    if family == encoder.family and size in (None, encoder.name):
-        return
-    sample = f"keys such as {', '.join(keys[:3])}"
-    held = f"{size} weights ({family} family; {sample})" if size else \
-        f"{family} weights of no registered size ({sample})"
+def _another_encoder(encoder: Encoder, where: str, family: str, size: str | None, keys: list[str]) -> ConversionError:
+    """One short line for a file of another family or size than `encoder`, instead of every key that differs."""
+    held = f"{size} weights ({family} family; " if size else f"{family} weights of no registered size ("
     fix = f"set model.encoder={size}, or model.pretrained" if size else "set model.pretrained"
-    raise ConversionError(f"{where}: holds {held}, not weights of model.encoder {encoder.name} ({encoder.family} "
-                          f"family); {fix} to {encoder.name} weights") from None
+    return ConversionError(f"{where}: holds {held}keys such as {', '.join(keys[:3])}), not weights of model.encoder "
+                           f"{encoder.name} ({encoder.family} family); {fix} to {encoder.name} weights")
 
 
 def _load_hugging_face(encoder: Encoder, source: str) -> None:
