@@ -35,7 +35,7 @@ def test_skip_existing_predicts_only_what_is_missing(checkpoint, tmp_path, capsy
     args = ["predict", *map(str, images), "--checkpoint", str(checkpoint), "--out", str(out), "--threads", "1"]
     assert run_cli(args) == 0
     (out / "img1.png").unlink()  # as if stopped before its outputs were all written
-    assert run_cli(args) == 2  # existing outputs are not overwritten
+    assert run_cli(args) == 1  # existing outputs are not overwritten
     assert "--skip-existing" in capsys.readouterr().err
     assert run_cli([*args, "--skip-existing"]) == 0
     assert "wrote 1 prediction(s)" in capsys.readouterr().out and (out / "img1.png").is_file()

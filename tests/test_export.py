@@ -56,7 +56,7 @@ def test_metadata_normalisation_reproduces_the_training_input(exported):
 def test_refuses_to_overwrite_without_force(exported, capsys):
     checkpoint, out = exported
     before = out.read_bytes()
-    assert run_cli(["export", "--checkpoint", str(checkpoint), str(out)]) == 2
+    assert run_cli(["export", "--checkpoint", str(checkpoint), str(out)]) == 1
     assert "--force" in capsys.readouterr().err
     assert out.read_bytes() == before
 

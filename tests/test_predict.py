@@ -100,7 +100,7 @@ def test_refuses_to_overwrite_and_reports_missing_inputs(checkpoint, tmp_path, c
     out = tmp_path / "out"
     assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out)]) == 0
     before = (out / "img0.png").stat().st_mtime_ns
-    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out)]) == 2
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
     assert (out / "img0.png").stat().st_mtime_ns == before
     missing = str(tmp_path / "nothing_here.png")
@@ -235,7 +235,7 @@ def test_legend_lists_index_name_and_colour(checkpoint, tmp_path):
     assert legend.shape[0] == 3 * 20
     for i in range(3):
         np.testing.assert_array_equal(legend[i * 20 + 10, 10], PALETTE[i])
-    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--legend"]) == 2
+    assert run_cli(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--legend"]) == 1
 
 
 def test_threads_flag_sets_torch_threads(checkpoint, tmp_path, monkeypatch, capsys):

@@ -46,7 +46,7 @@ def test_auto_ignores_a_stale_export_and_onnx_refuses_it(exported, tmp_path, cap
     assert predictor.engine == "torch" and "not exported from the current" in predictor.engine_note
     (image,) = write_images(tmp_path / "in", [(40, 40)])
     argv = ["predict", "--checkpoint", str(stale), str(image), "--out", str(tmp_path / "out"), "--engine", "onnx"]
-    assert run_cli(argv) == 2
+    assert run_cli(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(export_path(stale)) in err[0] and "allspark export --force" in err[0]
 
@@ -56,7 +56,7 @@ def test_without_export_auto_runs_torch_and_onnx_is_an_error(checkpoint, tmp_pat
     assert predictor.engine == "torch" and f"no ONNX export at {export_path(checkpoint)}" in predictor.engine_note
     (image,) = write_images(tmp_path / "in", [(40, 40)])
     argv = ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "out"), "--engine", "onnx"]
-    assert run_cli(argv) == 2
+    assert run_cli(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"allspark predict: error: no ONNX export at {export_path(checkpoint)}; "
                    f"`allspark export --checkpoint {checkpoint}` writes it"]

@@ -6,7 +6,8 @@ bar (`(!)` marks an exit code that contradicts the expectation).
 
 Builds a tiny synthetic dataset (3 classes, 64 px) in a temporary folder and trains one 2-iteration
 run for the checkpoint cases; every case then takes a few seconds. `expect` is `fail` for a bad input
-(exit code must not be 0), `ok` where the right outcome is a success, `any` where both are acceptable.
+(exit code must not be 0), `ok` where the right outcome is a success, `any` where both are acceptable;
+`status`, where given, is the exit code the README gives the input (1 data and files, 2 config and usage).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ class Case:
     expect: str = "fail"
     env: dict[str, str | None] = field(default_factory=dict)
     cwd: Path | None = None
+    status: int | None = None  # the exit status the README gives this input (1 data and files, 2 config and usage)
 
 
 def tiny_train(root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -91,7 +94,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("train: lr: 2e-3 in a YAML file", ["train", str(sci), *tiny_train(root, runs / "sci2")[2:]], expect="ok"),
         Case("train: --device cuda without a GPU", tiny_train(root, runs / "cuda", "--device", "cuda"),
              expect="any" if _has_cuda() else "fail"),
-        Case("train: corrupt pretrained .pth", tiny_train(root, runs / "pth", f"model.pretrained={garbage}")),
+        Case("train: corrupt pretrained .pth", tiny_train(root, runs / "pth", f"model.pretrained={garbage}"), status=1),
         Case("train: model.crop_size=8", tiny_train(root, runs / "crop8", "model.crop_size=8")),
     ]
     if os.geteuid() != 0:  # root writes into read-only folders anyway
@@ -181,6 +184,103 @@ def export_disk_case(tmp: Path, run: Path, timeout: float) -> tuple[Case, int | 
         return case, code, count, f"[{time.time() - start:.0f} s] {message}"
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def dinov2_small_original(prefix: str = "") -> dict:
+    """Zero tensors with the names and shapes of Meta's dinov2_vits14_pretrain.pth, each name after `prefix`."""
+    import torch
+
+    width, grid = 384, 37
+    shapes = {"cls_token": (1, 1, width), "pos_embed": (1, grid * grid + 1, width), "mask_token": (1, width),
+              "patch_embed.proj.weight": (width, 3, 14, 14), "patch_embed.proj.bias": (width,),
+              "norm.weight": (width,), "norm.bias": (width,)}
+    block = {"norm1.weight": (width,), "norm1.bias": (width,), "norm2.weight": (width,), "norm2.bias": (width,),
+             "attn.qkv.weight": (3 * width, width), "attn.qkv.bias": (3 * width,), "attn.proj.weight": (width, width),
+             "attn.proj.bias": (width,), "ls1.gamma": (width,), "ls2.gamma": (width,),
+             "mlp.fc1.weight": (4 * width, width), "mlp.fc1.bias": (4 * width,), "mlp.fc2.weight": (width, 4 * width),
+             "mlp.fc2.bias": (width,)}
+    shapes.update({f"blocks.{j}.{name}": shape for j in range(12) for name, shape in block.items()})
+    return {prefix + name: torch.zeros(shape) for name, shape in shapes.items()}
+
+
+def wrong_line_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
+    """Issue 32's wrong lines: the file, value or setting named, with the README's exit status."""
+    import torch
+
+    dinov2, v2, taken = tmp / "dinov2_vits14_pretrain.pth", tmp / "unimatch_v2_best.pth", tmp / "taken.onnx"
+    garbage = tmp / "garbage.pth"
+    garbage.write_bytes(np.random.default_rng(2).bytes(512))
+    torch.save(dinov2_small_original(), dinov2)
+    # UniMatch V2's layout: its DINOv2 as backbone.*, beside its DPT head.* (one tensor of it here)
+    torch.save({"model": {**dinov2_small_original("backbone."), "head.scratch.output_conv.2.bias": torch.zeros(3)}}, v2)
+    taken.write_text("an earlier export\n")
+    pair = [write_image(tmp / "same" / side / "x.png") for side in ("a", "b")]
+    mit = ["model.encoder=mit_b0", "model.num_classes=3", "model.crop_size=64"]
+    image = root / "images" / "val_00000.jpg"
+    return [
+        Case("train: model.pretrained a DINOv2 file into MiT-B0", tiny_train(root, tmp / "runs" / "dv2",
+                                                                            f"model.pretrained={dinov2}"), status=1),
+        Case("convert-official: corrupt .pth", ["convert-official", str(garbage), str(tmp / "c.safetensors"),
+                                                *mit], status=1),
+        Case("convert-official: UniMatch V2 checkpoint without method=sup",
+             ["convert-official", str(v2), str(tmp / "v2.safetensors"), "model.encoder=dinov2_small",
+              "model.num_classes=3", "model.crop_size=518"], status=2),
+        Case("convert-official: DST exists", ["convert-official", str(v2), str(taken), *mit], status=1),
+        Case("export: OUT in /proc (exists, not writable)", ["export", "/proc/x.onnx", "--checkpoint", str(run),
+                                                             "--no-check"], status=1),
+        Case("export: OUT exists", ["export", str(taken), "--checkpoint", str(run), "--no-check"], status=1),
+        Case("predict: two inputs write the same file", ["predict", *map(str, pair), "--checkpoint", str(run), "--out",
+                                                          str(tmp / "pred_same")], status=1),
+        Case("predict: --engine onnx without an export", ["predict", str(image), "--checkpoint", str(run), "--out",
+                                                          str(tmp / "pred_onnx"), "--engine", "onnx"], status=1),
+        Case("splits: --count 0", ["splits", str(root / "train.txt"), "--count", "0", "--out", str(tmp / "sp0")],
+             status=2),
+    ]
+
+
+def write_image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(path)
+    return path
+
+
+def interrupt_rows(tmp: Path, run: Path, only: str, timeout: float):
+    """SIGINT (Ctrl-C: the process group) to eval, predict and suggest once they report progress: one line saying
+    what is kept, exit 130."""
+    big = tmp / "big"
+    argvs = {"eval": ["eval", "demo", f"data.root={big}", "method=sup", "model.num_classes=3", "model.crop_size=64",
+                      "--checkpoint", str(run)],
+             "predict": ["predict", str(big / "images"), "--checkpoint", str(run), "--out", str(tmp / "pred_int")],
+             "suggest": ["suggest", "--checkpoint", str(run), "--count", "2", "--list", str(big / "val.txt"),
+                         "--root", str(big), "--out", str(tmp / "sug_int")]}
+    cases = [Case(f"{command}: SIGINT (Ctrl-C) while running", argv, env={"TQDM_DISABLE": None}, status=130)
+             for command, argv in argvs.items()]
+    cases = [case for case in cases if only in case.name]
+    if cases:
+        generate_synthetic(big, num_train=2, num_val=300, size=64, seed=0, num_classes=3)
+    for case in cases:
+        yield (case, *interrupted_run(case, timeout))
+
+
+def interrupted_run(case: Case, timeout: float) -> tuple[int | str, int, str]:
+    """Run `case` and SIGINT its process group once stderr shows progress (`n/total`): (exit code, stderr line
+    count, last stderr line that is not a log line or progress bar)."""
+    proc = subprocess.Popen([sys.executable, "-m", "allspark", *case.argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=case_env(case), start_new_session=True)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
+    reader.start()
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not re.search(rb"\b\d+/\d+\b", b"".join(chunks)):
+        time.sleep(0.2)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=timeout)
+    reader.join()
+    stderr = b"".join(chunks).decode(errors="replace")
+    count, _ = first_message(code, stderr, proc.stdout.read().decode(errors="replace"))
+    last = [line for line in stderr.splitlines() if line.strip() and not NOISE.search(line)][-1:]
+    return code, count, (last or [""])[0]  # the stop's line comes after the command's notes
 
 
 def case_env(case: Case) -> dict[str, str]:
@@ -449,6 +549,7 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     yield from (row for row in read_only_cases(tmp, tmp / "runs" / "good", args.timeout) if args.only in row[0].name)
     if args.only in "export: OUT on a disk too small for the file":
         yield export_disk_case(tmp, tmp / "runs" / "good", args.timeout)
+    yield from interrupt_rows(tmp, tmp / "runs" / "good", args.only, args.timeout)
     if args.only in "eval: a run with relative paths, from another folder":
         yield relative_paths_case(root, tmp, args.timeout)
     if any(args.only in f"suggest: --out holding scores of another {what}" for what in ("list version", "checkpoint")):
@@ -478,13 +579,14 @@ def run_all(args: argparse.Namespace) -> None:
         code, _, message = run_case(Case("setup", tiny_train(root, run)), args.timeout)
         if code != 0:
             sys.exit(f"setup training failed: {message}")
-        cases = [c for c in build_cases(tmp, root, run, args.camvid) if args.only in c.name]
+        cases = [c for c in build_cases(tmp, root, run, args.camvid) + wrong_line_cases(tmp, root, run)
+                 if args.only in c.name]
         print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
         print("|---|---|---|---|---|")
         for case, code, count, message in rows(cases, root, tmp, args):
             message = message.replace(folder, "$TMP").replace("|", "\\|")[: args.width]
             flag = " (!)" if (case.expect == "fail" and code == 0) or (case.expect == "ok" and code != 0) or \
-                message.startswith(("LOST", "WRONG")) else ""
+                (case.status is not None and code != case.status) or message.startswith(("LOST", "WRONG")) else ""
             print(f"| {case.name} | {case.expect} | {code}{flag} | {count} | {message} |", flush=True)
 
 

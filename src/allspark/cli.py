@@ -54,6 +54,12 @@ def describe(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def interrupted_line(err: KeyboardInterrupt, kept: str) -> str:
+    """What a stop says: the second stop signal's own words, else Ctrl-C's, with what the command keeps (`kept`,
+    its parser's `interrupted` default)."""
+    return str(err) or ("interrupted by SIGINT (Ctrl-C)" + (f"; {kept}" if kept else ""))
+
+
 def _log_to_new_files(line: str, before: set) -> None:
     """Append `line` to the log files this command opened (a training run's train.log)."""
     for handler in logging.getLogger("allspark").handlers:
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as err:  # Ctrl-C outside training, or a second stop signal during it (engine/stop.py)
         if debug:
             raise
-        line = f"allspark {args.command}: {err or 'interrupted'}"
+        line = f"allspark {args.command}: {interrupted_line(err, getattr(args, 'interrupted', ''))}"
         print(line, file=sys.stderr)
         _log_to_new_files(line, handlers)
         code = getattr(err, "exit_status", 130)

@@ -49,9 +49,13 @@ class DataError(InputError):
 
 
 class UsageError(InputError):
-    """An argument the command cannot act on as given (an output that exists without --force)."""
+    """Arguments the command cannot act on as given (a required one left out, two that exclude each other)."""
 
     exit_status = 2
+
+
+class OutputExistsError(InputError):
+    """An output is in the way: a file that exists without --force, or two inputs that would write the same file."""
 
 
 class CheckFailedError(InputError):
@@ -76,9 +80,7 @@ class DiskFullError(InputError):
 
 class EngineError(InputError):
     """The ONNX engine cannot run this request (no onnxruntime, no matching export, a CUDA device); with
-    `--engine onnx` a usage error (exit 2), with `--engine auto` the reason PyTorch runs instead."""
-
-    exit_status = 2
+    `--engine onnx` an error, with `--engine auto` the reason PyTorch runs instead."""
 
 
 class NonFiniteLossError(InputError):

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from allspark.config.loading import apply_overrides, config_from_dict, load_config
-from allspark.errors import ConversionError
+from allspark.errors import OutputExistsError
 from allspark.models.official import convert_official
 from allspark.runs.weights_file import save_weights
 
@@ -33,17 +32,12 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     dst = Path(args.dst)
     if dst.exists() and not args.force:
-        print(f"allspark convert-official: {dst} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+        raise OutputExistsError(f"{dst} already exists; pass --force to overwrite it")
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:
         cfg = config_from_dict(apply_overrides({}, args.overrides), where="command line")
-    try:
-        model, dropped = convert_official(args.src, cfg, args.entry)
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"allspark convert-official: {err}", file=sys.stderr)
-        return 1
+    model, dropped = convert_official(args.src, cfg, args.entry)
     save_weights(dst, model.state_dict(), cfg)
     if dropped:
         print(f"left out {len(dropped)} weights the release builds but never reads: {', '.join(dropped)}")

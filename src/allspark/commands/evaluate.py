@@ -35,7 +35,9 @@ def register(sub) -> None:
     options.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
     options.add_argument("--amp", choices=AMP_MODES, default="off",
                          help="mixed precision of the forward passes (bf16: faster on CPUs with AVX-512 BF16)")
-    add_config_command(sub, "eval", options, run, config_optional=True, required=("--checkpoint",),
-                       description="Evaluate a checkpoint on data.val_list: mIoU over the set, the per-class IoU "
-                                   "table, and eval.json (mode, miou, iou, class names, confusion matrix) in the run "
-                                   "directory or --out. Without CONFIG, the config saved in the weights is used.")
+    parser = add_config_command(sub, "eval", options, run, config_optional=True, required=("--checkpoint",),
+                                description="Evaluate a checkpoint on data.val_list: mIoU over the set, the per-class "
+                                            "IoU table, and eval.json (mode, miou, iou, class names, confusion "
+                                            "matrix) in the run directory or --out. Without CONFIG, the config saved "
+                                            "in the weights is used.")
+    parser.set_defaults(interrupted="nothing written (eval.json is written at the end)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from allspark.commands.options import add_checkpoint_options
 from allspark.data.layouts import class_names_and_palette
-from allspark.errors import CheckFailedError, CheckpointError, UsageError
+from allspark.errors import CheckFailedError, CheckpointError, OutputExistsError
 from allspark.extras import require_extra
 from allspark.models.weights import load_model
 from allspark.predict.backends import export_path, file_sha256
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.checkpoint, args.which)
     out = Path(args.out) if args.out else export_path(weights)
     if out.exists() and not args.force:
-        raise UsageError(f"{out} already exists; pass --force to overwrite it")
+        raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
     ensure_writable(out.parent)  # an unwritable OUT fails before the slow export, naming OUT's folder
     digest = file_sha256(weights)
     model, cfg = load_model(weights)
@@ -57,4 +57,4 @@ def register(sub) -> None:
                         help="compare onnxruntime with PyTorch at two sizes after exporting")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted logit difference")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, interrupted="no ONNX file written (an existing one is kept)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
 from allspark.config.schema import WHOLE_IMAGE_MODES
-from allspark.errors import InputError, UsageError
+from allspark.errors import InputError, OutputExistsError
 from allspark.predict.backends import ENGINES
 from allspark.predict.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
 from allspark.predict.predictor import Predictor
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     for path in files:
         for target in output_paths(out, path).values():
             if target in targets:
-                raise UsageError(f"{path} and {targets[target]} both write {target}; predict them into different "
-                                 "--out folders")
+                raise OutputExistsError(f"{path} and {targets[target]} both write {target}; predict them into "
+                                        "different --out folders")
             targets[target] = path
     existing = [t for t in targets if t.exists()]
     if existing and not (args.force or args.skip_existing):
-        raise UsageError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --force to "
-                         "overwrite them, or --skip-existing to predict only the inputs without outputs")
+        raise OutputExistsError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --force "
+                                "to overwrite them, or --skip-existing to predict only the inputs without outputs")
     ensure_writable(out)  # before the model loads
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
                           stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
@@ -95,4 +95,5 @@ def register(sub) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave out the inputs whose outputs all exist (an interrupted run continues)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, interrupted="the predictions written so far are kept; the same command with "
+                                             "--skip-existing predicts the rest")

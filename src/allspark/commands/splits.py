@@ -17,14 +17,16 @@ def _count(list_path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1 (the number of labeled images); got {args.count}")
     if args.add:
-        if args.train_list or args.count or args.fraction:
+        if args.train_list or args.count is not None or args.fraction is not None:
             raise UsageError("--add moves images between the lists in --out; give no TRAIN_LIST, --count or --fraction")
         moved, labeled, unlabeled = add_to_labeled(args.add, args.out, args.root)
         print(f"moved {moved} image(s) to {labeled} ({_count(labeled)} images); "
               f"{unlabeled} keeps {_count(unlabeled)}")
         return 0
-    if not args.train_list or not (args.count or args.fraction):
+    if not args.train_list or (args.count is None and args.fraction is None):
         raise UsageError("give TRAIN_LIST and --count or --fraction (or --add SUGGESTED)")
     source = Path(args.train_list)
     if source.is_dir():

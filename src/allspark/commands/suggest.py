@@ -51,4 +51,5 @@ def register(sub) -> None:
                         help="score every image again, dropping OUT/scoring/ (needed for another model or --max-side)")
     add_threads_option(parser)
     add_device_option(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, interrupted="the scores so far are kept in OUT/scoring/; the same command resumes "
+                                             "from them")

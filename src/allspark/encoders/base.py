@@ -3,6 +3,8 @@ four feature maps, the ViTs among them, and activation checkpointing."""
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -28,6 +30,16 @@ class Encoder(nn.Module):
     def __init__(self, spec: EncoderSpec, pos_embed: str = "release"):
         super().__init__()
         self.spec, self.name, self.channels = spec, spec.name, spec.channels
+
+    @classmethod
+    def holds_original(cls, keys: Collection[str]) -> bool:
+        """Whether `keys` (a state dict's) are mostly this family's original release names: a file of this family,
+        of whichever size, told apart for the error that names what a pretrained file holds."""
+        if cls.original_keys is None:
+            return False
+        kept = [key for key in keys if not key.startswith(cls.original_dropped)]
+        named = sum(any(re.fullmatch(rule[0], key) for rule in cls.original_keys) for key in kept)
+        return 2 * named > len(kept) > 0
 
 
 class BackboneEncoder(Encoder):

@@ -96,6 +96,10 @@ class DINOv2Encoder(ViTEncoder):
     transformers_class = Dinov2Backbone
     original_keys = DINOV2_KEYS
 
+    @classmethod
+    def holds_original(cls, keys) -> bool:
+        return super().holds_original(keys) and "register_tokens" not in keys
+
     def embeddings_class(self, pos_embed: str) -> type | None:
         return ReleasePositionEmbeddings if pos_embed == "release" else None
 
@@ -106,6 +110,10 @@ class DINOv2RegistersEncoder(ViTEncoder):
     family = "dinov2_reg"
     transformers_class = Dinov2WithRegistersBackbone
     original_keys = DINOV2_KEYS
+
+    @classmethod
+    def holds_original(cls, keys) -> bool:
+        return super().holds_original(keys) and "register_tokens" in keys
 
     def embeddings_class(self, pos_embed: str) -> type | None:
         return RegistersPositionEmbeddings

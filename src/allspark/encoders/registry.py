@@ -36,6 +36,17 @@ def family_of(spec: EncoderSpec) -> type[Encoder]:
                           "model.encoder") from None
 
 
+def family_holding(keys) -> type[Encoder] | None:
+    """The family whose original release names `keys` (a state dict's) are, each family judging its own; None when
+    no family claims them."""
+    return next((family for family in FAMILIES.values() if family.holds_original(keys)), None)
+
+
+def sizes_of(family: type[Encoder]) -> list[EncoderSpec]:
+    """Every registered spec that `family` builds."""
+    return [spec for spec in ENCODERS.values() if FAMILIES.get(spec.family) is family]
+
+
 def build_encoder(spec: EncoderSpec, pos_embed: str = "release") -> Encoder:
     """The encoder of `spec`, randomly initialised (model.pos_embed = pos_embed where its family reads it)."""
     return family_of(spec)(spec, pos_embed)

@@ -4,6 +4,7 @@ authors' release checkpoints (ModelBuilder layout: MiT encoder + decoder) and Un
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def unwrap_checkpoint(obj: Any, where: str, entry: str | None = None) -> dict[st
 
 
 def read_checkpoint(source: str | Path | dict, entry: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, where for messages) from a `.pth` path (loaded with weights_only=True) or an in-memory mapping;
+    """(state dict, where for messages) from a `.pth` path (read without running code from it) or an in-memory mapping;
     `entry` picks one of several state dicts (UniMatch V2 saves `model` and `model_ema`)."""
     if isinstance(source, dict):
         return unwrap_checkpoint(source, "<state dict>", entry), "<state dict>"
@@ -159,10 +160,30 @@ def read_checkpoint(source: str | Path | dict, entry: str | None = None) -> tupl
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage read as a pickle of an odd protocol warns before it fails
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # garbage bytes fail in many ways (unpickling, index, key, EOF, zip errors)
-        raise ConversionError(f"{path}: not a PyTorch checkpoint loadable with weights_only=True ({err})") from None
+        raise ConversionError(f"{path}: not a checkpoint that can be read safely ({_why_unreadable(err)})") from None
     return unwrap_checkpoint(obj, str(path), entry), str(path)
+
+
+def _why_unreadable(err: Exception) -> str:
+    """torch.load's failure in a few words, without its advice to load the file in a way that runs its code."""
+    text = str(err)
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    _, unpickler, detail = text.partition("WeightsUnpickler error:")
+    if unpickler:
+        detail = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+        global_name = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+        if global_name:
+            return f"it holds a {global_name[1]} object besides tensors, and reading one could run code from the file"
+        return f"not tensors in PyTorch's format: {detail}"
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    if isinstance(err, RuntimeError) and first:  # a damaged zip archive
+        return first.removeprefix("PytorchStreamReader ")
+    return f"not in PyTorch's format: {type(err).__name__} {first}".strip()
 
 
 def _listing(title: str, items: list[str]) -> str:

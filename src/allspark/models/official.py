@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from allspark.errors import ConversionError
+from allspark.errors import ConfigError, ConversionError
 from allspark.models.convert import load_exact, read_checkpoint, release_to_ours, unimatch_v2_to_ours
 from allspark.models.segmenter import AllSparkSegmenter, model_config
 
@@ -29,18 +29,26 @@ def load_official(source: str | Path | dict, cfg, entry: str | None = None):
 def convert_official(source: str | Path | dict, cfg, entry: str | None = None):
     """`load_official`, also returning the checkpoint keys left out on purpose (weights the release never reads)."""
     state, where = read_checkpoint(source, entry)
+    model_cfg = model_config(cfg)
     if is_unimatch_v2(state):
+        if model_cfg.ablation != "none":
+            raise ConfigError(f"{where}: a UniMatch V2 checkpoint (DINOv2 + DPT) has no AllSpark module, but the "
+                              f"config builds one (model.ablation {model_cfg.ablation!r}); convert it with method=sup",
+                              "method", "model.ablation")
         converted, dropped = unimatch_v2_to_ours(state)
-        model = AllSparkSegmenter(model_config(cfg))
+        model = AllSparkSegmenter(model_cfg)
         load_exact(model, converted, where)
         return model, dropped
     converted = release_to_ours(state)
+    if model_cfg.ablation == "none" and any(key.startswith("allspark.") for key in converted.tensors):
+        raise ConfigError(f"{where}: an AllSpark release checkpoint holds the AllSpark module, but the config builds "
+                          "none (model.ablation 'none'); convert it with method=allspark", "method", "model.ablation")
     earlier = [k for k in converted.unconsumed if _EARLIER_LAYOUT.search(k)]
     if earlier:
         raise ConversionError(f"{where}: keys such as '{earlier[0]}' come from the earlier layout of the "
                               "checkpoints the authors published, which their released code does not load either "
                               "(docs/METHODS.md 6, authors' issue #3); load_official reads the layout of the released "
                               "model/semseg/allspark.py")
-    model = AllSparkSegmenter(model_config(cfg))
+    model = AllSparkSegmenter(model_cfg)
     load_exact(model, converted, where)
     return model, []

@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import huggingface_hub
+import torch
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 
-from allspark.errors import ConfigError
 from allspark.encoders.base import Encoder
+from allspark.encoders.registry import family_holding, sizes_of
+from allspark.encoders.specs import encoder_spec
+from allspark.errors import ConfigError, ConversionError
 from allspark.models.convert import Converted, load_exact, read_checkpoint, rename_keys
 from allspark.runs.weights_file import read_weights
 
@@ -35,15 +38,59 @@ def load_pretrained_encoder(encoder: Encoder, source: str) -> None:
     Face directory or hub id, or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to
     fine-tune from); every key must match (errors list the ones that do not)."""
     if Path(source).suffix == ".safetensors":
-        state, _ = read_weights(source)
-        tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        _load_ours(encoder, source)
+    elif Path(source).is_file():
+        _load_original(encoder, source)
+    else:
+        _load_hugging_face(encoder, source)
+
+
+def _load_ours(encoder: Encoder, source: str) -> None:
+    """The encoder of one of our weights files; a file of another encoder is named (its config says which)."""
+    state, cfg = read_weights(source)
+    tensors = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    try:
         load_exact(encoder, Converted(tensors=tensors, origin={k: f"encoder.{k}" for k in tensors}), source)
-        return
-    if Path(source).is_file():
-        state, where = read_checkpoint(source)
+    except ConversionError:
+        held = encoder_spec(cfg.model.encoder)
+        if held.name != encoder.name:
+            raise _another_encoder(encoder, source, held.family, held.name, list(tensors)) from None
+        raise
+
+
+def _load_original(encoder: Encoder, source: str) -> None:
+    """An original release file (`mit_b0.pth`, `dinov2_vits14_pretrain.pth`); a file of another family or size is
+    named (each family tells its own keys, the sizes their shapes)."""
+    state, where = read_checkpoint(source)
+    try:
         load_exact(encoder, _original_to_ours(encoder, state), where)
-        return
-    _load_hugging_face(encoder, source)
+    except (ConversionError, ConfigError):
+        holder = family_holding(state)
+        size = _size_held(holder, state) if holder is not None else None
+        if holder is not None and not (type(encoder).holds_original(state) and size in (None, encoder.name)):
+            raise _another_encoder(encoder, where, holder.family, size, list(state)) from None
+        raise  # the encoder's own family and size, or no family's: every key that differs is listed
+
+
+def _size_held(family: type[Encoder], state: dict) -> str | None:
+    """The registered size of `family` whose weights have the names and shapes of `state` (original names), each
+    built on the meta device (no memory); None when no size fits."""
+    converted = rename_keys(state, family.original_keys, family.weights_prefix, dropped=family.original_dropped)
+    shapes = {key: tuple(tensor.shape) for key, tensor in converted.tensors.items()}
+    for spec in sizes_of(family):
+        with torch.device("meta"):
+            built = family(spec).state_dict()
+        if {key: tuple(tensor.shape) for key, tensor in built.items()} == shapes:
+            return spec.name
+    return None
+
+
+def _another_encoder(encoder: Encoder, where: str, family: str, size: str | None, keys: list[str]) -> ConversionError:
+    """One short line for a file of another family or size than `encoder`, instead of every key that differs."""
+    held = f"{size} weights ({family} family; " if size else f"{family} weights of no registered size ("
+    fix = f"set model.encoder={size}, or model.pretrained" if size else "set model.pretrained"
+    return ConversionError(f"{where}: holds {held}keys such as {', '.join(keys[:3])}), not weights of model.encoder "
+                           f"{encoder.name} ({encoder.family} family); {fix} to {encoder.name} weights")
 
 
 def _load_hugging_face(encoder: Encoder, source: str) -> None:

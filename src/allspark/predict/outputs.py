@@ -96,13 +96,13 @@ def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_si
             yield _Item(path, image)
 
     written = 0
-    for batch in _batches(readable(), batch_size):
-        masks = predictor.predict_masks([item.image for item in batch])
-        for item, mask in zip(batch, masks):
-            write_outputs(predictor, item, mask, out, alpha)
-            written += 1
-        progress.update(len(batch))
-    progress.close()
+    with progress:  # closed on Ctrl-C too, so the stop's line starts a line of its own
+        for batch in _batches(readable(), batch_size):
+            masks = predictor.predict_masks([item.image for item in batch])
+            for item, mask in zip(batch, masks):
+                write_outputs(predictor, item, mask, out, alpha)
+                written += 1
+            progress.update(len(batch))
     return written, problems
 
 

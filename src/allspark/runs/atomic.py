@@ -54,8 +54,9 @@ def ensure_writable(folder: str | Path) -> None:
     probe = existing / f".allspark-write-test.{secrets.token_hex(4)}"
     try:
         probe.touch()
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, str(existing)) from None
+    except OSError as err:  # the folder exists: a missing file (procfs says so) is not the reason to give
+        reason = "" if err.errno == errno.ENOENT else f" ({err.strerror.lower()})"
+        raise OSError(err.errno, f"folder is not writable{reason}", str(existing)) from None
     probe.unlink()
 
 
