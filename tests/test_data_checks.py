@@ -218,10 +218,11 @@ def _ade_tree(root, mask):
     """An ADE20K tree of one 2x2 training sample, listed in train.txt."""
     for folder in ("images/training", "annotations/training"):
         (root / folder).mkdir(parents=True)
-    Image.new("RGB", (2, 2)).save(root / "images/training/ADE_train_00000001.jpg")
-    Image.fromarray(np.array(mask, np.uint8), mode="L").save(root / "annotations/training/ADE_train_00000001.png")
-    (root / "train.txt").write_text("images/training/ADE_train_00000001.jpg annotations/training/ADE_train_00000001.png\n")
-    return root, root / "annotations/training/ADE_train_00000001.png"
+    image, mask_rel = "images/training/ADE_train_00000001.jpg", "annotations/training/ADE_train_00000001.png"
+    Image.new("RGB", (2, 2)).save(root / image)
+    Image.fromarray(np.array(mask, np.uint8), mode="L").save(root / mask_rel)
+    (root / "train.txt").write_text(f"{image} {mask_rel}\n")
+    return root, root / mask_rel
 
 
 @pytest.mark.parametrize("layout,mask,other", ADE_MIXUPS)
