@@ -240,7 +240,8 @@ _BUILTIN = {
 
 
 def mask_converter(name: str):
-    """The layout's mask conversion to train ids (Cityscapes `labelIds`), or None; needs no classes.txt."""
+    """The layout's mask conversion to train ids (Cityscapes `labelIds`, raw ADE20K) with its refusal of another
+    layout's masks, or None; needs no classes.txt."""
     return _BUILTIN[name].convert_mask if name in _BUILTIN else None
 
 
