@@ -61,6 +61,8 @@ V2_PUBLISHED = {
     "coco": ((81, 518, 20, 4, "ce", "whole"), ("1_512", "1_256", "1_128", "1_64", "1_32")),
     "ade20k": ((150, 518, 60, 2, "ce", "whole"), ("1_64", "1_32", "1_16", "1_8")),
 }
+# the masks its README's downloads hold, read as they are: ADE20K's are prepared (0-149, 255 ignore), not raw
+V2_LAYOUTS = {"pascal": "pascal", "cityscapes": "cityscapes", "coco": "coco", "ade20k": "ade20k_prepared"}
 
 
 @pytest.mark.parametrize("dataset", V2_PUBLISHED)
@@ -81,6 +83,7 @@ def test_unimatch_v2_presets_carry_the_releases_settings(dataset):
                 assert (cfg.method, t.optimizer, t.lr, t.lr_multi, t.lr_timing) == (ours, "adamw", 5e-6, 40.0, "after")
                 assert cfg.recipe.comp_drop == (ours != "sup") and cfg.eval.miou_over == "all"
                 assert cfg.data.labeled_list == f"splits/{dataset}/{split}/labeled.txt"
+                assert cfg.data.layout == V2_LAYOUTS[dataset]
 
 
 def test_warmup_published():

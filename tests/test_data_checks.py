@@ -9,10 +9,12 @@ import yaml
 from PIL import Image
 
 from allspark.cli import main
+from allspark.config.loading import config_from_dict
 from allspark.data.checks import check_data
 from allspark.data.datasets import ListDataset
 from allspark.data.io import read_list
 from allspark.data.layouts import get_layout, read_classes_file
+from allspark.data.loaders import build_labeled_loader
 from allspark.data.transforms import TrainTransform
 from allspark.errors import DataError
 
@@ -205,3 +207,43 @@ def test_a_list_file_is_checked_under_the_folder_its_images_are_in(tmp_path, cap
     pool.write_text("images/2.jpg\nimages/9.jpg\n")
     problems, summary = check_data(str(pool), progress=False)
     assert problems == [f"{root / 'images/9.jpg'}: missing file (listed as image)"]
+
+
+# (layout, a mask the other ADE20K layout reads, the layout the message names): UniMatch V2's prepared masks hold
+# 255 (ignore), which a raw ADEChallengeData2016 annotation never does; a raw one holds 150, a prepared one never
+ADE_MIXUPS = [("ade20k", [[0, 5], [255, 149]], "ade20k_prepared"), ("ade20k_prepared", [[0, 5], [150, 1]], "ade20k")]
+
+
+def _ade_tree(root, mask):
+    """An ADE20K tree of one 2x2 training sample, listed in train.txt."""
+    for folder in ("images/training", "annotations/training"):
+        (root / folder).mkdir(parents=True)
+    image, mask_rel = "images/training/ADE_train_00000001.jpg", "annotations/training/ADE_train_00000001.png"
+    Image.new("RGB", (2, 2)).save(root / image)
+    Image.fromarray(np.array(mask, np.uint8), mode="L").save(root / mask_rel)
+    (root / "train.txt").write_text(f"{image} {mask_rel}\n")
+    return root, root / mask_rel
+
+
+@pytest.mark.parametrize("layout,mask,other", ADE_MIXUPS)
+def test_check_data_names_the_ade20k_layout_that_reads_the_masks(tmp_path, capsys, layout, mask, other):
+    root, mask_path = _ade_tree(tmp_path, mask)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", str(root), "--layout", layout])
+    assert exit_info.value.code == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"{mask_path}: mask holds ") and first.endswith(f"set data.layout={other}")
+    assert check_data(str(root), layout_name=other, progress=False)[0] == []
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+@pytest.mark.parametrize("layout,mask,other", ADE_MIXUPS)
+def test_training_stops_on_masks_of_the_other_ade20k_layout(tmp_path, layout, mask, other, skip_bad):
+    """Through a loader worker, as training reads them; data.skip_bad_samples does not skip a whole dataset."""
+    root, mask_path = _ade_tree(tmp_path, mask)
+    cfg = config_from_dict({"method": "sup", "model": {"ablation": "none", "num_classes": 150, "crop_size": 32},
+                            "data": {"layout": layout, "root": str(root), "labeled_list": "train.txt",
+                                     "workers": 1, "skip_bad_samples": skip_bad}, "train": {"batch_size": 1}})
+    with pytest.raises(DataError) as err:
+        next(iter(build_labeled_loader(cfg, length=1)))
+    assert err.value.path == str(mask_path) and err.value.problem.endswith(f"set data.layout={other}")

@@ -5,6 +5,7 @@ from PIL import Image
 
 from allspark.config.loading import config_from_dict
 from allspark.config.schema import LAYOUTS
+from allspark.data.io import WrongLayoutDataError
 from allspark.data.layouts import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
                                    class_names_and_palette, cityscapes_label_ids_to_train_ids, get_layout, voc_palette)
 
@@ -61,9 +62,12 @@ def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
 def test_coco_ssss_tree(tmp_path):
     _write(tmp_path, "train2017/000000000009.jpg")
     _write(tmp_path, "masks/train2017/000000000009.png", mode="L")
+    _write(tmp_path, "train2017/000000000025.jpg")
+    _write(tmp_path, "masks/000000000025.png", mode="L")  # UniMatch V2's download: one flat masks/ folder
     _write(tmp_path, "val2017/000000000139.jpg")
     layout = get_layout("coco")
-    assert layout.pairs(tmp_path, "train2017") == [("train2017/000000000009.jpg", "masks/train2017/000000000009.png")]
+    assert layout.pairs(tmp_path, "train2017") == [("train2017/000000000009.jpg", "masks/train2017/000000000009.png"),
+                                                   ("train2017/000000000025.jpg", "masks/000000000025.png")]
     assert layout.pairs(tmp_path, "val2017") == [("val2017/000000000139.jpg", "masks/val2017/000000000139.png")]
 
 
@@ -78,9 +82,18 @@ def test_ade20k_tree_and_the_releases_preparation_of_raw_annotations(tmp_path):
         assert layout.pairs(tmp_path, "validation")[0][1] == "annotations/validation/ADE_val_00000001.png"
     assert raw.class_names[0] == "wall" and raw.class_names[-1] == "flag"
     annotation = np.array([[0, 1, 2], [150, 149, 0]], np.uint8)  # 0 = "other", k = class k - 1
-    np.testing.assert_array_equal(raw.convert_mask(annotation, "annotations/training/x.png"),
-                                  [[255, 0, 1], [149, 148, 255]])
-    np.testing.assert_array_equal(prepared.convert_mask(annotation, "annotations/training/x.png"), annotation)
+    train_ids = raw.convert_mask(annotation, "annotations/training/x.png")
+    np.testing.assert_array_equal(train_ids, [[255, 0, 1], [149, 148, 255]])
+    np.testing.assert_array_equal(prepared.convert_mask(train_ids, "annotations/training/x.png"), train_ids)
+
+
+@pytest.mark.parametrize("layout,mask,other", [("ade20k", [[0, 5, 255]], "ade20k_prepared"),
+                                               ("ade20k_prepared", [[0, 5, 150]], "ade20k")])
+def test_each_ade20k_layout_refuses_the_others_masks(layout, mask, other):
+    with pytest.raises(WrongLayoutDataError) as err:
+        get_layout(layout).convert_mask(np.array(mask, np.uint8), "annotations/training/x.png")
+    assert str(err.value).startswith("annotations/training/x.png: mask holds ")
+    assert str(err.value).endswith(f"set data.layout={other}") and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("image,mask", [("images/train/a.jpg", "labels/train/a.png"), ("train/a.png", "trainannot/a.png")])

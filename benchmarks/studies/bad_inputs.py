@@ -136,7 +136,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
                                           str(tmp / "pred16"), "--force"], expect="any"),
     ]
-    return cases + silent_cases(tmp, root, run)
+    return cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp)
 
 
 def silent_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
@@ -281,6 +281,38 @@ def interrupted_run(case: Case, timeout: float) -> tuple[int | str, int, str]:
     count, _ = first_message(code, stderr, proc.stdout.read().decode(errors="replace"))
     last = [line for line in stderr.splitlines() if line.strip() and not NOISE.search(line)][-1:]
     return code, count, (last or [""])[0]  # the stop's line comes after the command's notes
+
+
+def _ade20k_tree(root: Path, mask: list[list[int]]) -> Path:
+    """An ADE20K tree of two 16x16 training samples whose masks repeat `mask`, listed in train.txt."""
+    stems = ("ADE_train_00000001", "ADE_train_00000002")
+    for folder in ("images/training", "annotations/training"):
+        (root / folder).mkdir(parents=True)
+    for stem in stems:
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / f"images/training/{stem}.jpg")
+        tiled = np.tile(np.array(mask, np.uint8), (8, 8))
+        Image.fromarray(tiled, mode="L").save(root / f"annotations/training/{stem}.png")
+    (root / "train.txt").write_text("".join(f"images/training/{s}.jpg annotations/training/{s}.png\n" for s in stems))
+    return root
+
+
+def ade20k_layout_cases(tmp: Path) -> list[Case]:
+    """Each ADE20K layout given the other's masks (UniMatch V2's prepared ones hold 255, raw ones 150), and the
+    V2 preset given the prepared masks its README links."""
+    prepared = _ade20k_tree(tmp / "ade_prepared", [[0, 5], [255, 149]])
+    raw = _ade20k_tree(tmp / "ade_raw", [[0, 5], [150, 1]])
+    v2 = tmp / "v2_ade20k.yaml"
+    v2.write_text(yaml.safe_dump({"base": "unimatch_v2/ade20k/1_64/small/sup", "data": {
+        "root": str(prepared), "labeled_list": "train.txt", "val_list": "train.txt"}}))
+    cases = []
+    for what, root, layout in (("UniMatch V2's prepared", prepared, "ade20k"), ("raw", raw, "ade20k_prepared")):
+        ade = ["model.num_classes=150", "data.labeled_list=train.txt", "data.val_list=train.txt"]
+        cases += [Case(f"train: {what} ADE20K masks, data.layout={layout}",
+                       tiny_train(root, tmp / "runs" / f"ade_{layout}", f"data.layout={layout}", *ade), status=1),
+                  Case(f"check-data: {what} ADE20K masks, --layout {layout}",
+                       ["check-data", str(root), "--layout", layout], status=1)]
+    return cases + [Case("check-data: UniMatch V2's prepared ADE20K masks, unimatch_v2/ade20k preset",
+                         ["check-data", str(v2)], expect="ok")]
 
 
 def case_env(case: Case) -> dict[str, str]:

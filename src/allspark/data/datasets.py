@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from allspark.data.io import IGNORE_INDEX, load_sample, read_list
+from allspark.data.io import IGNORE_INDEX, WrongLayoutDataError, load_sample, read_list
 from allspark.data.normalize import normalize_image
 from allspark.data.transforms import TrainTransform
 from allspark.data.views import UnlabeledViews
@@ -27,7 +27,8 @@ class ListDataset(Dataset):
     val: full size {"image" (3,H,W), "mask" (H,W) int64, "name", "skipped", "problem"}; `views` adds the recipes'
     keys to unlabeled samples, from the augmented image (data/views.py). Each sample passes the checks of
     `io.load_sample`; a bad one raises DataError naming the file, or with `skip_bad` is logged and replaced
-    (training) or left out of the metric with an all-ignore mask and named in "skipped" (validation).
+    (training) or left out of the metric with an all-ignore mask and named in "skipped" (validation); a mask of
+    another layout (WrongLayoutDataError) is never skipped.
     """
 
     def __init__(self, root: str | Path, list_path: str | Path, mode: str, num_classes: int,
@@ -52,7 +53,7 @@ class ListDataset(Dataset):
             try:
                 return self._load(index)
             except DataError as err:
-                if not self.skip_bad:
+                if not self.skip_bad or isinstance(err, WrongLayoutDataError):
                     raise
                 if self.mode == "val":  # counted and named once the whole set is evaluated (engine/evaluate.py)
                     return self._ignored(index, err)

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from allspark.config.schema import LAYOUTS, Config
-from allspark.data.io import list_fields
+from allspark.data.io import WrongLayoutDataError, list_fields
 from allspark.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,8 +99,9 @@ def cityscapes_label_ids_to_train_ids(mask: np.ndarray) -> np.ndarray:
 
 def ade20k_raw_to_train_ids(mask: np.ndarray) -> np.ndarray:
     """Map a raw ADEChallengeData2016 annotation (0 = other, 1..150 the classes) to train ids 0..149 with
-    255 for "other", the preparation UniMatch V2 applies before training."""
+    255 for "other", the preparation behind UniMatch V2's downloadable annotations."""
     return _ADE20K_TRAIN_ID_LUT[mask]
+
 
 @dataclass(frozen=True, eq=False)
 class Layout:
@@ -121,13 +122,21 @@ class Layout:
     names_file: str = ""  # a file of image stems per split (Pascal); each replaces the glob's '*'
     splits: tuple[str, ...] = ("train", "val")
     mask_converters: tuple[tuple[str, object], ...] = ()  # (mask file suffix, function to train ids)
+    masks: str = ""  # what its mask files hold, for messages
+    foreign_marks: tuple[tuple[int, str], ...] = ()  # (value, layout): a mask holding it was made for that layout
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def convert_mask(self, mask: np.ndarray, mask_path: str | Path) -> np.ndarray:
-        """Masks stored in another id space (Cityscapes `labelIds`) become train ids; others pass through."""
+        """Masks stored in another id space (Cityscapes `labelIds`) become train ids; others pass through. A mask
+        holding a value this layout's masks never hold is refused, naming the layout that reads it."""
+        for value, other in self.foreign_marks:
+            if (mask == value).any():  # one pass over the decoded mask
+                raise WrongLayoutDataError(mask_path, f"mask holds {value}, which {self.masks} never holds "
+                                           f"(data.layout={self.name}); it looks like {_BUILTIN[other].masks}: "
+                                           f"set data.layout={other}")
         for suffix, convert in self.mask_converters:
             if str(mask_path).endswith(suffix):
                 return convert(mask)
@@ -208,16 +217,20 @@ _BUILTIN = {
         mask_converters=(("_gtFine_labelIds.png", cityscapes_label_ids_to_train_ids),)),
     "coco": Layout(
         "coco", COCO_CLASSES, voc_palette(81),
-        image_globs=("{split}/*.jpg",), mask_templates=("masks/{split}/{stem}.png",),
+        image_globs=("{split}/*.jpg",), mask_templates=("masks/{split}/{stem}.png", "masks/{stem}.png"),
         splits=("train2017", "val2017")),
     "ade20k": Layout(
         "ade20k", ADE20K_CLASSES, voc_palette(len(ADE20K_CLASSES)),
         image_globs=("images/{split}/*.jpg",), mask_templates=("annotations/{split}/{stem}.png",),
-        splits=("training", "validation"), mask_converters=((".png", ade20k_raw_to_train_ids),)),
+        splits=("training", "validation"), mask_converters=((".png", ade20k_raw_to_train_ids),),
+        masks="a raw ADEChallengeData2016 annotation (0 other, 1-150 the classes)",
+        foreign_marks=((255, "ade20k_prepared"),)),
     "ade20k_prepared": Layout(
         "ade20k_prepared", ADE20K_CLASSES, voc_palette(len(ADE20K_CLASSES)),
         image_globs=("images/{split}/*.jpg",), mask_templates=("annotations/{split}/{stem}.png",),
-        splits=("training", "validation")),
+        splits=("training", "validation"),
+        masks="a prepared annotation (0-149 the classes, 255 ignore: UniMatch V2's download)",
+        foreign_marks=((150, "ade20k"),)),
     "camvid": Layout(
         "camvid", CAMVID_CLASSES, CAMVID_PALETTE,
         image_globs=("images/{split}/*", "{split}/*"),
@@ -227,7 +240,8 @@ _BUILTIN = {
 
 
 def mask_converter(name: str):
-    """The layout's mask conversion to train ids (Cityscapes `labelIds`), or None; needs no classes.txt."""
+    """The layout's mask conversion to train ids (Cityscapes `labelIds`, raw ADE20K) with its refusal of another
+    layout's masks, or None; needs no classes.txt."""
     return _BUILTIN[name].convert_mask if name in _BUILTIN else None
 
 

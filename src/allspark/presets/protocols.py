@@ -20,7 +20,8 @@ PROTOCOL_RECIPE = {"strong_views": True, "cutmix_prob": 0.5, "threshold": 0.95, 
 # UniMatch V2 (its configs/*.yaml and README; METHODS.md 8): per dataset the settings and the splits it publishes.
 # Batch sizes are per GPU (the release trains on 4). mIoU is averaged over all classes and `best` follows the EMA
 # teacher, as the release reports. ADE20K: the release's config locks the encoder, but its published ADE20K logs
-# trained it unlocked; we follow the logs (model.freeze_encoder stays false).
+# trained it unlocked; we follow the logs (model.freeze_encoder stays false). Its README points ADE20K users to its
+# prepared annotations (0-149, 255 ignore), which its code reads as they are: layout ade20k_prepared.
 _V2_TRAIN = {"epochs": 60, "batch_size": 4, "best_of": "ema"}
 UNIMATCH_V2_PROTOCOLS = {
     "pascal": ({"model": {"num_classes": 21, "crop_size": 518},
@@ -39,7 +40,7 @@ UNIMATCH_V2_PROTOCOLS = {
               "train": {**_V2_TRAIN, "epochs": 20}, "eval": {"mode": "whole"}},
              "splits/coco", ("1_512", "1_256", "1_128", "1_64", "1_32")),
     "ade20k": ({"model": {"num_classes": 150, "crop_size": 518},
-                "data": {"layout": "ade20k", "root": "data/ade20k", "val_list": "splits/ade20k/val.txt"},
+                "data": {"layout": "ade20k_prepared", "root": "data/ade20k", "val_list": "splits/ade20k/val.txt"},
                 "train": {**_V2_TRAIN, "batch_size": 2}, "eval": {"mode": "whole"}},
                "splits/ade20k", ("1_64", "1_32", "1_16", "1_8")),
 }
