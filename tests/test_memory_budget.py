@@ -96,3 +96,20 @@ def test_the_estimate_covers_a_measured_step():
     measured = float(done.stdout.split()[-1]) * 2**20  # the step itself: weights and optimizer state not counted
     estimate = training_step_bytes(step_cfg("model.crop_size=96", "train.batch_size=2"))
     assert measured <= estimate <= 4 * measured + 50 * 10**6
+
+
+def test_eval_refuses_a_whole_image_or_window_that_cannot_fit(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from allspark.engine.evaluate import _check_memory
+
+    write_images(tmp_path, [(300, 400)])
+    dataset = SimpleNamespace(root=tmp_path, entries=[("img0.png", None)])
+    cfg = step_cfg("model.crop_size=64")
+    monkeypatch.setenv(memory_budget.AVAILABLE_ENV, "1M")
+    with pytest.raises(MemoryBudgetError, match=r"whole-image evaluation of an image of 400x300 px .*--mode sliding"):
+        _check_memory(cfg, dataset, "whole", memory_budget.torch.device("cpu"))
+    with pytest.raises(MemoryBudgetError, match=r"window of 64x64 px .*lower eval.crop_size"):
+        _check_memory(cfg, dataset, "sliding", memory_budget.torch.device("cpu"))
+    monkeypatch.setenv(memory_budget.AVAILABLE_ENV, "1T")
+    _check_memory(cfg, dataset, "whole", memory_budget.torch.device("cpu"))

@@ -8,6 +8,7 @@ import math
 import os
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -67,10 +68,17 @@ def _fake_model(mcfg: ModelConfig, fake: FakeTensorMode, checkpointing: bool = F
     return model
 
 
-def traced_peak(mcfg: ModelConfig, images: int, size: tuple[int, int], train: bool, amp: str = "off",
-                checkpointing: bool = False) -> int:
-    """Peak bytes of `model(x)` on `images` images of `size` (train: in train mode, then its backward, gradients
-    included), the tensors of the amp dtype where autocast would make them; parameters themselves not counted."""
+class Trace(NamedTuple):
+    """What a traced pass needs: its peak (activations, and gradients when training) and the model's weights."""
+
+    peak: int  # bytes of the tensors the pass creates, at their most (the weights themselves not counted)
+    weights: int  # bytes of all parameters and buffers, fp32
+    trainable: int  # bytes of the parameters that get gradients (and optimizer state)
+
+
+def trace(mcfg: ModelConfig, images: int, size: tuple[int, int], train: bool, amp: str = "off",
+          checkpointing: bool = False) -> Trace:
+    """`model(x)` on `images` images of `size` under `amp`'s autocast (train: in train mode, then its backward)."""
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     model = _fake_model(mcfg, fake, checkpointing).train(train)
     with fake:
@@ -79,14 +87,8 @@ def traced_peak(mcfg: ModelConfig, images: int, size: tuple[int, int], train: bo
         logits = model(x)
         if train:
             logits.float().sum().backward()
-    return counter.peak
-
-
-def _param_bytes(mcfg: ModelConfig) -> tuple[int, int]:
-    """(bytes of all parameters and buffers, bytes of the trainable parameters) of the model, fp32."""
-    model = _fake_model(mcfg, FakeTensorMode(allow_non_fake_inputs=True))
-    every = sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()])
-    return every, sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    weights = sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()])
+    return Trace(counter.peak, weights, sum(p.numel() * 4 for p in model.parameters() if p.requires_grad))
 
 
 def training_step_bytes(cfg: Config) -> int:
@@ -95,18 +97,17 @@ def training_step_bytes(cfg: Config) -> int:
     t, crop, classes = cfg.train, cfg.model.crop_size, cfg.model.num_classes
     unlabeled = 0 if cfg.method == "sup" else cfg.recipe.views * t.batch_size
     images = math.ceil((t.batch_size + unlabeled) / t.accumulate)
-    step = traced_peak(cfg.model, images, (crop, crop), True, t.amp, t.activation_checkpointing)
+    step = trace(cfg.model, images, (crop, crop), True, t.amp, t.activation_checkpointing)
     logits = (2 * images + 2 * math.ceil(unlabeled / t.accumulate)) * classes * crop * crop * 4  # loss, teacher
-    every, trainable = _param_bytes(cfg.model)
     slots = 2 if t.optimizer == "adamw" else 1
-    state = every + slots * trainable + (every if cfg.recipe.teacher == "ema" else 0)
-    return int(MARGIN * (step + logits)) + state
+    state = step.weights + slots * step.trainable + (step.weights if cfg.recipe.teacher == "ema" else 0)
+    return int(MARGIN * (step.peak + logits)) + state
 
 
 def inference_bytes(mcfg: ModelConfig, images: int, size: tuple[int, int]) -> int:
     """Peak bytes of predicting `images` pieces of `size` without gradients: the pass and its probabilities."""
     probs = 3 * images * mcfg.num_classes * size[0] * size[1] * 4  # softmax, the running sum, the result
-    return int(MARGIN * (traced_peak(mcfg, images, size, False) + probs))
+    return int(MARGIN * (trace(mcfg, images, size, False).peak + probs))
 
 
 def _size_bytes(text: str) -> int:
