@@ -7,7 +7,7 @@ from pathlib import Path
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
-from allspark.config.schema import WHOLE_IMAGE_MODES
+from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.errors import InputError, OutputExistsError
 from allspark.predict.backends import ENGINES
@@ -30,7 +30,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def check_memory(predictor: Predictor, files: list[Path], batch_size: int) -> None:
     """MemoryBudgetError before predicting when the piece the largest input is predicted in (whole, window or tile,
     at the largest scale) cannot fit; the PyTorch engine only (onnxruntime's memory is its own)."""
-    sizes = largest_images(files)
+    sizes = [size for size in largest_images(files) if min(size) >= MIN_CROP]  # smaller ones are skipped
     if predictor.engine != "torch" or not sizes:
         return
     (h, w), options = sizes[0], predictor.options
