@@ -154,7 +154,10 @@ def available_bytes(device: torch.device) -> int | None:
 def check_training(cfg: Config, device: torch.device) -> str:
     """The line saying what a step needs and what is free; MemoryBudgetError, naming the keys to lower, when the
     step cannot fit."""
-    need, free = training_step_bytes(cfg), available_bytes(device)
+    try:
+        need, free = training_step_bytes(cfg), available_bytes(device)
+    except RuntimeError as err:  # a shape the traced kernels refuse: the step itself will say what is wrong
+        return f"memory estimate skipped: {str(err).splitlines()[0]}"
     t = cfg.train
     at = f"model.crop_size={cfg.model.crop_size}, train.batch_size={t.batch_size}"
     if free is None:
@@ -176,7 +179,10 @@ def check_inference(mcfg: ModelConfig, device: torch.device, images: int, size: 
     free = available_bytes(device)
     if free is None:
         return
-    need = inference_bytes(mcfg, images, size)
+    try:
+        need = inference_bytes(mcfg, images, size)
+    except RuntimeError:  # a shape the traced kernels refuse: the prediction itself will say what is wrong
+        return
     if need > free:
         raise MemoryBudgetError(f"{what} of {size[1]}x{size[0]} px needs ~{size_text(need)} ({size_text(free)} "
                                 f"free on {device.type}): {lower}")
