@@ -113,3 +113,9 @@ def test_eval_refuses_a_whole_image_or_window_that_cannot_fit(tmp_path, monkeypa
         _check_memory(cfg, dataset, "sliding", memory_budget.torch.device("cpu"))
     monkeypatch.setenv(memory_budget.AVAILABLE_ENV, "1T")
     _check_memory(cfg, dataset, "whole", memory_budget.torch.device("cpu"))
+
+
+def test_a_bad_free_memory_override_is_one_line(monkeypatch):
+    monkeypatch.setenv(memory_budget.AVAILABLE_ENV, "lots")
+    with pytest.raises(memory_budget.ConfigError, match="ALLSPARK_MEMORY_AVAILABLE must be a size"):
+        memory_budget.available_bytes(memory_budget.torch.device("cpu"))

@@ -1,6 +1,6 @@
-"""Memory before it runs out (issue 32.3): the peak of a training step or of one inference piece, traced on the meta
-device (tensors with shapes and no storage, so nothing is allocated whatever the crop), compared with the memory
-free before the first step. Calibration against measured CPU peaks: BENCHMARKS.md, "Memory estimate"."""
+"""Memory before it runs out (issue 32.3): the peak of a training step or of one inference piece, traced on fake
+tensors (shapes and no storage, so nothing is allocated whatever the crop), compared with the memory free before
+the first step. Calibration against measured CPU peaks: BENCHMARKS.md, "Memory estimate"."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 from allspark.config.schema import Config, ModelConfig
 from allspark.encoders.base import checkpoint_layers
 from allspark.engine.amp import autocast
-from allspark.errors import MemoryBudgetError
+from allspark.errors import ConfigError, MemoryBudgetError
 from allspark.models import build_model
 
 AVAILABLE_ENV = "ALLSPARK_MEMORY_AVAILABLE"  # bytes (or 200M, 2G) read as free memory instead of the machine's
@@ -138,7 +138,11 @@ def available_bytes(device: torch.device) -> int | None:
     """Memory free for a step on `device` (None: unknown): the GPU's free memory, or MemAvailable within the
     cgroup's limit, shared by the processes of this machine; ALLSPARK_MEMORY_AVAILABLE overrides it."""
     if os.environ.get(AVAILABLE_ENV):
-        return _size_bytes(os.environ[AVAILABLE_ENV])
+        try:
+            return _size_bytes(os.environ[AVAILABLE_ENV])
+        except ValueError:
+            raise ConfigError(f"{AVAILABLE_ENV} must be a size such as 2G, 500M or a number of bytes; got "
+                              f"{os.environ[AVAILABLE_ENV]!r}") from None
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
