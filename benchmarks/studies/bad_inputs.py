@@ -96,6 +96,8 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
              expect="any" if _has_cuda() else "fail"),
         Case("train: corrupt pretrained .pth", tiny_train(root, runs / "pth", f"model.pretrained={garbage}"), status=1),
         Case("train: model.crop_size=8", tiny_train(root, runs / "crop8", "model.crop_size=8")),
+        Case("train: model.crop_size=2000 with 1 GB free", tiny_train(root, runs / "crop2000", "model.crop_size=2000"),
+             env={"ALLSPARK_MEMORY_AVAILABLE": "1G"}),
     ]
     if os.geteuid() != 0:  # root writes into read-only folders anyway
         cases.append(Case("train: run_dir under a read-only folder", tiny_train(root, tmp / "readonly" / "run")))
@@ -125,6 +127,10 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("export: OUT under a file",
              ["export", str(tmp / "a_file" / "m.onnx"), "--checkpoint", str(run), "--no-check"]),
         Case("viz: --out under a file", ["viz", "curves", str(run), "--out", str(tmp / "a_file" / "c.png")]),
+        Case("eval: whole images with 1 MB free", ["eval", *eval_args, "--checkpoint", str(run), "--out",
+                                                    str(tmp / "eval_mem")], env={"ALLSPARK_MEMORY_AVAILABLE": "1M"}),
+        Case("predict: an image with 1 MB free", ["predict", str(image), "--checkpoint", str(run), "--out",
+                                                  str(tmp / "pred_mem")], env={"ALLSPARK_MEMORY_AVAILABLE": "1M"}),
     ]
     odd = tmp / "odd"
     odd.mkdir()

@@ -22,6 +22,11 @@ class ConfigError(InputError):
         self.keys = keys
 
 
+class MemoryBudgetError(ConfigError):
+    """A training step or an inference piece would need more memory than the machine has free (engine/memory_budget):
+    refused before anything is allocated, naming what to lower."""
+
+
 class DeviceError(InputError):
     """`--device` asks for hardware this machine does not have."""
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
-from allspark.config.schema import WHOLE_IMAGE_MODES
+from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
+from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.errors import InputError, OutputExistsError
 from allspark.predict.backends import ENGINES
 from allspark.predict.outputs import LEGEND_FILES, expand_inputs, output_paths, run_predict, write_legend
@@ -24,6 +25,25 @@ def parse_scales(text: str) -> tuple[float, ...]:
     if not scales or any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"scales must be positive; got {text!r}")
     return scales
+
+
+def check_memory(predictor: Predictor, files: list[Path], batch_size: int) -> None:
+    """MemoryBudgetError before predicting when the piece the largest input is predicted in (whole, window or tile,
+    at the largest scale) cannot fit; the PyTorch engine only (onnxruntime's memory is its own)."""
+    sizes = [size for size in largest_images(files) if min(size) >= MIN_CROP]  # smaller ones are skipped
+    if predictor.engine != "torch" or not sizes:
+        return
+    (h, w), options = sizes[0], predictor.options
+    tile = predictor.tiling(h, w)
+    if tile is None and options["mode"] == "whole":
+        scale = max(options["scales"])
+        check_inference(predictor.cfg.model, predictor.device, batch_size, (round(h * scale), round(w * scale)),
+                        "predicting an image whole",
+                        "use --tile auto with a lower --max-pixels (larger images go in tiles), or a lower --batch-size")
+        return
+    window = tile or options["window"]
+    check_inference(predictor.cfg.model, predictor.device, 1 if tile else batch_size, (window, window),
+                    "predicting a window", "lower --window")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
                           stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
                           tile=args.tile, max_pixels=args.max_pixels, engine=args.engine)
+    check_memory(predictor, files, args.batch_size)
     print(f"allspark predict: {predictor.engine_note}", file=sys.stderr)
     written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
     if args.legend:

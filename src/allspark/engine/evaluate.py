@@ -17,6 +17,7 @@ from allspark.config.schema import Config, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
+from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
 from allspark.models.weights import load_model
@@ -105,8 +106,9 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         dist_utils.on_main(info, lambda: ensure_writable(run.root))
         model, cfg = _model_and_config(weights, cfg, overrides, info.device)
         mode = mode or cfg.eval.mode
-        done = evaluate_set(model, build_val_loader(cfg, info.rank, info.world_size), cfg, info.device, mode,
-                            amp=amp, progress=info.is_main)
+        loader = build_val_loader(cfg, info.rank, info.world_size)
+        dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device))
+        done = evaluate_set(model, loader, cfg, info.device, mode, amp=amp, progress=info.is_main)
         names, _ = class_names_and_palette(cfg)
         confusion = done.confusion
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
@@ -117,6 +119,19 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
             atomic_write_text(run.eval_json, json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
         return {**result, "written": run.eval_json if info.is_main else None,
                 "warning": skipped_line(done.skipped) if done.skipped else None}
+
+
+def _check_memory(cfg: Config, dataset, mode: str, device: torch.device) -> None:
+    """MemoryBudgetError before evaluating when a window, or the largest validation image read whole, cannot fit."""
+    if mode != "whole":
+        window = eval_window(cfg)
+        check_inference(cfg.model, device, 1, (window, window), f"evaluation ({mode}) of a window",
+                        "lower eval.crop_size")
+        return
+    sizes = largest_images(dataset.root / image for image, _ in dataset.entries[:64])
+    if sizes:
+        check_inference(cfg.model, device, 1, sizes[0], "whole-image evaluation of an image",
+                        "evaluate with --mode sliding (windows of eval.crop_size)")
 
 
 def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str], device: torch.device):

@@ -19,6 +19,7 @@ from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
+from allspark.engine.memory_budget import check_training, crop_note, largest_images
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
@@ -123,12 +124,22 @@ class _Run:
             raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
                               f"per process x {info.world_size} processes exceeds the training list)")
         self.total = min(cfg.train.max_iters or math.inf, cfg.train.epochs * self.iters_per_epoch)  # poly's T
+        self.memory_line = dist_utils.on_main(info, self.check_memory)
         dist_utils.seed_everything(cfg.train.seed)  # the same initial weights and memory noise on every rank
         self.trainer = Trainer(cfg, info, total=self.total)
         dist_utils.seed_everything(cfg.train.seed, info.rank)  # then different dropout per rank
         self.position = Position()
         self.writer = None
         self.stop, self.stop_signal = None, 0
+
+    def check_memory(self) -> str:
+        """Before the model is built: a step that cannot fit stops the run in one line (MemoryBudgetError, in
+        train.log too); a crop larger than every training image read is a warning. Returns the estimate's line."""
+        data = self.labeled.dataset
+        note = crop_note(self.cfg.model.crop_size, largest_images(data.root / image for image, _ in data.entries[:64]))
+        if note:
+            self.log.warning(note)
+        return check_training(self.cfg, self.info.device)
 
     @property
     def iteration(self) -> int:
@@ -155,6 +166,8 @@ class _Run:
         self.writer = MetricsWriter(self.run_dir, names, purge_after=self.iteration) if info.is_main else None
         self.log.info("method %s, %d iterations (%d per epoch), %d process(es) on %s", cfg.method, self.total,
                       self.iters_per_epoch, info.world_size, info.device)
+        if self.memory_line:
+            self.log.info(self.memory_line)
         bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, dynamic_ncols=True,
                    disable=not (self.progress and info.is_main))
         started = time.time()
