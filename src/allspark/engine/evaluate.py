@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config.loading import apply_overrides, config_from_dict
+from allspark.config.loading import apply_overrides, config_from_dict, override_keys
 from allspark.config.schema import Config, config_to_dict
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
@@ -140,7 +140,7 @@ def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str
     model, saved_cfg = load_model(weights, device=device)  # the file holds every weight: model.pretrained is not read
     if cfg is None:
         cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
-                               where=f"{weights} (embedded config)")
+                               where=f"{weights} (embedded config)", command_line=override_keys(overrides))
     differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
     if differing:
         raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "
