@@ -1,5 +1,6 @@
 """What the console shows (issue 32, items 5, 6 and 8): one line naming the files of a `base:` cycle, overrides
-blamed on the command line, preset suggestions among the listed presets, the demo's folders ignored by git."""
+blamed on the command line, preset suggestions among the listed presets, the demo's folders ignored by git, no run
+folder left by a failed start, progress as plain lines off a terminal."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 
 from allspark.demo import default_folders
 from allspark.presets import listed_presets
+from allspark.progress import progress_bar
+from engine_helpers import make_train_data
 from inference_helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +49,36 @@ def test_the_demo_folders_are_ignored_by_git(seeds):
     for folder in default_folders(*seeds):
         path = f"{folder}/anything.png"
         assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO).returncode == 0, path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_train_data(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.mark.parametrize("bad", ["model.num_classes=3", "data.labeled_list=nope.txt", "train.batch_size=64"])
+def test_a_failed_check_at_the_start_of_train_leaves_no_run_folder(bad, data_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_cli(["train", "demo", f"data.root={data_root}", f"run_dir={run_dir}", "method=sup", "model.num_classes=4",
+                    "model.crop_size=64", "train.max_iters=1", "--no-progress", "--threads", "1", bad]) != 0
+    _one_error_line(capsys)
+    assert not run_dir.exists()
+
+
+def test_progress_off_a_terminal_is_a_line_every_tenth(capsys):
+    assert list(progress_bar(range(20), desc="count")) == list(range(20))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" INFO ")[1].split(",")[0] for line in lines] == [f"count: {n}/20 ({n * 5}%)"
+                                                                          for n in range(2, 21, 2)]
+
+
+def test_train_off_a_terminal_prints_a_line_every_log_every_steps(data_root, tmp_path, capsys):
+    assert run_cli(["train", "demo", f"data.root={data_root}", f"run_dir={tmp_path / 'run'}", "method=sup",
+                    "model.num_classes=4", "model.crop_size=64", "train.max_iters=4", "train.log_every=2",
+                    "train.eval_every=100", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "%|" not in err
+    assert [line.split(" INFO ")[1].split(",")[0] for line in err.splitlines() if " INFO sup: " in line] == [
+        "sup: 2/4 (50%)", "sup: 4/4 (100%)"]
+    run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "1", "--no-progress"])
+    assert "INFO eval" not in capsys.readouterr().err

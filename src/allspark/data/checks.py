@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
 
 from allspark.config.loading import load_config
 from allspark.data.io import check_pair, list_root, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
 from allspark.errors import ConfigError, DataError
+from allspark.progress import progress_bar
 
 
 def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
@@ -130,7 +130,7 @@ def check_data(source: str, num_classes: int | None = None, layout_name: str | N
         (root / image, None if name == "unlabeled" or mask is None else root / mask)
         for name, items in entries.items() for image, mask in items)
     convert = layout.convert_mask if layout is not None else None
-    for image_path, mask_path in tqdm(samples, desc="check-data", unit="sample", disable=not progress):
+    for image_path, mask_path in progress_bar(samples, desc="check-data", unit="sample", enabled=progress):
         problems.extend(sample_problems(image_path, mask_path, num_classes, convert))
     if "labeled" in entries and "unlabeled" in entries:
         labeled = {image for image, _ in entries["labeled"]}
