@@ -82,3 +82,17 @@ def test_train_off_a_terminal_prints_a_line_every_log_every_steps(data_root, tmp
         "sup: 2/4 (50%)", "sup: 4/4 (100%)"]
     run_cli(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "1", "--no-progress"])
     assert "INFO eval" not in capsys.readouterr().err
+
+
+def test_check_data_takes_the_overrides_train_takes(data_root, capsys):
+    assert run_cli(["check-data", "demo", f"data.root={data_root}", "model.num_classes=4"]) == 0
+    assert f"under {data_root}, 4 classes: no problems" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "check-data"])
+def test_a_missing_relative_data_root_names_the_folder_it_was_read_from(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli([command, "camvid/allspark", "model.pretrained=null"]) == 2
+    line = _one_error_line(capsys)
+    assert f"no folder {tmp_path.parent / 'shared' / 'data' / 'camvid-mini'}" in line
+    assert f"relative to the current folder, {tmp_path}" in line

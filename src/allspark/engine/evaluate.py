@@ -13,6 +13,7 @@ import torch
 from allspark import distributed as dist_utils
 from allspark.config.loading import apply_overrides, config_from_dict, override_keys
 from allspark.config.schema import Config, config_to_dict
+from allspark.config.validation import check_data_root
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
@@ -107,6 +108,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
         dist_utils.on_main(info, lambda: ensure_writable(run.root))
         model, cfg = _model_and_config(weights, cfg, overrides, info.device)
+        check_data_root(cfg)
         mode = mode or cfg.eval.mode
         loader = build_val_loader(cfg, info.rank, info.world_size)
         dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device))
