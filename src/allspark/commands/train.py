@@ -9,7 +9,6 @@ import sys
 
 from allspark.commands.options import add_config_command, add_device_option, add_threads_option, set_threads
 from allspark.config.loading import load_config
-from allspark.config.validation import check_data_root
 from allspark.engine.loop import train
 
 
@@ -17,7 +16,6 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return relaunch_with_torchrun(args.nproc, args.argv)
     cfg = load_config(args.config, args.overrides)
-    check_data_root(cfg)
     set_threads(args)
     train(cfg, force_config=args.force_config, device=args.device, progress=not args.no_progress)
     return 0

@@ -14,6 +14,7 @@ import torch
 
 from allspark import distributed as dist_utils
 from allspark.config.schema import Config, with_absolute_paths
+from allspark.config.validation import check_data_root
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
@@ -54,6 +55,7 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
     """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one; relative paths are
     read against the current folder and stored absolute. Works single-process and under torchrun.
     Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    check_data_root(cfg)  # while a relative data.root is still seen as relative
     cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
     with dist_utils.distributed(device) as info:  # a caller's process group is left to the caller
         return _train(cfg, info, force_config, progress)
