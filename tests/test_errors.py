@@ -158,6 +158,6 @@ def test_debug_flag_and_variable_show_the_traceback(root, tmp_path, monkeypatch,
 def test_genuine_bug_keeps_its_traceback(monkeypatch):
     from allspark.commands import presets
 
-    monkeypatch.setattr(presets, "list_presets", lambda: 1 / 0)
+    monkeypatch.setattr(presets, "listed_presets", lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["presets"])

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # siblings and import nothing from each other. The package itself (allspark/__init__.py) is the public surface.
 LAYERS = (
     ("allspark.errors",),
-    ("allspark.distributed", "allspark.threads", "allspark.extras", "allspark.encoders",
+    ("allspark.distributed", "allspark.threads", "allspark.progress", "allspark.extras", "allspark.encoders",
      "allspark.presets"),
     ("allspark.config",),
     ("allspark.runs",),

@@ -34,7 +34,7 @@ def test_estimate_grows_with_crop_batch_and_falls_with_checkpointing():
     assert recomputed < larger_batch
 
 
-def test_a_crop_that_cannot_fit_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+def test_a_crop_that_cannot_fit_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
     root = make_train_data(tmp_path / "data")
     cfg = make_cfg(root, tmp_path / "run", "allspark", "model.crop_size=2000")
     monkeypatch.setenv(memory_budget.AVAILABLE_ENV, "1G")
@@ -51,7 +51,8 @@ def test_a_crop_that_cannot_fit_is_refused_before_the_model_is_built(tmp_path, m
     assert "lower model.crop_size or train.batch_size" in message and "(1.0 GB free" in message
     assert refused.value.keys == ("model.crop_size", "train.batch_size")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # nothing near the step's GBs
-    assert "is larger than every training image" in (tmp_path / "run" / "train.log").read_text()
+    assert "is larger than every training image" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # a refused start leaves no run folder
 
 
 def test_a_step_that_fits_is_logged_with_what_is_free(monkeypatch):

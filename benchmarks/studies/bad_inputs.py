@@ -142,7 +142,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
                                           str(tmp / "pred16"), "--force"], expect="any"),
     ]
-    return cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp)
+    return cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp) + console_cases(tmp, root, run)
 
 
 def silent_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
@@ -319,6 +319,24 @@ def ade20k_layout_cases(tmp: Path) -> list[Case]:
                        ["check-data", str(root), "--layout", layout], status=1)]
     return cases + [Case("check-data: UniMatch V2's prepared ADE20K masks, unimatch_v2/ade20k preset",
                          ["check-data", str(v2)], expect="ok")]
+
+
+def console_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
+    """The console's cases (issue 32, items 5, 6 and 8): a `base:` cycle, overrides on the embedded config and to
+    check-data, eval --no-progress, a preset typo, the camvid preset's relative data.root from another folder."""
+    (tmp / "cycle_a.yaml").write_text("base: cycle_b.yaml\n")
+    (tmp / "cycle_b.yaml").write_text("base: cycle_a.yaml\n")
+    return [
+        Case("train: base: cycle (cycle_a.yaml <-> cycle_b.yaml)", ["train", str(tmp / "cycle_a.yaml")], status=2),
+        Case("eval: eval.crop_size=8 over the embedded config", ["eval", "--checkpoint", str(run), "eval.crop_size=8"],
+             status=2),
+        Case("eval: --no-progress", ["eval", "--checkpoint", str(run), "--no-progress"], expect="ok"),
+        Case("check-data: preset with key=value overrides",
+             ["check-data", "demo", f"data.root={root}", "model.num_classes=3"], expect="ok"),
+        Case("train: preset typo camvid/bas", ["train", "camvid/bas"], status=2),
+        Case("train: camvid/allspark from a folder its data.root is not relative to",
+             ["train", "camvid/allspark", "model.pretrained=null"], cwd=tmp, status=2),
+    ]
 
 
 def case_env(case: Case) -> dict[str, str]:
@@ -566,6 +584,40 @@ def suggest_store_cases(root: Path, tmp: Path, run: Path, timeout: float):
     yield (case, *run_case(case, timeout))
 
 
+def no_run_folder_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """A train refused at its start (classes.txt 3, model.num_classes 2) leaves no run folder behind."""
+    case = Case("train: refused start leaves no run folder", tiny_train(root, tmp / "runs" / "refused",
+                                                                         "model.num_classes=2"))
+    code, count, message = run_case(case, timeout)
+    left = (tmp / "runs" / "refused").exists()
+    return case, code, count, (f"WRONG: the run folder was made; {message}" if left else f"[no run folder] {message}")
+
+
+def progress_lines_case(root: Path, tmp: Path, timeout: float) -> tuple[Case, int | str, int, str]:
+    """train with its progress shown, stderr a pipe: plain lines every train.log_every steps, no bar redraws."""
+    argv = [item for item in tiny_train(root, tmp / "runs" / "lines", "train.epochs=2") if item != "--no-progress"]
+    case = Case("train: progress with stderr not a terminal", argv, expect="ok", env={"TQDM_DISABLE": None})
+    done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
+                          env=case_env(case), timeout=timeout)
+    lines = [line for line in done.stderr.splitlines() if " INFO sup: " in line]
+    right = "\r" not in done.stderr and [line.split(" INFO ")[1].split(",")[0] for line in lines] == [
+        "sup: 1/2 (50%)", "sup: 2/2 (100%)"]
+    message = (lines or ["no progress line"])[0].split(" INFO ")[-1]
+    return case, done.returncode, len(done.stderr.splitlines()), message if right else f"WRONG: {message}"
+
+
+def demo_folders_case() -> tuple[Case, int | str, int, str]:
+    """`demo --data-seed 3 --seed 2` writes demo_data_seed3/ and runs/demo_seed2_data3/: both ignored by git."""
+    from allspark.demo import default_folders
+
+    case = Case("demo: --data-seed 3 --seed 2 folders in the checkout", ["demo", "--data-seed", "3"], expect="ok")
+    folders = [f"{folder}/x" for folder in default_folders(2, 3)]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *folders], capture_output=True, text=True, cwd=ROOT)
+    ignored = done.stdout.split()
+    message = f"ignored by git: {', '.join(ignored) or 'none'}"
+    return case, 0 if ignored == folders else 1, 0, message if ignored == folders else f"WRONG: {message}"
+
+
 def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     """(case, exit code, stderr line count, message) for each case, then the busy run_dir and --force-config cases."""
     for case in cases:
@@ -590,6 +642,12 @@ def rows(cases: list[Case], root: Path, tmp: Path, args: argparse.Namespace):
     yield from interrupt_rows(tmp, tmp / "runs" / "good", args.only, args.timeout)
     if args.only in "eval: a run with relative paths, from another folder":
         yield relative_paths_case(root, tmp, args.timeout)
+    if args.only in "train: refused start leaves no run folder":
+        yield no_run_folder_case(root, tmp, args.timeout)
+    if args.only in "train: progress with stderr not a terminal":
+        yield progress_lines_case(root, tmp, args.timeout)
+    if args.only in "demo: --data-seed 3 --seed 2 folders in the checkout":
+        yield demo_folders_case()
     if any(args.only in f"suggest: --out holding scores of another {what}" for what in ("list version", "checkpoint")):
         yield from (row for row in suggest_store_cases(root, tmp, tmp / "runs" / "good", args.timeout)
                     if args.only in row[0].name)

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides) if args.config else None
     set_threads(args)
     result = run_evaluation(cfg, args.checkpoint, args.mode, args.out, args.device, overrides=args.overrides,
-                            amp=args.amp, which=args.which)
+                            amp=args.amp, which=args.which, progress=not args.no_progress)
     if result.get("written"):  # rank 0
         if result["warning"]:
             print(f"allspark eval: warning: {result['warning']}", file=sys.stderr)
@@ -32,6 +32,7 @@ def register(sub) -> None:
                                          "in the weights is used", required=False)
     options.add_argument("--mode", choices=EVAL_MODES, default=None, help="default: eval.mode")
     add_threads_option(options)
+    options.add_argument("--no-progress", action="store_true", help="no progress bar (or lines, off a terminal)")
     options.add_argument("--out", default=None, help="where eval.json goes (default: the checkpoint's run directory)")
     options.add_argument("--amp", choices=AMP_MODES, default="off",
                          help="mixed precision of the forward passes (bf16: faster on CPUs with AVX-512 BF16)")

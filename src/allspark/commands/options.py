@@ -62,15 +62,17 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run dir
 
 
 def add_config_command(sub, name: str, options: argparse.ArgumentParser, run, config_optional: bool = False,
-                       required: tuple[str, ...] = (), **kwargs) -> argparse.ArgumentParser:
+                       required: tuple[str, ...] = (), metavar: str = "config",
+                       config_help: str = "YAML file or preset name (see `allspark presets`)",
+                       **kwargs) -> argparse.ArgumentParser:
     """`allspark NAME [options] CONFIG [key=value | options ...]`: options may come before or after the
     overrides (argparse alone cannot mix a list of positionals with options, so the tail is re-parsed, and the
     `required` options, e.g. "--checkpoint", are checked after both parts).
     With `config_optional`, CONFIG may be left out (args.config None) and the first argument is an override.
-    Returns the subparser (for more defaults)."""
+    `metavar` and `config_help` name and describe CONFIG. Returns the subparser (for more defaults)."""
     p = sub.add_parser(name, parents=[options], **kwargs)
-    p.add_argument("config", nargs="?" if config_optional else None,
-                   help="YAML file or preset name (see `allspark presets`)" + ("; optional" if config_optional else ""))
+    p.add_argument("config", nargs="?" if config_optional else None, metavar=metavar,
+                   help=config_help + ("; optional" if config_optional else ""))
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides, e.g. train.lr=0.01")
 
     def parse_tail(args: argparse.Namespace) -> int:

@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import yaml
 
 from allspark.config.loading import load_config
 from allspark.config.schema import config_to_dict
-from allspark.presets import list_presets
+from allspark.presets import listed_presets
 
 
 def run(args: argparse.Namespace) -> int:
     if args.name:
         print(yaml.safe_dump(config_to_dict(load_config(args.name)), sort_keys=False), end="")
         return 0
-    for name in list_presets():
-        if Path(name).name == "base":
-            continue
+    for name in listed_presets():
         if args.verbose:
             cfg = config_to_dict(load_config(name))
             print(f"{name:40s} {cfg['method']:9s} {cfg['model']['encoder']} crop {cfg['model']['crop_size']} "

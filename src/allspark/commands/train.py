@@ -55,7 +55,7 @@ def register(sub) -> None:
     options.add_argument("--force-config", action="store_true",
                          help="continue a run directory whose saved config.yaml differs from this config")
     options.add_argument("--nproc", type=int, default=1, help="processes on this machine (relaunches under torchrun)")
-    options.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_argument("--no-progress", action="store_true", help="no progress bar (or lines, off a terminal)")
     add_threads_option(options)
     add_config_command(sub, "train", options, run,
                        description="Train in cfg.run_dir; an existing run directory continues from its latest "

@@ -19,7 +19,7 @@ import yaml
 from allspark.config.schema import METHOD_ABLATION, Config, ModelConfig
 from allspark.config.validation import check_values, validate
 from allspark.errors import ConfigError
-from allspark.presets import RECIPES, find_preset, list_presets
+from allspark.presets import RECIPES, find_preset, listed_presets
 
 
 class _Loader(yaml.SafeLoader):
@@ -199,14 +199,19 @@ def resolve_source(source: str | Path) -> Path | str:
     preset = find_preset(str(source))
     if preset is not None:
         return preset if isinstance(preset, Path) else str(source)
-    close = difflib.get_close_matches(str(source), list_presets(), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(source), listed_presets(), n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else "`allspark presets` lists them"
     raise ConfigError(f"config '{source}' is neither a file nor a preset; {hint}")
 
 
-def load_yaml_with_base(source: Path | str) -> dict:
+def load_yaml_with_base(source: Path | str, chain: tuple[str, ...] = ()) -> dict:
     """Read a YAML file or a generated preset (resolve_source); a top-level `base: other.yaml` (relative to the file)
-    or `base: camvid/allspark` (a preset) is merged underneath."""
+    or `base: camvid/allspark` (a preset) is merged underneath. `chain`: the files whose `base:` led here, so that a
+    cycle is one line naming its files."""
+    name = str(source.resolve() if isinstance(source, Path) else source)
+    if name in chain:
+        cycle = " -> ".join((*chain[chain.index(name):], name))
+        raise ConfigError(f"{chain[0]}: `base:` goes round in a cycle: {cycle}; remove one of these `base:` lines")
     if isinstance(source, str):
         data = expand_recipe(find_preset(source))
         where = Path(".")
@@ -224,8 +229,8 @@ def load_yaml_with_base(source: Path | str) -> dict:
     if base is None:
         return data
     beside = (where / str(base)).resolve()
-    return _merge(load_yaml_with_base(beside if isinstance(source, Path) and beside.is_file() else resolve_source(base)),
-                  data)
+    below = beside if isinstance(source, Path) and beside.is_file() else resolve_source(base)
+    return _merge(load_yaml_with_base(below, (*chain, name)), data)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -239,4 +244,9 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML file or preset, apply `key=value` overrides, validate."""
     path = resolve_source(source)
     data = apply_overrides(load_yaml_with_base(path), overrides)
-    return config_from_dict(data, where=str(path), command_line=[parse_override(text)[0] for text in overrides])
+    return config_from_dict(data, where=str(path), command_line=override_keys(overrides))
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys that `key=value` overrides set: an error about one of them is blamed on the command line."""
+    return [parse_override(text)[0] for text in overrides]

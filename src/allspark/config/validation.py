@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from allspark.config.schema import (ABLATIONS, AMP_MODES, BEST_OF, CUTMIX_BOXES, CUTMIX_PARTNERS, EVAL_MODES,
@@ -122,3 +123,14 @@ def _check_encoder(cfg: Config) -> None:
             raise ConfigError(f"key '{key}' must be a multiple of {spec.name}'s patch size {spec.patch}; got {size} "
                               f"(try {' or '.join(map(str, near))})", key, "model.encoder")
 
+
+
+def check_data_root(cfg: Config) -> None:
+    """`data.root` must be a folder; a relative one is read from the current folder (a preset's
+    `../shared/data/camvid-mini` too), which the error says with the path it was taken for."""
+    root = Path(cfg.data.root)
+    if root.is_dir():
+        return
+    where = "" if root.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+    raise ConfigError(f"key 'data.root': no folder {root.resolve()}{where}; run from the folder data.root "
+                      f"{cfg.data.root!r} is relative to, or set data.root to its absolute path", "data.root")

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from tqdm import tqdm
 
 from allspark.config.loading import load_config
+from allspark.config.validation import check_data_root
 from allspark.data.io import check_pair, list_root, read_image, read_list, read_mask
 from allspark.data.layouts import Layout, get_layout, read_classes_file
-from allspark.errors import ConfigError, DataError
+from allspark.errors import ConfigError, DataError, UsageError
+from allspark.progress import progress_bar
 
 
 def sample_problems(image_path: Path, mask_path: Path | None, num_classes: int,
@@ -69,10 +70,12 @@ def _is_list(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() not in (".yaml", ".yml")
 
 
-def _sources(source: str, num_classes: int | None, layout_name: str | None):
-    """(root, {list name: list path}, K, layout) from a config/preset, a dataset root or one list file (its root
-    the folder its images are under: io.list_root)."""
+def _sources(source: str, num_classes: int | None, layout_name: str | None, overrides: Sequence[str] = ()):
+    """(root, {list name: list path}, K, layout) from a config/preset (with `overrides`), a dataset root or one list
+    file (its root the folder its images are under: io.list_root)."""
     path = Path(source)
+    if overrides and (path.is_dir() or _is_list(path)):
+        raise UsageError(f"{source} is no config; key=value overrides ({overrides[0]}) apply to a config")
     if _is_list(path):
         root = list_root(path, read_list(path, need_masks=False)) or path.absolute().parent
         lists = {path.stem: path}
@@ -80,7 +83,8 @@ def _sources(source: str, num_classes: int | None, layout_name: str | None):
         root = path
         lists = {name: path / f"{name}.txt" for name in LIST_NAMES if (path / f"{name}.txt").is_file()}
     else:
-        cfg = load_config(source)
+        cfg = load_config(source, overrides)
+        check_data_root(cfg)
         root = Path(cfg.data.root)
         keys = {"labeled": cfg.data.labeled_list, "unlabeled": cfg.data.unlabeled_list, "val": cfg.data.val_list}
         lists = {name: root / value for name, value in keys.items() if value}
@@ -117,9 +121,10 @@ def _entries(root: Path, lists: dict[str, Path], layout: Layout | None, problems
 
 
 def check_data(source: str, num_classes: int | None = None, layout_name: str | None = None,
-               progress: bool = True) -> tuple[list[str], str]:
-    """Every problem of a dataset as `path: problem` lines, and a one-line summary."""
-    root, lists, num_classes, layout = _sources(source, num_classes, layout_name)
+               progress: bool = True, overrides: Sequence[str] = ()) -> tuple[list[str], str]:
+    """Every problem of a dataset as `path: problem` lines, and a one-line summary; `overrides` (`key=value`)
+    apply to a config source, as `train` applies them."""
+    root, lists, num_classes, layout = _sources(source, num_classes, layout_name, overrides)
     mismatch = class_count_problem(layout.name, root, num_classes) if layout is not None else None
     problems: list[str] = [mismatch] if mismatch else []
     entries = _entries(root, lists, layout, problems)
@@ -130,7 +135,7 @@ def check_data(source: str, num_classes: int | None = None, layout_name: str | N
         (root / image, None if name == "unlabeled" or mask is None else root / mask)
         for name, items in entries.items() for image, mask in items)
     convert = layout.convert_mask if layout is not None else None
-    for image_path, mask_path in tqdm(samples, desc="check-data", unit="sample", disable=not progress):
+    for image_path, mask_path in progress_bar(samples, desc="check-data", unit="sample", enabled=progress):
         problems.extend(sample_problems(image_path, mask_path, num_classes, convert))
     if "labeled" in entries and "unlabeled" in entries:
         labeled = {image for image, _ in entries["labeled"]}

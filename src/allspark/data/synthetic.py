@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+
+from allspark.progress import progress_bar
 
 # name, hue (0..1), texture: one row per object class; background is class 0.
 SHAPES = (
@@ -178,7 +179,7 @@ def generate_synthetic(root: str | Path, num_train: int = 200, num_val: int = 50
     rng = np.random.default_rng(seed)
     for split, count in (("train", num_train), ("val", num_val)):
         lines = []
-        for index in tqdm(range(count), desc=f"synthetic {split}", disable=not progress):
+        for index in progress_bar(range(count), desc=f"synthetic {split}", enabled=progress):
             image, mask = render_scene(rng, height, width, num_classes, classes)
             stem = f"{split}_{index:05d}"
             Image.fromarray(image).save(root / "images" / f"{stem}.jpg", quality=95)

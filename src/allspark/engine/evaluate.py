@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from allspark import distributed as dist_utils
-from allspark.config.loading import apply_overrides, config_from_dict
+from allspark.config.loading import apply_overrides, config_from_dict, override_keys
 from allspark.config.schema import Config, config_to_dict
+from allspark.config.validation import check_data_root
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
 from allspark.engine.amp import autocast
@@ -22,6 +22,7 @@ from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
 from allspark.models.weights import load_model
 from allspark.predict.windows import center_crop_box, eval_window, predict_probs
+from allspark.progress import progress_bar
 from allspark.runs.atomic import atomic_write_text, ensure_writable
 from allspark.runs.folder import RunFolder
 from allspark.runs.metrics import json_safe
@@ -62,7 +63,7 @@ def evaluate_set(model, loader, cfg: Config, device: torch.device, mode: str | N
     count, skipped = 0, []
     was_training = model.training
     model.eval()
-    for batch in tqdm(loader, desc=f"eval ({mode})", disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=f"eval ({mode})", enabled=progress, leave=False):
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         with autocast(device, amp):
@@ -92,23 +93,27 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best") -> dict:
+                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best",
+                   progress: bool = True) -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list` and write eval.json (in the checkpoint's run
     directory unless `out`, whose writability is checked first); returns eval.json's content with its path under
     "written" (rank 0) and, when samples were skipped, the line naming them under "warning". Works under torchrun
     (one share per rank; a caller's process group is left to it). With `cfg` None the config embedded in the
     weights is used, with `overrides` applied. `amp` ("off", "bf16", "fp16") runs the forward passes under
-    autocast, as `train.amp` does. `which` picks a run directory's checkpoint (best or latest)."""
+    autocast, as `train.amp` does. `which` picks a run directory's checkpoint (best or latest);
+    `progress` False: no progress bar."""
     with dist_utils.distributed(device) as info:
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
         # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
         dist_utils.on_main(info, lambda: ensure_writable(run.root))
         model, cfg = _model_and_config(weights, cfg, overrides, info.device)
+        check_data_root(cfg)
         mode = mode or cfg.eval.mode
         loader = build_val_loader(cfg, info.rank, info.world_size)
         dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device))
-        done = evaluate_set(model, loader, cfg, info.device, mode, amp=amp, progress=info.is_main)
+        done = evaluate_set(model, loader, cfg, info.device, mode, amp=amp,
+                            progress=progress and info.is_main)
         names, _ = class_names_and_palette(cfg)
         confusion = done.confusion
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
@@ -140,7 +145,7 @@ def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str
     model, saved_cfg = load_model(weights, device=device)  # the file holds every weight: model.pretrained is not read
     if cfg is None:
         cfg = config_from_dict(apply_overrides(config_to_dict(saved_cfg), overrides),
-                               where=f"{weights} (embedded config)")
+                               where=f"{weights} (embedded config)", command_line=override_keys(overrides))
     differing = [line for line in config_diff(saved_cfg, cfg) if line.startswith("model.")]
     if differing:
         raise ConfigError(f"{weights} was trained with another model config (checkpoint -> given): "

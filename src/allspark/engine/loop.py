@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from allspark import distributed as dist_utils
 from allspark.config.schema import Config, with_absolute_paths
+from allspark.config.validation import check_data_root
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, build_val_loader
 from allspark.distributed import DistInfo
@@ -23,6 +23,7 @@ from allspark.engine.memory_budget import check_training, crop_note, largest_ima
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from allspark.progress import progress_bar
 from allspark.runs.checkpoints import newest_pair, save_checkpoint
 from allspark.runs.folder import RunFolder
 from allspark.runs.lock import lock_run_dir
@@ -54,18 +55,21 @@ def train(cfg: Config, force_config: bool = False, device: str = "auto", progres
     """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one; relative paths are
     read against the current folder and stored absolute. Works single-process and under torchrun.
     Returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
+    check_data_root(cfg)  # while a relative data.root is still seen as relative
     cfg = with_absolute_paths(cfg)  # stored so, the run directory works from any folder
     with dist_utils.distributed(device) as info:  # a caller's process group is left to the caller
         return _train(cfg, info, force_config, progress)
 
 
 def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> dict:
-    """Lock the run directory, build the run and resume it; config.yaml is written only once all of that has
+    """Build the run (its data and model checked) before the run directory is touched, so that a bad value leaves
+    no folder behind; then lock the directory and resume. config.yaml is written only once all of that has
     succeeded, so a failed or refused start leaves the directory as it was."""
+    run = _Run(cfg, info, progress)
     lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
         changed = dist_utils.on_main(info, lambda: check_run_dir(cfg, force_config))
-        run = _Run(cfg, info, progress)
+        run.open_log()
         run.resume()
         if changed:
             run.log.info("config.yaml replaced at iteration %d (the old one kept as config.%d.yaml): %s",
@@ -115,10 +119,8 @@ class _Run:
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = Path(cfg.run_dir)
         self.folder = RunFolder(cfg.run_dir)
-        self.log = setup_logger(self.run_dir if info.is_main else None, console=info.is_main)
+        self.log = setup_logger(None, console=info.is_main)  # train.log once the run directory is locked (open_log)
         self.labeled, self.unlabeled, self.val = _loaders(cfg, info)
-        if self.unlabeled is not None:
-            _warn_about_overlap(self.log, self.labeled.dataset, self.unlabeled.dataset)
         self.iters_per_epoch = min(len(self.labeled), len(self.unlabeled)) if self.unlabeled else len(self.labeled)
         if self.iters_per_epoch == 0:
             raise ConfigError(f"{cfg.run_dir}: an epoch has no full batch (train.batch_size={cfg.train.batch_size} "
@@ -133,8 +135,9 @@ class _Run:
         self.stop, self.stop_signal = None, 0
 
     def check_memory(self) -> str:
-        """Before the model is built: a step that cannot fit stops the run in one line (MemoryBudgetError, in
-        train.log too); a crop larger than every training image read is a warning. Returns the estimate's line."""
+        """Before the model is built: a step that cannot fit stops the run in one line (MemoryBudgetError; no run
+        folder is made yet); a crop larger than every training image read is a warning (on the console: train.log is
+        not open yet). Returns the estimate's line."""
         data = self.labeled.dataset
         note = crop_note(self.cfg.model.crop_size, largest_images(data.root / image for image, _ in data.entries[:64]))
         if note:
@@ -145,6 +148,12 @@ class _Run:
     def iteration(self) -> int:
         """Steps taken so far, as the trainer's schedule counts them (the one count of the run)."""
         return self.trainer.iteration
+
+    def open_log(self) -> None:
+        """Log to the run directory's train.log too (rank 0), once it is locked; then the warnings about the data."""
+        self.log = setup_logger(self.run_dir if self.info.is_main else None, console=self.info.is_main)
+        if self.unlabeled is not None:
+            _warn_about_overlap(self.log, self.labeled.dataset, self.unlabeled.dataset)
 
     def resume(self) -> None:
         """Continue from the newest checkpoint pair that loads, saying which (and why a newer one did not); metrics
@@ -168,8 +177,8 @@ class _Run:
                       self.iters_per_epoch, info.world_size, info.device)
         if self.memory_line:
             self.log.info(self.memory_line)
-        bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, dynamic_ncols=True,
-                   disable=not (self.progress and info.is_main))
+        bar = progress_bar(total=self.total, initial=self.iteration, desc=cfg.method,
+                           enabled=self.progress and info.is_main, every=cfg.train.log_every)
         started = time.time()
         try:
             with StopRequest() as self.stop:

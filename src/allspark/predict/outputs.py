@@ -11,12 +11,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from allspark.data.colors import colorize, legend_entries, legend_image, overlay
 from allspark.data.io import read_image
 from allspark.data.layouts import IMAGE_EXTS
 from allspark.predict.predictor import Predictor
+from allspark.progress import progress_bar
 
 LEGEND_FILES = ("legend.png", "legend.json")
 
@@ -80,7 +80,7 @@ def run_predict(predictor: Predictor, files: Sequence[Path], out: Path, batch_si
     """Segment `files` into `out`; returns (images written, problems: one line per skipped file)."""
     out.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
-    progress = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr)
+    progress = progress_bar(total=len(files), desc="predict", unit="img")
 
     def readable() -> Iterator[_Item]:
         for path in files:

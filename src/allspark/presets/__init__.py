@@ -1,6 +1,7 @@
 """Every shipped preset, from one place: the hand-written YAML files beside this module (`demo`, `pascal/base`,
 `camvid/allspark`), the protocol presets generated from the published tables (`allspark.presets.protocols`) and the
-named recipes (`recipe: unimatch_v2`). `list_presets` says which exist, `find_preset` gives one."""
+named recipes (`recipe: unimatch_v2`). `list_presets` says which exist (`listed_presets` those shown to
+users), `find_preset` gives one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +28,12 @@ def list_presets() -> list[str]:
     """The names of every preset, hand-written and generated, sorted."""
     files = (str(path.relative_to(FOLDER).with_suffix("")) for path in FOLDER.rglob("*.yaml"))
     return sorted({*files, *GENERATED_PRESETS})
+
+
+def listed_presets() -> list[str]:
+    """The presets `allspark presets` lists and a typo is matched against: all but the `base` files the others
+    build on."""
+    return [name for name in list_presets() if Path(name).name != "base"]
 
 
 def find_preset(name: str) -> Path | dict | None:

@@ -2,19 +2,18 @@
 pooled encoder feature, its row of score parts; the pool scored a batch at a time into the store."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from allspark.config.schema import MIN_CROP
 from allspark.data.io import IGNORE_INDEX, read_image, read_list, read_mask
 from allspark.data.normalize import normalize_image
 from allspark.errors import DataError
+from allspark.progress import progress_bar
 from allspark.suggest.selection import (class_balanced_uncertainty, combined_score, entropy_map, image_rarity,
                                         present_classes)
 from allspark.suggest.store import Stamp, appending, stamp
@@ -127,8 +126,8 @@ def score_pool(model: torch.nn.Module, root: Path, entries: Sequence[tuple[str, 
     files in the store as soon as they are computed; returns how many were scored (none: no file is touched)."""
     if not indices:
         return 0
-    bar = tqdm(total=len(indices), desc=f"suggest (rank {rank})" if rank else "suggest", unit="img",
-               file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=len(indices), desc=f"suggest (rank {rank})" if rank else "suggest", unit="img",
+                       enabled=progress)
     with LastFeature(model.encoder) as hook, bar, appending(out, rank) as append:
         for batch in _batches(root, entries, indices, batch_size, max_side):
             images = torch.stack([normalize_image(pixels) for _, _, pixels in batch]).to(device)

@@ -2,12 +2,10 @@
 images to the PNG: what `allspark viz features|grouping|memory` runs, and what a Python user calls."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from allspark.data.io import read_image
 from allspark.data.layouts import class_names_and_palette
@@ -16,6 +14,7 @@ from allspark.distributed import resolve_device
 from allspark.errors import InputError
 from allspark.models.weights import load_model
 from allspark.predict.outputs import expand_inputs
+from allspark.progress import progress_bar
 from allspark.viz.features import feature_channels, pick_channels, plot_features
 from allspark.viz.grouping import grouping_counts, plot_grouping
 from allspark.viz.memory import memory_maps, plot_memory
@@ -69,7 +68,7 @@ def grouping_figure(checkpoint, inputs: Iterable[str], out, size: tuple[int, int
         raise InputError("no readable images among the inputs" + "".join(f"; {line}" for line in problems))
     model, cfg, device = _load(checkpoint, which, device)
     tensors = [normalize_image(pixels).to(device) for _, pixels in images]
-    counts = grouping_counts(model, tqdm(tensors, desc="grouping", unit="img", file=sys.stderr),
+    counts = grouping_counts(model, progress_bar(tensors, desc="grouping", unit="img"),
                              cfg.model.num_classes, probs=cfg.model.grouping == "probs")
     plot_grouping(counts, len(tensors), class_names_and_palette(cfg)[0], out, size)
     return problems
