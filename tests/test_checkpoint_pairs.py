@@ -36,11 +36,26 @@ def _iterations(run, name):
             torch.load(folder.state(name), weights_only=True)["iteration"])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every run here on one thread, as `finished` was made: losses are compared bit for bit with it, and another
+    test of the same worker process may have set another thread count meanwhile."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def finished(data_root, tmp_path_factory):
-    """A run of 8 iterations left alone (checkpoints at 3, 6 and 8)."""
+    """A run of 8 iterations left alone (checkpoints at 3, 6 and 8), on one thread."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    train(make_cfg(data_root, run, "sup", "train.epochs=4"), progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(make_cfg(data_root, run, "sup", "train.epochs=4"), progress=False)
+    finally:
+        torch.set_num_threads(before)
     return run
 
 

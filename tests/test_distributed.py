@@ -82,8 +82,8 @@ def test_two_processes_gloo(tmp_path):
     assert train_iters == list(range(1, 9))  # rank 0 alone writes: no duplicate lines
     assert [r["epoch"] for r in records if r["split"] == "val"] == [1, 2]
     assert len(list((run / "tb").iterdir())) == 1
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "best.safetensors", "latest.safetensors", "latest.state.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [  # rank 0 alone writes: the two last pairs
+        "best.safetensors", "latest.safetensors", "latest.state.pt", "previous.safetensors", "previous.state.pt"]
 
 
 def stop_worker(root: str, run_dir: str, out: str) -> None:

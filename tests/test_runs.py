@@ -77,6 +77,7 @@ from allspark.runs.lock import lock_run_dir
 held = lock_run_dir(sys.argv[1])
 child = os.fork()  # as a DataLoader worker: it outlives a killed parent by a few seconds
 if child == 0:
+    print("forked", flush=True)  # the fork handlers have run: the inherited lock file is closed
     time.sleep(60)
     os._exit(0)
 print(child, flush=True)
@@ -89,7 +90,8 @@ def test_lock_dies_with_a_killed_process_not_with_its_workers(tmp_path):
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     child = None
     try:
-        child = int(holder.stdout.readline())
+        lines = {holder.stdout.readline().strip(), holder.stdout.readline().strip()}  # either order
+        child = int((lines - {"forked"}).pop())
         with pytest.raises(ConfigError, match=f"in use by pid {holder.pid} on "):
             lock_run_dir(tmp_path)
     finally:
