@@ -166,7 +166,7 @@ class _Run:
                          "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
                          self.position.epoch, self.position.epoch_iter, pair.source)
         if self.info.is_main:
-            truncate_metrics(self.run_dir, self.iteration)
+            truncate_metrics(self.run_dir, self.iteration, evaluated=self.position.epoch_iter < self.iters_per_epoch)
 
     def fit(self) -> dict:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
@@ -239,6 +239,8 @@ class _Run:
                                    "use_memory": int(use_memory), "step_time": sum(step_seconds) / len(step_seconds)})
                 step_seconds = []
             self.agree_on_stop()
+            if self.iteration >= self.total:
+                self.stop_signal = 0  # the last step: finish (evaluate, save); a resume would find no step left to take
             if self.stop_signal:
                 return
             if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < self.total:
