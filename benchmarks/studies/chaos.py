@@ -36,6 +36,7 @@ V2 = ["demo", "model.encoder=dinov2_small", "recipe=unimatch_v2", *TINY, "model.
       "train.checkpoint_every=1"]
 SETTINGS = {"mit": MIT, "v2": V2, "ddp": [*MIT, "--nproc", "2"], "disk": MIT}
 STOPPED = {-signal.SIGKILL, 128 + signal.SIGINT, 128 + signal.SIGTERM}  # what a signalled run exits with
+IN_TRAINING = 0.6  # the share of kills sent after a start's first step (the others may hit the start-up)
 DISK_FULL = 1  # DiskFullError's exit status (the line names the file and the free space)
 
 
@@ -47,6 +48,7 @@ class Outcome:
     whole_s: float = 0.0
     chaos_s: float = 0.0
     kills: dict[str, int] = field(default_factory=dict)
+    in_training: int = 0  # kills after the attempt had written a metrics line (the others hit the start-up)
     restarts: int = 0
     disk_full: int = 0
     failures: list[str] = field(default_factory=list)
@@ -70,7 +72,14 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """SIGINT back to its default in the child: a job a shell starts in the background ignores it, and a process
+    started so would ignore it too until the training's own handler is in place (Python keeps an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _reap(proc: subprocess.Popen) -> int:
@@ -101,34 +110,47 @@ def _whole(command: list[str], run: Path, log: Path) -> tuple[float, float]:
     return ready or total, total
 
 
-def _attempt(command: list[str], log: Path, delay: float, signum: int) -> tuple[bool, int]:
-    """Start the command and send its session `signum` after `delay` s: (whether the signal went, the exit status;
-    False when the run ended first)."""
+def _attempt(command: list[str], metrics: Path, log: Path, delay: float, signum: int, in_training: bool
+             ) -> tuple[bool, int]:
+    """Start the command and send its session `signum` `delay` s after its first new metrics line (`in_training`),
+    or else `delay` s after its start or at that line if sooner: (whether the signal went, False when the run ended
+    first; the exit status)."""
+    before, started = _last_line(metrics), time.monotonic()
     proc = _start(command, log)
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
+    while proc.poll() is None and _last_line(metrics) == before and (in_training or
+                                                                    time.monotonic() - started < delay):
+        time.sleep(0.01)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=delay if in_training else 0)
+    if proc.poll() is None:
         os.killpg(proc.pid, signum)
         return True, _reap(proc)
     return False, _reap(proc)
 
 
-def _chaos(command: list[str], log: Path, outcome: Outcome, kills: int, rng: np.random.Generator,
+def _last_line(path: Path) -> bytes:
+    """The last line of a metrics file (b"" when there is none)."""
+    return path.read_bytes().rstrip(b"\n").rpartition(b"\n")[2] if path.is_file() else b""
+
+
+def _chaos(command: list[str], metrics: Path, log: Path, outcome: Outcome, kills: int, rng: np.random.Generator,
            timing: tuple[float, float], on_exit=lambda code: False) -> None:
-    """Start the command `kills` times, each sent a random signal after a random delay (a share in the start-up,
-    most in the training, spread so the kills cover the run), then once more to the end. A run that ends by itself
+    """Start the command `kills` times, each sent a random signal after a random delay (in the start-up, or after
+    the start's first step, spread so the kills cover the run), then once more to the end. A run that ends by itself
     with an error is a failure unless on_exit(status) handles it (the disk that fills)."""
     ready, total = timing
-    window = ready + 2.5 * (total - ready) / kills
     while sum(outcome.kills.values()) < kills and len(outcome.failures) < 3:
-        signum = SIGNALS[int(rng.integers(len(SIGNALS)))]
-        went, code = _attempt(command, log, float(rng.uniform(0.3 * ready, window)), signum)
+        signum, in_training = SIGNALS[int(rng.integers(len(SIGNALS)))], bool(rng.random() < IN_TRAINING)
+        delay = float(rng.uniform(0, 2 * (total - ready) / kills if in_training else ready))
+        before = _last_line(metrics)
+        went, code = _attempt(command, metrics, log, delay, signum, in_training)
         outcome.restarts += 1
         if went:
             outcome.kills[signum.name] = outcome.kills.get(signum.name, 0) + 1
+            outcome.in_training += _last_line(metrics) != before
         if code == 0:
             break  # it finished first: later kills would not land in the training
-        if not went and not on_exit(code):
+        if not on_exit(code) and not went:
             outcome.failures.append(f"start {outcome.restarts} ended by itself with status {code} (see {log})")
     code = _reap(_start(command, log))
     if code != 0:
@@ -164,7 +186,7 @@ def _fill(mount: Path, whole: Path) -> Path:
 def _empty_once(ballast: Path, outcome: Outcome, log: Path):
     """on_exit for `disk`: the first disk-full stop frees the space (the ballast goes), as a user would."""
     def on_exit(code: int) -> bool:
-        if code != DISK_FULL or not ballast.exists() or "disk" not in log.read_text()[-2000:].lower():
+        if code != DISK_FULL or not ballast.exists() or "no space left" not in log.read_text()[-3000:].lower():
             return False
         ballast.unlink()
         outcome.disk_full += 1
@@ -188,7 +210,7 @@ def run_setting(setting: str, kills: int, seed: int, out: Path) -> Outcome:
         shutil.move(run, whole)  # the killed run uses the same run_dir, so config and metadata match too
         on_exit = _empty_once(_fill(place, whole), outcome, log) if setting == "disk" else (lambda code: False)
         started = time.monotonic()
-        _chaos(command, log, outcome, kills, np.random.default_rng(seed), timing, on_exit)
+        _chaos(command, run / "metrics.jsonl", log, outcome, kills, np.random.default_rng(seed), timing, on_exit)
         outcome.chaos_s = time.monotonic() - started
         outcome.differences, outcome.differing = compare(whole, run)
     return outcome
@@ -202,16 +224,22 @@ def _data(root: Path) -> Path:
     return root
 
 
+HEADER = ("| setting | kills (by signal) | in training | starts | disk full | left alone s | chaos s | differing | "
+          "failures |\n|---|---|---|---|---|---|---|---|---|")
+
+
 def _row(o: Outcome) -> str:
+    """The setting's line of the table (HEADER)."""
     if o.skipped:
         return f"| {o.setting} | {o.skipped} |"
     signals = ", ".join(f"{name} {count}" for name, count in sorted(o.kills.items()))
     diffs = ", ".join(f"{key} {value}" for key, value in o.differences.items())
-    return (f"| {o.setting} | {sum(o.kills.values())} ({signals}) | {o.restarts} | {o.disk_full} | {o.whole_s:.0f} | "
-            f"{o.chaos_s:.0f} | {diffs} | {'; '.join(o.failures) or 'none'} |")
+    return (f"| {o.setting} | {sum(o.kills.values())} ({signals}) | {o.in_training} | {o.restarts} | {o.disk_full} | "
+            f"{o.whole_s:.0f} | {o.chaos_s:.0f} | {diffs} | {'; '.join(o.failures) or 'none'} |")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Each setting in turn, its table line as it ends; 1 when any differs or fails."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
@@ -219,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="kept when given (default: a temporary folder)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="chaos."))
-    print("| setting | kills (by signal) | starts | disk full | left alone s | chaos s | differing | failures |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     outcomes = []
     for setting in args.settings:
         outcomes.append(run_setting(setting, args.kills, args.seed, out))
