@@ -31,13 +31,11 @@ from benchmarks.timing import ROOT
 
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
 TINY = ["model.crop_size=64", "train.batch_size=2", "train.warmup_epochs=1", "train.log_every=1"]
-MIT = ["demo_recipe", *TINY, "train.epochs=4", "train.checkpoint_every=2"]
-V2 = ["demo", "model.encoder=dinov2_small", "recipe=unimatch_v2", *TINY, "model.crop_size=56", "train.epochs=2",
+MIT = ["demo_recipe", *TINY, "train.epochs=8", "train.checkpoint_every=2"]
+V2 = ["demo", "model.encoder=dinov2_small", "recipe=unimatch_v2", *TINY, "model.crop_size=56", "train.epochs=4",
       "train.checkpoint_every=1"]
 SETTINGS = {"mit": MIT, "v2": V2, "ddp": [*MIT, "--nproc", "2"], "disk": MIT}
-STOPPED = {-signal.SIGKILL, 128 + signal.SIGINT, 128 + signal.SIGTERM}  # what a signalled run exits with
 IN_TRAINING = 0.6  # the share of kills sent after a start's first step (the others may hit the start-up)
-DISK_FULL = 1  # DiskFullError's exit status (the line names the file and the free space)
 
 
 @dataclass
@@ -134,15 +132,15 @@ def _last_line(path: Path) -> bytes:
 
 
 def _chaos(command: list[str], metrics: Path, log: Path, outcome: Outcome, kills: int, rng: np.random.Generator,
-           timing: tuple[float, float], on_exit=lambda code: False) -> None:
+           timing: tuple[float, float], on_exit=lambda output: False) -> None:
     """Start the command `kills` times, each sent a random signal after a random delay (in the start-up, or after
     the start's first step, spread so the kills cover the run), then once more to the end. A run that ends by itself
-    with an error is a failure unless on_exit(status) handles it (the disk that fills)."""
+    with an error is a failure unless on_exit(its output) handles it (the disk that fills)."""
     ready, total = timing
     while sum(outcome.kills.values()) < kills and len(outcome.failures) < 3:
         signum, in_training = SIGNALS[int(rng.integers(len(SIGNALS)))], bool(rng.random() < IN_TRAINING)
-        delay = float(rng.uniform(0, 2 * (total - ready) / kills if in_training else ready))
-        before = _last_line(metrics)
+        delay = float(rng.uniform(0, (total - ready) / kills if in_training else ready))
+        before, logged = _last_line(metrics), log.stat().st_size
         went, code = _attempt(command, metrics, log, delay, signum, in_training)
         outcome.restarts += 1
         if went:
@@ -150,7 +148,7 @@ def _chaos(command: list[str], metrics: Path, log: Path, outcome: Outcome, kills
             outcome.in_training += _last_line(metrics) != before
         if code == 0:
             break  # it finished first: later kills would not land in the training
-        if not on_exit(code) and not went:
+        if not on_exit(log.read_bytes()[logged:].decode(errors="replace")) and not went:
             outcome.failures.append(f"start {outcome.restarts} ended by itself with status {code} (see {log})")
     code = _reap(_start(command, log))
     if code != 0:
@@ -183,10 +181,11 @@ def _fill(mount: Path, whole: Path) -> Path:
     return ballast
 
 
-def _empty_once(ballast: Path, outcome: Outcome, log: Path):
-    """on_exit for `disk`: the first disk-full stop frees the space (the ballast goes), as a user would."""
-    def on_exit(code: int) -> bool:
-        if code != DISK_FULL or not ballast.exists() or "no space left" not in log.read_text()[-3000:].lower():
+def _empty_once(ballast: Path, outcome: Outcome):
+    """on_exit for `disk`: the first disk-full stop frees the space (the ballast goes), as a user would; a signal
+    may have come while that run was exiting."""
+    def on_exit(output: str) -> bool:
+        if not ballast.exists() or "no space left" not in output.lower():
             return False
         ballast.unlink()
         outcome.disk_full += 1
@@ -208,7 +207,7 @@ def run_setting(setting: str, kills: int, seed: int, out: Path) -> Outcome:
         timing = _whole(command, run, log)
         outcome.whole_s = timing[1]
         shutil.move(run, whole)  # the killed run uses the same run_dir, so config and metadata match too
-        on_exit = _empty_once(_fill(place, whole), outcome, log) if setting == "disk" else (lambda code: False)
+        on_exit = _empty_once(_fill(place, whole), outcome) if setting == "disk" else (lambda output: False)
         started = time.monotonic()
         _chaos(command, run / "metrics.jsonl", log, outcome, kills, np.random.default_rng(seed), timing, on_exit)
         outcome.chaos_s = time.monotonic() - started
