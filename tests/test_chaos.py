@@ -1,7 +1,8 @@
 """A run stopped and restarted ends as the run left alone, bit for bit (benchmarks/studies/chaos.py, issue 32.9):
 killed at random moments by SIGKILL, SIGINT and SIGTERM, and at the two moments chaos found wrong: a kill after an
 epoch's evaluation whose checkpoint came before it (its validation line was written twice), and a signal in the last
-step (the resumed run had no step left and never evaluated nor saved the finished run)."""
+step (the resumed run had no step left and never evaluated nor saved the finished run); and under torchrun, rank
+1 resumed with rank 0's BatchNorm statistics (slow)."""
 import os
 import shutil
 import signal
@@ -67,4 +68,12 @@ def test_mit_killed_three_times_at_random_ends_bit_for_bit(tmp_path):
     outcome = run_setting("mit", kills=3, seed=0, out=tmp_path)
     assert not outcome.failures
     assert sum(outcome.kills.values()) == 3, outcome
+    assert outcome.differences == NONE and outcome.differing == [], outcome.differing
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_at_random_end_bit_for_bit(tmp_path):
+    """Under torchrun each rank keeps its own BatchNorm statistics; a resume must give each its own back."""
+    outcome = run_setting("ddp", kills=2, seed=0, out=tmp_path)
+    assert not outcome.failures and outcome.in_training >= 1, outcome
     assert outcome.differences == NONE and outcome.differing == [], outcome.differing

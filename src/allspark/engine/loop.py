@@ -20,6 +20,7 @@ from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, 
 from allspark.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
 from allspark.engine.memory_budget import check_training, crop_note, largest_images
+from allspark.engine.rank_buffers import load_rank_buffers, rank_buffers
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
@@ -163,7 +164,7 @@ class _Run:
             self.trainer.load_state(pair.model_state, pair.state, pair.weights)
             ranks = pair.state.get("rank_buffers")
             if ranks and len(ranks) == self.info.world_size:  # else every rank takes rank 0's, in the weights
-                self._load_rank_buffers(ranks[self.info.rank])
+                load_rank_buffers(self.trainer, ranks[self.info.rank])
             self.position = Position.from_state(pair.state)
             self.log.log(logging.WARNING if pair.skipped else logging.INFO,
                          "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
@@ -287,29 +288,11 @@ class _Run:
                                               "best_of": self.cfg.train.best_of})
 
     def save(self) -> None:
-        """Write `latest` at the current position. Every rank calls it: each rank's RNG state is gathered."""
+        """Write `latest` at the current position. Every rank calls it: each rank's RNG state (and under torchrun its
+        own buffers, engine/rank_buffers.py) is gathered."""
         rngs = dist_utils.all_gather_object(dist_utils.get_rng_state())
-        buffers = dist_utils.all_gather_object(self._rank_buffers()) if self.info.distributed else None
+        buffers = dist_utils.all_gather_object(rank_buffers(self.trainer)) if self.info.distributed else None
         if self.info.is_main:
             state = {**asdict(self.position), **self.trainer.state_dict(), "iteration": self.iteration,
                      "world_size": self.info.world_size, "rng": rngs, **({"rank_buffers": buffers} if buffers else {})}
             save_checkpoint(self.run_dir, self.trainer.model.state_dict(), self.cfg, state)
-
-    def _buffers(self):
-        """(name, buffer) of the student's and the EMA teacher's buffers ("ema." names), the Semantic Memory's
-        aside (it is the same on every rank)."""
-        models = {"": self.trainer.model, "ema.": self.trainer.ema.model if self.trainer.ema else None}
-        return ((prefix + name, buffer) for prefix, model in models.items() if model is not None
-                for name, buffer in model.named_buffers() if "memory" not in name.split("."))
-
-    def _rank_buffers(self) -> dict:
-        """This rank's own buffers: DDP leaves BatchNorm statistics per rank (broadcast_buffers=False), and the
-        evaluation runs on every rank, so a resume exact under torchrun needs each rank's, not rank 0's only."""
-        return {name: buffer.detach().cpu().clone() for name, buffer in self._buffers()}
-
-    def _load_rank_buffers(self, saved: dict) -> None:
-        """Put back this rank's own buffers (see _rank_buffers)."""
-        with torch.no_grad():
-            for name, buffer in self._buffers():
-                if name in saved:
-                    buffer.copy_(saved[name])
