@@ -20,6 +20,7 @@ from allspark.data.loaders import build_labeled_loader, build_unlabeled_loader, 
 from allspark.distributed import DistInfo
 from allspark.engine.evaluate import evaluate
 from allspark.engine.memory_budget import check_training, crop_note, largest_images
+from allspark.engine.rank_buffers import load_rank_buffers, rank_buffers
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
@@ -161,12 +162,15 @@ class _Run:
         pair = newest_pair(self.run_dir)
         if pair is not None:
             self.trainer.load_state(pair.model_state, pair.state, pair.weights)
+            ranks = pair.state.get("rank_buffers")
+            if ranks and len(ranks) == self.info.world_size:  # else every rank takes rank 0's, in the weights
+                load_rank_buffers(self.trainer, ranks[self.info.rank])
             self.position = Position.from_state(pair.state)
             self.log.log(logging.WARNING if pair.skipped else logging.INFO,
                          "resuming %s at iteration %d (epoch %d, batch %d) from %s", self.run_dir, self.iteration,
                          self.position.epoch, self.position.epoch_iter, pair.source)
         if self.info.is_main:
-            truncate_metrics(self.run_dir, self.iteration)
+            truncate_metrics(self.run_dir, self.iteration, evaluated=self.position.epoch_iter < self.iters_per_epoch)
 
     def fit(self) -> dict:
         """Train to the end of the schedule; returns {'iteration', 'epoch', 'best_miou', 'miou'}."""
@@ -239,6 +243,8 @@ class _Run:
                                    "use_memory": int(use_memory), "step_time": sum(step_seconds) / len(step_seconds)})
                 step_seconds = []
             self.agree_on_stop()
+            if self.iteration >= self.total:
+                self.stop_signal = 0  # the last step: finish (evaluate, save); a resume would find no step left to take
             if self.stop_signal:
                 return
             if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < self.total:
@@ -282,9 +288,11 @@ class _Run:
                                               "best_of": self.cfg.train.best_of})
 
     def save(self) -> None:
-        """Write `latest` at the current position. Every rank calls it: each rank's RNG state is gathered."""
+        """Write `latest` at the current position. Every rank calls it: each rank's RNG state (and under torchrun its
+        own buffers, engine/rank_buffers.py) is gathered."""
         rngs = dist_utils.all_gather_object(dist_utils.get_rng_state())
+        buffers = dist_utils.all_gather_object(rank_buffers(self.trainer)) if self.info.distributed else None
         if self.info.is_main:
             state = {**asdict(self.position), **self.trainer.state_dict(), "iteration": self.iteration,
-                     "world_size": self.info.world_size, "rng": rngs}
+                     "world_size": self.info.world_size, "rng": rngs, **({"rank_buffers": buffers} if buffers else {})}
             save_checkpoint(self.run_dir, self.trainer.model.state_dict(), self.cfg, state)

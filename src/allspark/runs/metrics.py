@@ -72,9 +72,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
-    """Drop records past `iteration` (written after the checkpoint a resumed run restarts from), if any."""
+def truncate_metrics(run_dir: str | Path, iteration: int, evaluated: bool = True) -> None:
+    """Drop records past `iteration` (written after the checkpoint a resumed run restarts from), if any, and with
+    `evaluated` False the validation record at `iteration` too (the checkpoint came before its epoch's end, so the
+    resumed run evaluates there again)."""
     path = RunFolder(run_dir).metrics
     if path.is_file():
-        kept = [r for r in read_metrics(path) if r["iter"] <= iteration]
+        kept = [r for r in read_metrics(path)
+                if r["iter"] < iteration or r["iter"] == iteration and (evaluated or r["split"] != "val")]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
