@@ -87,7 +87,8 @@ time.sleep(60)
 
 def test_lock_dies_with_a_killed_process_not_with_its_workers(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                              start_new_session=True)  # out of reach of signals other tests send to their group
     child = None
     try:
         lines = {holder.stdout.readline().strip(), holder.stdout.readline().strip()}  # either order
