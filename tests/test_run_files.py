@@ -102,7 +102,7 @@ def test_the_ema_weights_pass_over_a_latest_state_cut_short(tmp_path):
     weights, ema = ema_weights(run)
     assert weights == folder.weights("previous") and torch.equal(ema["weight"], torch.full((2,), 60.0))
     _save(run, cfg, 12, None)  # the pair that does not load is replaced; the one that loads stays
-    assert newest_pair(run).state["iteration"] == 12 and torch.load(folder.state("previous"))["iteration"] == 6
+    assert newest_pair(run).state["iteration"] == 12 and torch.load(folder.state("previous"), weights_only=True)["iteration"] == 6
 
 
 def test_ema_weights_is_none_without_a_teacher_and_refuses_a_torn_run(tmp_path):

@@ -44,7 +44,7 @@ class DataError(InputError):
         self.worker_report = None
         if problem is None:
             self.worker_report = str(path)
-            message = self.worker_report.rsplit(f"{DataError.__name__}: ", 1)[-1].strip()
+            message = self.worker_report.rsplit(f"{type(self).__name__}: ", 1)[-1].strip()
             path, _, problem = message.partition(": ")
         super().__init__(str(path), problem)
         self.path, self.problem = str(path), problem

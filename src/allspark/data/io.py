@@ -15,8 +15,7 @@ INDEX_MASK_MODES = ("L", "P", "I", "I;16")
 
 
 class WrongLayoutDataError(DataError):
-    """A mask made for another layout: its whole dataset is, so `data.skip_bad_samples` does not skip it. (The
-    name ends in DataError: a DataLoader worker's report rebuilds it through `DataError`'s parsing.)"""
+    """A mask made for another layout: its whole dataset is, so `data.skip_bad_samples` does not skip it."""
 
 
 def _open(path: Path, what: str) -> Image.Image:

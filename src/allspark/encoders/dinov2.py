@@ -95,25 +95,22 @@ class DINOv2Encoder(ViTEncoder):
     family = "dinov2"
     transformers_class = Dinov2Backbone
     original_keys = DINOV2_KEYS
+    registers = False  # the original files of the two DINOv2 families differ by their register tokens
 
     @classmethod
     def holds_original(cls, keys) -> bool:
-        return super().holds_original(keys) and "register_tokens" not in keys
+        return super().holds_original(keys) and ("register_tokens" in keys) == cls.registers
 
     def embeddings_class(self, pos_embed: str) -> type | None:
         return ReleasePositionEmbeddings if pos_embed == "release" else None
 
 
-class DINOv2RegistersEncoder(ViTEncoder):
+class DINOv2RegistersEncoder(DINOv2Encoder):
     """DINOv2 with registers: the position table resizes as transformers does, from the symbolic grid."""
 
     family = "dinov2_reg"
     transformers_class = Dinov2WithRegistersBackbone
-    original_keys = DINOV2_KEYS
-
-    @classmethod
-    def holds_original(cls, keys) -> bool:
-        return super().holds_original(keys) and "register_tokens" in keys
+    registers = True
 
     def embeddings_class(self, pos_embed: str) -> type | None:
         return RegistersPositionEmbeddings
