@@ -18,7 +18,7 @@ LAYERS = (
     ("allspark.data", "allspark.models"),
     ("allspark.predict",),
     ("allspark.engine",),
-    ("allspark.viz",),
+    ("allspark.viz", "allspark.labeling"),
     ("allspark.demo", "allspark.suggest"),
     ("allspark.commands",),
     ("allspark.cli",),

@@ -6,7 +6,7 @@ import importlib.util
 
 from allspark.errors import MissingDependencyError
 
-EXTRAS = {"export": ("onnx", "onnxscript", "onnxruntime")}  # as pyproject.toml's [project.optional-dependencies]
+EXTRAS = {"export": ("onnx", "onnxscript", "onnxruntime"), "label": ("label_studio_sdk", "ijson")}  # as pyproject.toml's [project.optional-dependencies]
 
 
 def require_extra(extra: str, purpose: str) -> None:

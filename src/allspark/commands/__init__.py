@@ -13,6 +13,7 @@ COMMANDS = {  # name: (module under allspark.commands, help in `allspark --help`
     "demo": ("demo", "synthetic data, SupBaseline vs AllSpark on CPU in a few minutes"),
     "predict": ("predict", "segment images with a trained model"),
     "suggest": ("suggest", "rank the unlabeled images: which to label next"),
+    "import-labels": ("import_labels", "masks drawn in Label Studio or CVAT into the dataset and its splits"),
     "viz": ("viz", "figures: features, grouping, memory, curves, confusion"),
     "export": ("export", "export a trained model to ONNX (dynamic height/width)"),
     "convert-official": ("convert", "convert a checkpoint of the authors' release into our weights format"),

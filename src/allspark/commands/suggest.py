@@ -1,10 +1,14 @@
-"""`allspark suggest --checkpoint RUN --count N [--list unlabeled.txt] --out DIR`: which images to label next."""
+"""`allspark suggest --checkpoint RUN --count N [--list unlabeled.txt] --out DIR [--export label-studio|cvat]`: which
+images to label next, with the model's masks as pre-annotations for the labelling tools."""
 from __future__ import annotations
 
 import argparse
 
 from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
                                        set_threads)
+from allspark.extras import require_extra
+from allspark.labeling.export import FORMATS
+from allspark.labeling.label_studio import LOCAL_FILES
 from allspark.suggest.outputs import SHEET
 from allspark.suggest.run import suggest
 from allspark.suggest.selection import STRATEGIES
@@ -13,18 +17,27 @@ from allspark.viz.contact_sheet import save_contact_sheet
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
+    exports = list(dict.fromkeys(args.export or []))
+    if "label-studio" in exports:
+        require_extra("label", "suggest --export label-studio")
     result = suggest(args.checkpoint, args.out, args.count, list_path=args.list, root=args.root,
                      labeled_list=args.labeled, which=args.which, strategy=args.strategy, batch_size=args.batch_size,
-                     max_side=args.max_side, device=args.device, force=args.force, say=print)
+                     max_side=args.max_side, device=args.device, force=args.force, say=print, exports=exports,
+                     image_prefix=args.image_url)
     if result is None:  # a torchrun rank other than 0: its share is scored
         return 0
     captions = [f"#{number} {row['image'].rsplit('/', 1)[-1]}\nscore {float(row['score']):.3f} "
                 f"unc {float(row['uncertainty']):.3f} rare {float(row['rarity']):.2f}"
                 for number, row in enumerate(result.chosen, 1)]
-    sheet = save_contact_sheet(result.suggested.with_name(SHEET), result.sheet_images,
-                               result.sheet_masks, captions, result.palette, result.class_names)
+    sheet = save_contact_sheet(result.suggested.with_name(SHEET), result.sheet, captions, result.palette,
+                               result.class_names)
     print(f"{result.note}\nwrote {result.suggested} ({len(result.chosen)} images, best first), {result.scores} and "
-          f"{sheet}\nlabel them, then: allspark splits --add {result.suggested} --out SPLITS_DIR")
+          f"{sheet}")
+    if result.exports:
+        print(f"wrote {', '.join(map(str, result.exports))}\nlabel them, then: allspark import-labels EXPORT "
+              "--root DATA_ROOT --out SPLITS_DIR")
+    else:
+        print(f"label them, then: allspark splits --add {result.suggested} --out SPLITS_DIR")
     return 0
 
 
@@ -49,6 +62,15 @@ def register(sub) -> None:
                         help="images are shrunk to this longer side for scoring")
     parser.add_argument("--force", action="store_true",
                         help="score every image again, dropping OUT/scoring/ (needed for another model or --max-side)")
+    parser.add_argument("--export", action="append", choices=FORMATS,
+                        help="also write the chosen images with the model's masks as pre-annotations: "
+                             "OUT/label-studio/{tasks.json,labeling_config.xml} or OUT/cvat/annotations.zip "
+                             "(CVAT's Segmentation mask 1.1); repeat for both")
+    parser.add_argument("--image-url", default=LOCAL_FILES, metavar="PREFIX",
+                        help="Label Studio reaches an image at PREFIX + its path in the list (default: "
+                             f"{LOCAL_FILES}, Label Studio's local files: start it with "
+                             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+                             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=the data root)")
     add_threads_option(parser)
     add_device_option(parser)
     parser.set_defaults(run=run, interrupted="the scores so far are kept in OUT/scoring/; the same command resumes "

@@ -88,14 +88,15 @@ def splits_command(root: str | Path, layout: str, out: str | Path) -> str:
     return f"allspark splits {root} --layout {layout}{'' if split == 'train' else f' --split {split}'} --out {out} {size}"
 
 
-def _moving(suggested: str | Path, labeled: list, unlabeled: list, names: tuple[str, str]) -> dict[str, str | None]:
+def _moving(suggested: list[tuple[str, str | None]], source: str, labeled: list, unlabeled: list,
+            names: tuple[str, str]) -> dict[str, str | None]:
     """{image: mask or None} of the suggested images to move, in the suggested order; refuses images in neither
-    list."""
+    list, naming `source`."""
     is_labeled = {image for image, _ in labeled}
     waiting = {image: mask for image, mask in unlabeled}
     moving: dict[str, str | None] = {}
     unknown = []
-    for image, mask in read_list(suggested, need_masks=False):
+    for image, mask in suggested:
         if image in is_labeled or image in moving:
             continue
         if image not in waiting:
@@ -103,7 +104,7 @@ def _moving(suggested: str | Path, labeled: list, unlabeled: list, names: tuple[
             continue
         moving[image] = mask or waiting[image]
     if unknown:
-        raise InputError(f"{suggested}: {len(unknown)} image(s) in neither {names[0]} nor {names[1]}: "
+        raise InputError(f"{source}: {len(unknown)} image(s) in neither {names[0]} nor {names[1]}: "
                          f"{', '.join(unknown[:5])}" + (", ..." if len(unknown) > 5 else ""))
     return moving
 
@@ -119,8 +120,14 @@ def _data_root(labeled_path: Path, entries: list) -> Path:
 
 def add_to_labeled(suggested: str | Path, splits_dir: str | Path,
                    root: str | Path | None = None) -> tuple[int, Path, Path]:
-    """Move the images of `suggested` (list lines; best first) from SPLITS_DIR/unlabeled.txt to the end of
-    SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
+    """`splits --add`: move the images of the list file `suggested` (see `move_to_labeled`)."""
+    return move_to_labeled(read_list(suggested, need_masks=False), str(suggested), splits_dir, root)
+
+
+def move_to_labeled(suggested: list[tuple[str, str | None]], source: str, splits_dir: str | Path,
+                    root: str | Path | None = None) -> tuple[int, Path, Path]:
+    """Move the images of `suggested` ((image, mask or None) pairs, best first, read from `source`) from
+    SPLITS_DIR/unlabeled.txt to the end of SPLITS_DIR/labeled.txt, each with its mask (from the suggested line, else its unlabeled line), without losing or
     duplicating a line (comment lines kept); images already labeled are left as they are. Refuses, naming them,
     images that are in neither list or whose mask (relative to `root`; by default the folder where the lists'
     images are) is not there yet. Each list is replaced in one step."""
@@ -128,12 +135,12 @@ def add_to_labeled(suggested: str | Path, splits_dir: str | Path,
     labeled_path, unlabeled_path = splits_dir / "labeled.txt", splits_dir / "unlabeled.txt"
     labeled = read_list(labeled_path, need_masks=True)
     unlabeled = read_list(unlabeled_path, need_masks=False)
-    moving = _moving(suggested, labeled, unlabeled, (labeled_path.name, unlabeled_path.name))
+    moving = _moving(suggested, source, labeled, unlabeled, (labeled_path.name, unlabeled_path.name))
     root = Path(root) if root is not None else _data_root(labeled_path, labeled + unlabeled)
     missing = [image for image, mask in moving.items() if mask is None or not (root / mask).is_file()]
     if missing:
         raise InputError(f"{len(missing)} suggested image(s) have no mask yet under {root} (label them, or give "
-                         f"'image mask' lines in {suggested}): {', '.join(missing[:5])}"
+                         f"'image mask' lines in {source}): {', '.join(missing[:5])}"
                          + (", ..." if len(missing) > 5 else ""))
     kept = labeled_path.read_text().splitlines()  # comment lines and all, as written
     new_labeled = [*kept, *(f"{image} {mask}" for image, mask in moving.items())]

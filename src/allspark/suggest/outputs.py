@@ -1,17 +1,21 @@
 """What `allspark suggest` hands back: OUT/suggested.txt (the chosen lines, best first), OUT/scores.csv (every
-image's score parts and rank) and the images and masks of the contact sheet."""
+image's score parts and rank), the images, masks and uncertainty maps of the contact sheet, and the chosen images'
+predicted masks at their own size for the labelling tools' exports."""
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
+from allspark.labeling.export import Predicted
 from allspark.runs.atomic import atomic_write
 from allspark.suggest.scoring import predict_one
+from allspark.suggest.selection import entropy_map
 
 SCORE_FIELDS = ("rank", "image", "mask", "uncertainty", "rarity", "score", "classes")  # OUT/scores.csv
 SHEET = "contact_sheet.png"  # OUT/contact_sheet.png, written by the command from the Suggestion
@@ -24,11 +28,11 @@ class Suggestion:
     chosen: list[dict]  # the rows of the chosen images, best first
     suggested: Path
     scores: Path
-    sheet_images: list[np.ndarray]  # the first SHEET_MAX chosen images (uint8) and their predicted masks
-    sheet_masks: list[np.ndarray]
+    sheet: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # the first SHEET_MAX chosen: (image, mask, uncertainty)
     class_names: list[str]
     palette: np.ndarray
     note: str
+    exports: list[Path]  # the labelling tools' files (--export)
 
 
 def _write_scores(path: str, table: list[dict], rank_of: dict[int, int]) -> None:
@@ -53,8 +57,21 @@ def write_outputs(out: Path, table: list[dict], order: np.ndarray) -> tuple[Path
     return suggested, scores
 
 
-def sheet_pairs(model: torch.nn.Module, paths: Sequence[Path], max_side: int, device
-                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(images, predicted masks) of the first SHEET_MAX of `paths`, the chosen images best first."""
-    pairs = [predict_one(model, path, max_side, device)[:2] for path in paths[:SHEET_MAX]]
-    return [image for image, _ in pairs], [mask for _, mask in pairs]
+def at_image_size(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A mask predicted on the shrunk image (`--max-side`) at the image's own size (nearest neighbour), uint8."""
+    with Image.open(path) as image:
+        size = image.size
+    mask = Image.fromarray(mask.astype(np.uint8))
+    return np.asarray(mask if mask.size == size else mask.resize(size, Image.NEAREST))
+
+
+def chosen_predictions(model: torch.nn.Module, root: Path, chosen: list[dict], max_side: int, device,
+                       sheet: list) -> Iterator[Predicted]:
+    """The chosen images' predicted masks at their own size, best first, one image at a time; the first SHEET_MAX
+    also go to `sheet` as (image, mask, per-pixel uncertainty), shrunk as scored."""
+    for number, row in enumerate(chosen):
+        pixels, probs, _ = predict_one(model, root / row["image"], max_side, device)
+        mask = probs.argmax(0)
+        if number < SHEET_MAX:
+            sheet.append((pixels, mask, entropy_map(probs)))
+        yield Predicted(row["image"], at_image_size(mask, root / row["image"]), float(row["score"]))

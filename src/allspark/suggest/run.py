@@ -9,8 +9,9 @@ selects (`selection`) and writes the outputs (`outputs`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +20,10 @@ from allspark.data.io import read_list
 from allspark.data.layouts import class_names_and_palette
 from allspark.distributed import all_gather_object, distributed, on_main
 from allspark.errors import InputError
-from allspark.suggest.outputs import Suggestion, sheet_pairs, write_outputs
+from allspark.labeling.classes import ClassSet
+from allspark.labeling.export import write_exports
+from allspark.labeling.label_studio import LOCAL_FILES
+from allspark.suggest.outputs import SHEET_MAX, Suggestion, chosen_predictions, write_outputs
 from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool, score_row
 from allspark.suggest.selection import class_rarity, select
 from allspark.suggest.store import check_source, keep_current, read_scored, source_key, stamp, stored_images
@@ -100,12 +104,28 @@ def _say_counts(say: Say, pool: _Pool, kept: int, dropped: int, what: str, weigh
         + (f"; dropped the scores of {dropped} images no longer in the list or changed since" if dropped else ""))
 
 
+def _predict_chosen(model, cfg: Config, root: Path, out: Path, chosen: list[dict], max_side: int, device,
+                    exports: Sequence[str], model_name: str, image_prefix: str) -> tuple[list, list[Path]]:
+    """One pass over the chosen images: (the contact sheet's triples, the labelling tools' files written)."""
+    sheet: list = []
+    predicted = chosen_predictions(model, root, chosen, max_side, device, sheet)
+    if not exports:
+        list(islice(predicted, SHEET_MAX))
+        return sheet, []
+    classes = ClassSet.of(*class_names_and_palette(cfg))
+    paths = write_exports(out, exports, [row["image"] for row in chosen], predicted, classes, model_name,
+                          image_prefix)
+    return sheet, paths
+
+
 def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str | Path | None = None,
             root: str | Path | None = None, labeled_list: str | Path | None = None, which: str = "best",
             strategy: str = "both", batch_size: int = 1, max_side: int = 1024, device: str = "auto",
-            force: bool = False, progress: bool = True, say: Say = _silent) -> Suggestion | None:
+            force: bool = False, progress: bool = True, say: Say = _silent, exports: Sequence[str] = (),
+            image_prefix: str = LOCAL_FILES) -> Suggestion | None:
     """Rank the images of `list_path` (default: the run's unlabeled list; paths relative to `root`, default the
-    run's data.root) for labelling and write OUT/suggested.txt (`count` lines), OUT/scores.csv and the scoring files.
+    run's data.root) for labelling and write OUT/suggested.txt (`count` lines), OUT/scores.csv, the scoring files
+    and the `exports` (labeling.export.FORMATS; Label Studio reaches the images as `image_prefix` + their path).
     Under torchrun each rank scores every world_size-th image; rank 0 ranks and returns the Suggestion, the others
     None. `labeled_list` (default: the run's) gives the class shares and the images the chosen ones should differ
     from."""
@@ -126,9 +146,11 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
             return None
         table, order = _rank(model, cfg, root, pool, out, count, strategy, max_side, info.device)
         suggested, scores_path = write_outputs(out, table, order)
-        images, masks = sheet_pairs(model, [root / table[i]["image"] for i in order], max_side, info.device)
+        chosen = [table[i] for i in order]
+        sheet, paths = _predict_chosen(model, cfg, root, out, chosen, max_side, info.device, exports,
+                                       f"{weights.name} ({what})", image_prefix)
         names, palette = class_names_and_palette(cfg)
         lift = ("rare-class lift from the labeled masks" if pool.counts is not None
                 else "no labeled masks: no rare-class lift")
-        return Suggestion([table[i] for i in order], suggested, scores_path, images, masks, names, palette,
-                          f"{what} of {weights}; strategy {strategy}; {lift}")
+        return Suggestion(chosen, suggested, scores_path, sheet, names, palette,
+                          f"{what} of {weights}; strategy {strategy}; {lift}", paths)

@@ -75,11 +75,11 @@ def probs_and_features(model: torch.nn.Module, images: torch.Tensor, hook: LastF
 
 
 def predict_one(model: torch.nn.Module, path: Path, max_side: int, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pixels, predicted mask, pooled feature) of one image: the contact sheet's and the labeled images' pass."""
+    """(pixels, probabilities (K, H, W), pooled feature) of one image: the chosen and the labeled images' pass."""
     pixels = load_pixels(path, max_side)
     with LastFeature(model.encoder) as hook:
         probs, feats = probs_and_features(model, normalize_image(pixels)[None].to(device), hook)
-    return pixels, probs[0].argmax(0), feats[0]
+    return pixels, probs[0], feats[0]
 
 
 def anchor_features(model: torch.nn.Module, root: Path, labeled: Sequence[tuple[str, str | None]], max_side: int,
