@@ -14,7 +14,8 @@ from allspark.errors import InputError
 from allspark.models.weights import load_model
 from allspark.runs.metrics import read_metrics
 from allspark.viz import confusion, curves, features, grouping, memory
-from allspark.viz.contact_sheet import CAPTION, CELL, contact_sheet
+from allspark.viz.contact_sheet import (CAPTION, CELL, COLUMN_W, COLUMNS, GAP, ROW_GAP, TRIPLE_W, contact_sheet,
+                                       uncertainty_image)
 from allspark.viz.figure import save_figure
 from allspark.viz.grouping import grouping_counts
 from allspark.viz.memory import memory_maps
@@ -135,40 +136,48 @@ def test_feature_and_memory_panels_show_the_chosen_channels(tmp_path, drawn):
     assert titles(axes[0]) == ["ch 0", "ch 2"] and titles(axes[1]) == ["", ""]
 
 
-def test_contact_sheet_puts_each_image_beside_its_colour_mask(tmp_path):
+def _sheet_inputs():
+    """Four suggestions: plain-colour images (one 40x20), masks in halves, uncertainty maps of known levels."""
     colours = [(250, 200, 0), (0, 120, 250), (130, 0, 130), (90, 90, 90)]
     images = [np.full((32, 32, 3), c, np.uint8) for c in colours[:2]]
     images += [np.full((20, 40, 3), colours[2], np.uint8), np.full((32, 32, 3), colours[3], np.uint8)]
-    halves = np.zeros((32, 32), np.int64)
+    halves = np.ones((32, 32), np.int64)
     halves[:, 16:] = 2
-    halves[:, :16] = 1
-    top = np.ones((20, 40), np.int64)
-    top[:10] = 2
-    masks = [halves, np.zeros((32, 32), np.int64), top, np.full((32, 32), 255)]  # 255 (ignore) is black
-    captions = ["1. score 0.90\nuncertain", "", "3. score 0.50", "4. score 0.40"]
-    sheet = np.asarray(contact_sheet(images, masks, captions, PALETTE, ["c0", "c1", "c2"])).astype(int)
-    pair_w, pair_h = 2 * CELL + 8, CELL + CAPTION
-    assert sheet.shape[:2] == (2 * pair_h + 3 * 20 + 4, 3 * pair_w)  # two rows of pairs, the 3-class legend
+    masks = [halves, np.zeros((32, 32), np.int64), np.ones((20, 40), np.int64), np.full((32, 32), 255)]
+    doubt = [np.zeros((32, 32)), np.ones((32, 32)), np.full((20, 40), 0.5), np.zeros((32, 32))]
+    return colours, list(zip(images, masks, doubt))
 
-    def at(number, x, y, mask=False):  # pixel (x, y) of pair `number`'s image, or of its mask
-        left, top_ = (number % 3) * pair_w + (CELL + 2 if mask else 0), (number // 3) * pair_h
-        return list(sheet[top_ + y, left + x])
+
+def test_contact_sheet_puts_image_mask_and_uncertainty_side_by_side(tmp_path):
+    colours, triples = _sheet_inputs()
+    captions = ["#1 a.png\nscore 0.90", "#2 b.png\nscore 0.80", "#3 c.png\nscore 0.50", "#4 d.png\nscore 0.40"]
+    sheet = np.asarray(contact_sheet(triples, captions, PALETTE, ["c0", "c1", "c2"])).astype(int)
+
+    def at(number, place, x, y):  # pixel (x, y) of suggestion `number`'s picture `place` (image, mask, doubt)
+        row_top = 0 if number < COLUMNS else CELL + GAP + CAPTION + ROW_GAP
+        return list(sheet[row_top + y, (number % COLUMNS) * COLUMN_W + place * (CELL + GAP) + x])
 
     for number in range(4):
-        assert at(number, CELL // 2, 30) == list(colours[number])
-    assert at(0, 40, 80, mask=True) == list(PALETTE[1]) and at(0, 120, 80, mask=True) == list(PALETTE[2])
-    assert at(1, 80, 80, mask=True) == list(PALETTE[0]) and at(3, 80, 80, mask=True) == [0, 0, 0]
-    assert at(2, 80, 20, mask=True) == list(PALETTE[2]) and at(2, 80, 60, mask=True) == list(PALETTE[1])
-    assert at(2, 80, 120) == [255, 255, 255] and at(2, 80, 120, mask=True) == [255, 255, 255]  # 40x20: half high
-    assert at(4, 80, 80) == [255, 255, 255]  # no fifth image
+        assert at(number, 0, CELL // 2, 30) == list(colours[number])
+    assert at(0, 1, 40, 80) == list(PALETTE[1]) and at(0, 1, 120, 80) == list(PALETTE[2])
+    assert at(1, 1, 80, 80) == list(PALETTE[0]) and at(3, 1, 80, 80) == [0, 0, 0]  # 255 (ignore) is black
+    assert at(0, 2, 80, 80) == list(uncertainty_image(np.zeros((1, 1)))[0, 0])  # certain: dark
+    assert at(1, 2, 80, 80) == list(uncertainty_image(np.ones((1, 1)))[0, 0])  # uniform: bright
+    assert sum(at(1, 2, 80, 80)) > sum(at(2, 2, 80, 40)) > sum(at(0, 2, 80, 80))
+    assert at(2, 0, 80, 120) == [255, 255, 255]  # 40x20: half as high
 
-    def dark(number):  # caption pixels under pair `number`
-        band = sheet[(number // 3) * pair_h + CELL:(number // 3 + 1) * pair_h, (number % 3) * pair_w:][:, :pair_w]
-        return int((band.max(axis=-1) < 100).sum())
 
-    assert dark(0) > dark(2) > 0 and dark(1) == 0
-    for k in range(3):  # the legend's swatches, in class order, under the grid
-        assert list(sheet[2 * pair_h + 4 + 20 * k + 10, 20]) == list(PALETTE[k])
+def test_each_caption_sits_under_its_own_pictures_in_readable_type():
+    _, triples = _sheet_inputs()
+    sheet = np.asarray(contact_sheet(triples, ["#1 a.png\nscore 0.90"] * 4, PALETTE, ["c0", "c1", "c2"]))
+    dark_rows = np.flatnonzero((sheet[:, :TRIPLE_W].max(axis=-1) < 60).any(axis=1))
+    row_h = CELL + GAP + CAPTION + ROW_GAP
+    for row in range(2):
+        top, bottom = row * row_h, row * row_h + CELL  # the row's pictures end at `bottom`
+        caption = dark_rows[(dark_rows >= bottom) & (dark_rows < top + row_h)]
+        assert caption.size and caption.min() > bottom  # below its own pictures ...
+        assert caption.min() - bottom < top + row_h - caption.max()  # ... nearer them than the next row's
+        assert caption.max() - caption.min() >= 2 * 10  # two lines of type at least 10 px high
 
 
 def test_curves_and_confusion_commands(tmp_path, drawn):
