@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,export]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,export,label]"
 	touch $@
 
 demo: $(VENV)/.installed
