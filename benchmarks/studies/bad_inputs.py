@@ -34,6 +34,7 @@ from allspark.config.schema import config_to_dict
 from allspark.data.splits import make_split
 from allspark.data.synthetic import BAD_SAMPLES, generate_synthetic, write_bad_samples
 from allspark.runs.checkpoints import load_checkpoint
+from benchmarks.studies.bad_labels import label_cases
 from benchmarks.timing import ROOT, SHARED, seconds
 
 NOISE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) |\d+%\|")  # log lines, progress bars
@@ -142,6 +143,7 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("predict: 16-bit grey PNG", ["predict", str(odd / "grey16.png"), "--checkpoint", str(run), "--out",
                                           str(tmp / "pred16"), "--force"], expect="any"),
     ]
+    cases += [Case(name, argv, expect=expect) for name, argv, expect in label_cases(tmp)]
     return cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp) + console_cases(tmp, root, run)
 
 
