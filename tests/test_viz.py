@@ -14,8 +14,8 @@ from allspark.errors import InputError
 from allspark.models.weights import load_model
 from allspark.runs.metrics import read_metrics
 from allspark.viz import confusion, curves, features, grouping, memory
-from allspark.viz.contact_sheet import (CAPTION, CELL, COLUMN_W, COLUMNS, GAP, ROW_GAP, TRIPLE_W, contact_sheet,
-                                       uncertainty_image)
+from allspark.viz.contact_sheet import (CAPTION, CELL, COLUMN_W, COLUMNS, GAP, HEADER, ROW_GAP, TRIPLE_W,
+                                       contact_sheet, uncertainty_image)
 from allspark.viz.figure import save_figure
 from allspark.viz.grouping import grouping_counts
 from allspark.viz.memory import memory_maps
@@ -154,7 +154,7 @@ def test_contact_sheet_puts_image_mask_and_uncertainty_side_by_side(tmp_path):
     sheet = np.asarray(contact_sheet(triples, captions, PALETTE, ["c0", "c1", "c2"])).astype(int)
 
     def at(number, place, x, y):  # pixel (x, y) of suggestion `number`'s picture `place` (image, mask, doubt)
-        row_top = 0 if number < COLUMNS else CELL + GAP + CAPTION + ROW_GAP
+        row_top = HEADER + (0 if number < COLUMNS else CELL + GAP + CAPTION + ROW_GAP)
         return list(sheet[row_top + y, (number % COLUMNS) * COLUMN_W + place * (CELL + GAP) + x])
 
     for number in range(4):
@@ -167,16 +167,24 @@ def test_contact_sheet_puts_image_mask_and_uncertainty_side_by_side(tmp_path):
     assert at(2, 0, 80, 120) == [255, 255, 255]  # 40x20: half as high
 
 
+def _blocks(rows: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """(first, last) of each run of `rows` whose steps are at most `gap`."""
+    cuts = np.flatnonzero(np.diff(rows) > gap)
+    return [(int(rows[a]), int(rows[b])) for a, b in zip(np.r_[0, cuts + 1], np.r_[cuts, len(rows) - 1])]
+
+
 def test_each_caption_sits_under_its_own_pictures_in_readable_type():
-    _, triples = _sheet_inputs()
-    sheet = np.asarray(contact_sheet(triples, ["#1 a.png\nscore 0.90"] * 4, PALETTE, ["c0", "c1", "c2"]))
-    dark_rows = np.flatnonzero((sheet[:, :TRIPLE_W].max(axis=-1) < 60).any(axis=1))
-    row_h = CELL + GAP + CAPTION + ROW_GAP
-    for row in range(2):
-        top, bottom = row * row_h, row * row_h + CELL  # the row's pictures end at `bottom`
-        caption = dark_rows[(dark_rows >= bottom) & (dark_rows < top + row_h)]
-        assert caption.size and caption.min() > bottom  # below its own pictures ...
-        assert caption.min() - bottom < top + row_h - caption.max()  # ... nearer them than the next row's
+    green = np.array([10, 200, 30], np.uint8)
+    wide = (np.full((24, 32, 3), green), np.zeros((24, 32), np.int64), np.full((24, 32), 0.5))  # 4:3
+    sheet = np.asarray(contact_sheet([wide] * 6, ["#1 a.png\nscore 0.90"] * 6, PALETTE, ["c0", "c1", "c2"]))
+    column = sheet[:, :TRIPLE_W]
+    pictures = _blocks(np.flatnonzero((column == green).all(axis=-1).any(axis=1)), 1)  # the images' rows
+    dark = np.flatnonzero((column.max(axis=-1) < 60).any(axis=1))
+    assert len(pictures) == 3
+    for number, ((_, bottom), (end, _)) in enumerate(zip(pictures, pictures[1:])):  # a row and the next
+        caption = dark[(dark > bottom) & (dark < end)]
+        assert caption.size, number  # under its own pictures ...
+        assert caption.min() - bottom < end - caption.max(), number  # ... nearer them than the next row
         assert caption.max() - caption.min() >= 2 * 10  # two lines of type at least 10 px high
 
 

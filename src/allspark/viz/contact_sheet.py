@@ -19,6 +19,8 @@ LINE = 19  # caption line height
 CAPTION = 2 * LINE  # two caption lines under each suggestion
 ROW_GAP = 28  # below a caption, before the next row: wider than GAP, so a caption sits by its own pictures
 COLUMNS = 2  # suggestions per row
+HEADER = 30  # the title line above the grid
+TITLE = "each: image | predicted mask | uncertainty (dark: sure, bright: the model doubts)"
 TRIPLE_W = 3 * CELL + 2 * GAP  # one suggestion's pictures
 COLUMN_W = TRIPLE_W + 24  # a suggestion's column, with the space before the next
 HEAT = colormaps["inferno"]  # uncertainty: dark = certain, bright = the model doubts
@@ -46,12 +48,13 @@ def contact_sheet(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     """A grid of (image | colour mask | uncertainty map) with a caption under each, right under its row's
     pictures (a row is as high as its highest picture), the legend below the grid."""
     pictures = [_pictures(triple, palette) for triple in triples]
-    heights = [max([p.height for triple in pictures[r:r + COLUMNS] for p in triple] + [CELL])
+    heights = [max([p.height for triple in pictures[r:r + COLUMNS] for p in triple] + [1])
                for r in range(0, max(1, len(pictures)), COLUMNS)]
-    tops = np.cumsum([0] + [h + GAP + CAPTION + ROW_GAP for h in heights]).tolist()
+    tops = np.cumsum([HEADER] + [h + GAP + CAPTION + ROW_GAP for h in heights]).tolist()
     legend = legend_image(palette, names)
     sheet = Image.new("RGB", (max(COLUMNS * COLUMN_W, legend.width), tops[-1] + legend.height), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=FONT)
+    draw.text((0, 4), TITLE, fill="black", font=font)
     for number, (triple, caption) in enumerate(zip(pictures, captions)):
         row = number // COLUMNS
         left, top = (number % COLUMNS) * COLUMN_W, tops[row]
