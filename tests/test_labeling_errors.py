@@ -10,7 +10,8 @@ from PIL import Image
 
 from allspark.data.io import read_mask
 from inference_helpers import run_cli, tiny_checkpoint, write_images
-from labeling_helpers import dataset, drawn_mask, export, label_studio_export, lines
+from allspark.labeling.export import Predicted, write_exports
+from labeling_helpers import CLASSES, dataset, drawn_mask, export, label_studio_export, lines
 
 pytest.importorskip("label_studio_sdk")
 IMAGES = ["images/u0.png", "images/u1.png"]
@@ -79,6 +80,18 @@ def test_a_task_without_annotation_or_skipped_is_named_and_left_unlabeled(tmp_pa
     assert lines(splits / "unlabeled.txt") == ["images/u0.png masks/u0.png", "images/u2.png masks/u2.png"]
     assert lines(splits / "labeled.txt")[1:] == ["images/u1.png masks/u1.png"]
     np.testing.assert_array_equal(read_mask(tmp_path / "data/masks/u1.png"), drawn_mask(1))
+
+
+def test_an_image_nobody_drew_on_in_cvat_is_named_and_left_unlabeled(tmp_path, capsys):
+    splits = dataset(tmp_path / "data")
+    predicted = [Predicted(image, drawn_mask(i) if i else np.full((16, 24), 255, np.uint8), 0.5)
+                 for i, image in enumerate(IMAGES)]
+    write_exports(tmp_path / "out", ["cvat"], IMAGES, iter(predicted), CLASSES, "test")
+    assert run_cli(["import-labels", str(tmp_path / "out/cvat/annotations.zip"), "--root", str(tmp_path / "data"),
+                    "--out", str(splits), "--no-progress"]) == 0
+    assert "left unlabeled (nothing drawn): images/u0.png" in capsys.readouterr().out
+    assert lines(splits / "unlabeled.txt") == ["images/u0.png masks/u0.png", "images/u2.png masks/u2.png"]
+    assert not (tmp_path / "data/masks/u0.png").exists()
 
 
 def test_an_existing_mask_with_other_pixels_is_kept_unless_force(tmp_path, capsys):

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from allspark.data.checks import sample_problems
-from allspark.data.io import read_list, read_mask
+from allspark.data.io import IGNORE_INDEX, read_list, read_mask
 from allspark.data.layouts import get_layout
 from allspark.data.splits import move_to_labeled
 from allspark.errors import DataError, InputError, OutputExistsError
@@ -83,9 +83,10 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise DataError(path, f"unreadable image ({err})") from None
 
 
-def _check(annotation: Annotation, image: str, mask_rel: str | None, root: Path, force: bool) -> bool:
-    """Whether the annotation's mask must be written: refuses a size that differs from the image's, or a mask file
-    already there with other pixels (unless `force`)."""
+def _check(annotation: Annotation, image: str, mask_rel: str | None, root: Path, force: bool) -> bool | None:
+    """Whether the annotation's mask must be written (None: nothing but 255 in it, as CVAT exports an image nobody
+    drew on); refuses a size that differs from the image's, or a mask file already there with other pixels (unless
+    `force`)."""
     if mask_rel is None:
         raise InputError(f"{annotation.where}: no mask path known for {image}; give it as the second field of its "
                          "unlabeled.txt line")
@@ -97,6 +98,8 @@ def _check(annotation: Annotation, image: str, mask_rel: str | None, root: Path,
     if mask.shape != (height, width):
         raise DataError(annotation.where, f"mask decodes to {mask.shape[1]}x{mask.shape[0]}, its image {image} is "
                         f"{width}x{height}")
+    if (mask == IGNORE_INDEX).all():
+        return None
     target = root / mask_rel
     if not target.is_file():
         return True
@@ -123,7 +126,12 @@ def _plan(export: Path, classes: ClassSet, root: Path, lists: _Lists, force: boo
             if image not in lists.labeled:
                 done.left.append((image, annotation.missing))
             continue
-        plan[image] = (lists.masks[image], _check(annotation, image, lists.masks[image], root, force))
+        write = _check(annotation, image, lists.masks[image], root, force)
+        if write is None:
+            if image not in lists.labeled:
+                done.left.append((image, "nothing drawn"))
+            continue
+        plan[image] = (lists.masks[image], write)
     return plan
 
 

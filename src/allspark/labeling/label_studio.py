@@ -62,7 +62,10 @@ def _brush(region: dict, size: tuple[int, int]) -> np.ndarray:
     from label_studio_sdk.converter.brush import decode_rle  # the optional `label` extra, checked by the command
 
     width, height = size
-    return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 127  # the alpha channel
+    values = decode_rle(region["value"]["rle"])
+    if values.size != width * height * 4:
+        raise ValueError(f"its RLE holds {values.size // 4} pixels, not {width}x{height}")
+    return values.reshape(height, width, 4)[:, :, 3] > 127  # the alpha channel
 
 
 def _polygon(region: dict, size: tuple[int, int]) -> np.ndarray:
@@ -90,9 +93,13 @@ def decode_annotation(results: list[dict], size: tuple[int, int], classes: Class
         kind = str(region.get("type", "")).lower()
         if kind not in ("brushlabels", "polygonlabels"):
             continue
-        names = region["value"].get(kind, [])
+        try:
+            names = region["value"].get(kind, [])
+            drawn = _brush(region, size) if kind == "brushlabels" else _polygon(region, size)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise InputError(f"{where}: a {kind} region Label Studio would not write ({type(err).__name__}: {err})"
+                             ) from None
         if len(names) != 1:
             raise InputError(f"{where}: a {kind} region has {len(names)} labels; expected one")
-        drawn = _brush(region, size) if kind == "brushlabels" else _polygon(region, size)
         mask[drawn] = classes.index(names[0], where)
     return mask
