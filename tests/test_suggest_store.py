@@ -137,8 +137,9 @@ def test_another_model_is_refused_without_force(tmp_path, fixed_model, scored, c
 
 def test_a_kill_between_the_two_outputs_leaves_no_suggestion(tmp_path, fixed_model, monkeypatch):
     lines = _lines(tmp_path, 6)
-    run_suggest(tmp_path, lines, 2)
+    run_suggest(tmp_path, lines, 2, exports=["cvat"])
     (tmp_path / "out" / "contact_sheet.png").write_bytes(b"the last run's sheet")
+    assert (tmp_path / "out" / "cvat" / "annotations.zip").is_file()
     real = suggest_outputs.atomic_write
 
     def killed_at_suggested(path, write):
@@ -150,7 +151,7 @@ def test_a_kill_between_the_two_outputs_leaves_no_suggestion(tmp_path, fixed_mod
         run_suggest(tmp_path, lines[3:] + lines[:3], 2)
     out = tmp_path / "out"
     assert (out / "scores.csv").is_file() and not (out / "suggested.txt").exists()
-    assert not (out / "contact_sheet.png").exists()
+    assert not (out / "contact_sheet.png").exists() and not (out / "cvat" / "annotations.zip").exists()
 
 
 def test_a_store_of_the_older_format_is_refused_in_one_line(tmp_path, fixed_model):

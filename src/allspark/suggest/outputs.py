@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from allspark.labeling.export import Predicted
+from allspark.labeling.export import CONFIG, CVAT_ZIP, TASKS, Predicted
 from allspark.runs.atomic import atomic_write
 from allspark.suggest.scoring import predict_one
 from allspark.suggest.selection import entropy_map
@@ -45,12 +45,12 @@ def _write_scores(path: str, table: list[dict], rank_of: dict[int, int]) -> None
 
 def write_outputs(out: Path, table: list[dict], order: np.ndarray) -> tuple[Path, Path]:
     """OUT/scores.csv (every row of `table`, its rank among the chosen or empty) and OUT/suggested.txt (the chosen
-    rows' lines, best first), both from the same rows. The old suggested.txt and contact sheet go first and
-    suggested.txt comes last, each file replaced in one step, so a kill leaves no suggestion that disagrees with
-    scores.csv."""
+    rows' lines, best first), both from the same rows. The old suggested.txt, contact sheet and labelling-tool
+    exports go first and suggested.txt comes last, each file replaced in one step, so a kill leaves no suggestion
+    that disagrees with scores.csv."""
     suggested, scores = out / "suggested.txt", out / "scores.csv"
-    suggested.unlink(missing_ok=True)
-    (out / SHEET).unlink(missing_ok=True)
+    for old in (suggested, out / SHEET, out / TASKS, out / CONFIG, out / CVAT_ZIP):
+        old.unlink(missing_ok=True)
     atomic_write(scores, lambda tmp: _write_scores(tmp, table, {int(place): n for n, place in enumerate(order, 1)}))
     lines = [" ".join(part for part in (table[i]["image"], table[i]["mask"]) if part) for i in order]
     atomic_write(suggested, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in lines)))
