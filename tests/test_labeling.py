@@ -1,6 +1,7 @@
 """Suggestions out to Label Studio and CVAT with the model's masks, and the masks annotators drew back into the
 dataset and its splits (`allspark suggest --export`, `allspark import-labels`)."""
 import json
+import shutil
 import xml.etree.ElementTree as ET
 import zipfile
 
@@ -73,6 +74,12 @@ def test_cvat_zip_loads_in_datumaro_with_the_same_masks_and_names(tmp_path):
             want = expected == (NAMES.index(name) if name in NAMES else 255)
             np.testing.assert_array_equal(annotation.image.astype(bool), want)
         assert {categories[a.label].name for a in item.annotations} == {*NAMES, "background"}
+    loaded.export(str(tmp_path / "written"), "voc_segmentation", save_media=False)  # as CVAT writes its export
+    shutil.make_archive(str(tmp_path / "datumaro"), "zip", tmp_path / "written")
+    splits = dataset(tmp_path / "data")
+    import_labels(tmp_path / "datumaro.zip", tmp_path / "data", splits, progress=False)
+    for number in range(3):
+        np.testing.assert_array_equal(read_mask(tmp_path / f"data/masks/u{number}.png"), drawn_mask(number))
 
 
 @pytest.mark.parametrize("tool", ["label-studio", "cvat"])
