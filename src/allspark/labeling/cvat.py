@@ -2,7 +2,7 @@
 SegmentationClass/NAME.png colour masks, ImageSets/Segmentation/default.txt the item names.
 
 Written and read here with zipfile and PIL: the format is colour PNGs and two text files, and datumaro (CVAT's own
-dataset library, which the tests load our zips with) pins pillow and numpy versions the package cannot take."""
+dataset library, which the tests load our zips with) would pin a user's pillow."""
 from __future__ import annotations
 
 import io
