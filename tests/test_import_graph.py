@@ -19,7 +19,7 @@ LAYERS = (
     ("allspark.predict",),
     ("allspark.engine",),
     ("allspark.viz", "allspark.labeling"),
-    ("allspark.demo", "allspark.suggest"),
+    ("allspark.demo", "allspark.suggest", "allspark.pretrain"),
     ("allspark.commands",),
     ("allspark.cli",),
     ("allspark.__main__", "allspark"),

@@ -8,6 +8,7 @@ COMMANDS = {  # name: (module under allspark.commands, help in `allspark --help`
     "check-data": ("check_data", "read every listed file and report each problem"),
     "splits": ("splits", "make labeled/unlabeled lists from a training list"),
     "train": ("train", "train (or resume) a run"),
+    "pretrain": ("pretrain", "pretrain an encoder on your own images (masked image modelling or distillation)"),
     "eval": ("evaluate", "evaluate a checkpoint: mIoU and per-class IoU"),
     "presets": ("presets", "list the shipped config presets"),
     "demo": ("demo", "synthetic data, SupBaseline vs AllSpark on CPU in a few minutes"),

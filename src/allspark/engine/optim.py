@@ -1,6 +1,8 @@
 """SGD (or UniMatch V2's AdamW) with the two learning-rate groups of METHODS.md 2 and the per-iteration poly
-schedule of 5 (a LambdaLR)."""
+schedule of 5 (a LambdaLR); the warm-up and cosine schedule of `allspark pretrain` (METHODS.md 11)."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -45,3 +47,19 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0, 
         group.setdefault("initial_lr", group["lr"])
     lag = 1 if timing == "after" else 0
     return LambdaLR(optimizer, lambda step: poly_factor(max(step - lag, 0), total), last_epoch=start - 1)
+
+
+def warmup_cosine_factor(iteration: int, total: int, warmup: int) -> float:
+    """A linear rise over the first `warmup` steps (Goyal et al. 2017), then a cosine decay to 0 at `total`
+    (Loshchilov & Hutter 2017, without restarts): the schedule of SimMIM's and MAE's pretraining."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (iteration - warmup) / max(1, total - warmup)))
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, start: int = 0) -> LambdaLR:
+    """`warmup_cosine_factor` of each group's `initial_lr`, set before each step; `start` places it at a resumed
+    run's step."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total, warmup), last_epoch=start - 1)

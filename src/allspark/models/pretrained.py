@@ -1,6 +1,6 @@
 """Pretrained encoder weights from any of their sources: an original file (`mit_bX.pth`, DINOv2's
 `dinov2_vits14_pretrain.pth`), a Hugging Face directory or hub id, or the encoder of one of our own `.safetensors`
-checkpoints."""
+checkpoints or run folders (an `allspark pretrain` run's encoder file, another run's best checkpoint)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +14,8 @@ from allspark.encoders.registry import family_holding, sizes_of
 from allspark.encoders.specs import encoder_spec
 from allspark.errors import ConfigError, ConversionError
 from allspark.models.convert import Converted, load_exact, read_checkpoint, rename_keys
-from allspark.runs.weights_file import read_weights
+from allspark.runs.folder import ENCODER, RunFolder
+from allspark.runs.weights_file import read_weights, resolve_weights
 
 # the transformers config fields that fix an encoder's weights shapes, compared with the registry's
 _SHAPE_FIELDS = ("hidden_sizes", "depths", "hidden_size", "num_hidden_layers", "patch_size", "num_register_tokens")
@@ -36,13 +37,22 @@ def _as_lists(fields: dict) -> dict:
 def load_pretrained_encoder(encoder: Encoder, source: str) -> None:
     """Load weights into `encoder` (of any family of allspark.encoders) from an original release file, a Hugging
     Face directory or hub id, or the encoder of one of our own `.safetensors` checkpoints (e.g. a SupBaseline run to
-    fine-tune from); every key must match (errors list the ones that do not)."""
+    fine-tune from) or run folder (`_run_weights`); every key must match (errors list the ones that do not)."""
+    if (Path(source) / "checkpoints").is_dir():
+        source = str(_run_weights(Path(source)))
     if Path(source).suffix == ".safetensors":
         _load_ours(encoder, source)
     elif Path(source).is_file():
         _load_original(encoder, source)
     else:
         _load_hugging_face(encoder, source)
+
+
+def _run_weights(folder: Path) -> Path:
+    """The weights a run folder gives an encoder: an `allspark pretrain` run's encoder file, else the run's best
+    checkpoint (or its latest)."""
+    run = RunFolder(folder)
+    return run.weights(ENCODER) if run.weights(ENCODER).is_file() else resolve_weights(folder, "best")
 
 
 def _load_ours(encoder: Encoder, source: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 CHECKPOINTS = ("best", "latest")  # what `--which` may name
 KEPT = "previous"  # the complete pair before `latest`, the fallback when `latest` does not load (runs.checkpoints)
 PAIRS = ("latest", KEPT)  # the checkpoint pairs a run resumes from, newest first
+ENCODER = "encoder"  # `allspark pretrain`'s result: the encoder alone, what `model.pretrained=RUN` loads
 
 
 class RunFolder:
@@ -45,6 +46,11 @@ class RunFolder:
     def lock(self) -> Path:
         """Holds the pid, host and start time of the training that has the run directory."""
         return self.root / ".lock"
+
+    @property
+    def pretrain_options(self) -> Path:
+        """`allspark pretrain`'s own options (the images, objective, schedule), checked on resume."""
+        return self.root / "pretrain.json"
 
     @property
     def eval_json(self) -> Path:
