@@ -144,7 +144,29 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
                                           str(tmp / "pred16"), "--force"], expect="any"),
     ]
     cases += [Case(name, argv, expect=expect) for name, argv, expect in label_cases(tmp)]
-    return cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp) + console_cases(tmp, root, run)
+    return (cases + silent_cases(tmp, root, run) + ade20k_layout_cases(tmp) + console_cases(tmp, root, run)
+            + pretrain_cases(tmp, root, run))
+
+
+def pretrain_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
+    """Issue 29: `allspark pretrain` on no images, on an unreadable image, and with a teacher of another family."""
+    (tmp / "no_images").mkdir()
+    broken = tmp / "broken_images"
+    broken.mkdir()
+    for path in sorted((root / "images").iterdir())[:3]:
+        shutil.copyfile(path, broken / path.name)
+    (broken / "broken.png").write_bytes(b"not a png")
+    argv = ["pretrain", "demo", "model.crop_size=64", "--iters", "2", "--batch-size", "2", "--crop", "64",
+            "--no-progress"]
+    return [
+        Case("pretrain: --images an empty folder", [*argv, f"run_dir={tmp / 'pt1'}", "--images", str(tmp / "no_images")],
+             status=1),
+        Case("pretrain: --images with an unreadable image", [*argv, f"run_dir={tmp / 'pt2'}", "--images", str(broken)],
+             status=1),
+        Case("pretrain: --teacher a MiT run as --teacher-encoder dinov2_small",
+             [*argv, f"run_dir={tmp / 'pt3'}", "--images", str(root / "images"), "--teacher", str(run),
+              "--teacher-encoder", "dinov2_small"], status=1),
+    ]
 
 
 def silent_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
