@@ -92,3 +92,17 @@ def test_a_teacher_of_another_family_is_one_line(root, tmp_path, capsys):
     line = _one_error_line(capsys)
     assert code != 0 and "--teacher" in line and "mit_b0" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_two_processes_under_torchrun(root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "allspark", *_argv(tmp_path / "run", root / "images"), "--nproc", "2",
+            "--device", "cpu", "train.amp=bf16"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("encoder weights:") == 1  # rank 0 alone reports
+    assert "2 process(es)" in done.stderr
+    build_model(pretrain_cfg(tmp_path / "seg", "mit_b0", f"model.pretrained={tmp_path / 'run'}"))

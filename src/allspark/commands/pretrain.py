@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     set_threads(args)
     result = pretrain(cfg, options_of(args), args.force_config, args.device, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"encoder weights: {result['encoder']} (model.pretrained={cfg.run_dir} loads them)")
-    if args.probe_list and int(os.environ.get("RANK", "0")) == 0:
+    if args.probe_list:
         probe = Probe(args.probe_list, args.probe_val, args.probe_iters, args.probe_root)
         miou = run_probe(probe, args.config, args.overrides, result["encoder"], RunFolder(cfg.run_dir).root / "probe",
                          "cpu" if args.device == "cpu" else "auto", progress=not args.no_progress)

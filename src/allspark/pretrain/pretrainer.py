@@ -53,10 +53,9 @@ class Pretrainer:
         self.scheduler = warmup_cosine_schedule(self.optimizer, options.iters, self.warmup)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.student = self.model
-        if self.info.distributed:  # find_unused_parameters: a family may hold weights its last map never reads
+        if self.info.distributed:  # every weight reaches the last map (a ViT's mask token is frozen: encoders.base)
             self.student = DistributedDataParallel(
-                self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda" else None)
 
     @property
     def iteration(self) -> int:
