@@ -110,6 +110,10 @@ def test_train_starts_from_a_pretrain_run(root, tmp_path):
     cfg = pretrain_cfg(tmp_path / "seg", "mit_b0", f"data.root={root}", "method=sup", "train.max_iters=1",
                        f"model.pretrained={tmp_path / 'pre'}", "train.batch_size=2")
     assert train(cfg, progress=False)["iteration"] == 1
+    # a training run's folder gives its best checkpoint's encoder
+    best = load_file(str(RunFolder(tmp_path / "seg").weights("best")))
+    model = build_model(pretrain_cfg(tmp_path / "x", "mit_b0", f"model.pretrained={tmp_path / 'seg'}"))
+    assert all(torch.equal(v, best[f"encoder.{k}"]) for k, v in model.encoder.state_dict().items())
 
 
 def _run(root, run_dir, monkeypatch=None, stop_after=None, how="crash"):

@@ -47,7 +47,10 @@ def test_pretrain_then_probe(root, tmp_path, capsys):
     assert f"encoder weights: {RunFolder(tmp_path / 'run').weights('encoder')}" in out
     assert "probe (frozen encoder" in out and "mIoU" in out
     probe = RunFolder(tmp_path / "run" / "probe")
-    assert probe.weights("latest").is_file()
+    from safetensors.torch import load_file
+    encoder, head_trained = (load_file(str(path)) for path in (RunFolder(tmp_path / "run").weights("encoder"),
+                                                               probe.weights("latest")))
+    assert all(torch.equal(head_trained[k], v) for k, v in encoder.items())  # the probe's encoder: loaded, frozen
     assert run_cli(argv[:-6] + ["--iters", "3"]) == 2  # another schedule in the same run folder: refused
     assert "other options (iters: 2 -> 3)" in _one_error_line(capsys)
 

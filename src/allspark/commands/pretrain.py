@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.probe_list:
         probe = Probe(args.probe_list, args.probe_val, args.probe_iters, args.probe_root)
         miou = run_probe(probe, args.config, args.overrides, result["encoder"], RunFolder(cfg.run_dir).root / "probe",
-                         "cpu" if args.device == "cpu" else "auto", progress=not args.no_progress)
+                         args.device, progress=not args.no_progress)
         print(f"probe (frozen encoder, head trained {args.probe_iters} iterations on {args.probe_list}): "
               f"mIoU {miou * 100:.2f} % on {args.probe_val}")
     return 0
