@@ -93,7 +93,8 @@ def test_a_teacher_of_another_family_is_one_line(root, tmp_path, capsys):
     code = run_cli(_argv(tmp_path / "run", root / "images", "--teacher", str(tmp_path / "mit.safetensors"),
                          "--teacher-encoder", "dinov2_tiny"))
     line = _one_error_line(capsys)
-    assert code != 0 and "--teacher" in line and "mit_b0" in line
+    assert code != 0 and "holds mit_b0 weights (mit family)" in line and "set --teacher-encoder mit_b0" in line
+    assert "model.encoder" not in line  # the student's key is not the one to change
     assert not (tmp_path / "run").exists()
 
 

@@ -96,11 +96,14 @@ def _size_held(family: type[Encoder], state: dict) -> str | None:
 
 
 def _another_encoder(encoder: Encoder, where: str, family: str, size: str | None, keys: list[str]) -> ConversionError:
-    """One short line for a file of another family or size than `encoder`, instead of every key that differs."""
+    """One short line for a file of another family or size than `encoder`, instead of every key that differs; the
+    error's `held` is (family, size or None), for a caller whose options have other names (pretrain's --teacher)."""
     held = f"{size} weights ({family} family; " if size else f"{family} weights of no registered size ("
     fix = f"set model.encoder={size}, or model.pretrained" if size else "set model.pretrained"
-    return ConversionError(f"{where}: holds {held}keys such as {', '.join(keys[:3])}), not weights of model.encoder "
-                           f"{encoder.name} ({encoder.family} family); {fix} to {encoder.name} weights")
+    error = ConversionError(f"{where}: holds {held}keys such as {', '.join(keys[:3])}), not weights of model.encoder "
+                            f"{encoder.name} ({encoder.family} family); {fix} to {encoder.name} weights")
+    error.held = (family, size)
+    return error
 
 
 def _load_hugging_face(encoder: Encoder, source: str) -> None:

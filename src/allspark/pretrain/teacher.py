@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from allspark.encoders.base import Encoder
 from allspark.encoders.registry import build_encoder
 from allspark.encoders.specs import encoder_spec, fit_to_patch
-from allspark.errors import DataError, InputError
+from allspark.errors import ConversionError, DataError, InputError
 from allspark.models.pretrained import load_pretrained_encoder
 
 
@@ -17,13 +17,23 @@ def load_teacher(source: str, encoder: str, pos_embed: str = "release") -> Encod
     teacher = build_encoder(encoder_spec(encoder), pos_embed)
     try:
         load_pretrained_encoder(teacher, source)
-    except DataError:
-        raise  # names its file already
     except InputError as err:
-        raise type(err)(f"--teacher {source} (--teacher-encoder {encoder}): {err}") from None
+        if isinstance(err, DataError):
+            raise  # names its file already
+        raise _named(err, source, encoder, teacher.family) from None
     except FileNotFoundError as err:  # a run folder without weights
         raise InputError(f"--teacher {source}: {err}") from None
     return teacher.requires_grad_(False).eval()
+
+
+def _named(err: InputError, source: str, encoder: str, family: str) -> InputError:
+    """`err` as one line naming --teacher; a file of another encoder says which --teacher-encoder fits it."""
+    if getattr(err, "held", None) is None:
+        return type(err)(f"--teacher {source} (--teacher-encoder {encoder}): {err}")
+    held_family, size = err.held
+    fix = f"set --teacher-encoder {size}" if size else "pass a teacher of a registered size"
+    return ConversionError(f"--teacher {source} holds {size or 'unregistered'} weights ({held_family} family), not "
+                           f"weights of --teacher-encoder {encoder} ({family} family); {fix}")
 
 
 @torch.no_grad()
