@@ -48,8 +48,9 @@ def inference(model, images, amp: bool):
     return run
 
 
-def loop_steps(v2, args, crop: int) -> dict:
-    """No-argument callables, one v2-loop step each side on the same next batch (cycling through a few)."""
+def loop_steps(v2, args, crop: int, amp: str = "off") -> dict:
+    """No-argument callables, one v2-loop step each side on the same next batch (cycling through a few); ours
+    under `train.amp=amp`, the release in fp32 (it has no other)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
     from allspark.engine.step import Trainer
@@ -62,6 +63,7 @@ def loop_steps(v2, args, crop: int) -> dict:
     make_split(root / "train.txt", root / "splits", count=4, seed=0)
     settings = argparse.Namespace(classes=classes, crop=crop, batch=args.batch, seed=0, encoder=f"dinov2_{args.size}")
     cfg = config(root, "semi", settings)
+    cfg.train.amp = amp
     pairs = batches(cfg, 4, True)
     total = 10 ** 6
     trainer = Trainer(cfg, total=total)

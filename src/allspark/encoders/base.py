@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from allspark.encoders.attention import use_attention
 from allspark.encoders.specs import EncoderSpec
 
 
@@ -49,6 +50,7 @@ class BackboneEncoder(Encoder):
         super().__init__(spec, pos_embed)
         model_class = self.transformers_class
         self.backbone = model_class(model_class.config_class(**spec.hf, **self.backbone_options()))
+        use_attention(self.backbone.config)
 
     def backbone_options(self) -> dict:
         """Config fields beside the size's: which hidden states come out and how (a hierarchy's four stages)."""

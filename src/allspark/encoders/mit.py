@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
+from allspark.encoders.attention import use_attention
 from allspark.encoders.base import Encoder
 from allspark.encoders.specs import EncoderSpec
 
@@ -76,6 +77,7 @@ class MiTEncoder(Encoder):
         super().__init__(spec, pos_embed)
         self.config = mit_config(spec)
         self.stages = SegformerModel(self.config).stages
+        use_attention(self.config)
         # The original MiT uses eps 1e-6 in its block and stage norms (transformers builds 1e-5).
         for stage in self.stages:
             stage.layer_norm.eps = self.config.layer_norm_eps
