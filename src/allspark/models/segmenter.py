@@ -137,6 +137,9 @@ class AllSparkSegmenter(nn.Module):
 
     def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         logits = self.head(feats)  # (N, K, H/4, W/4) SegFormer; (N, K, 8 H/patch, 8 W/patch) DPT
+        # under bf16 the loss and confidences read fp32 logits: cast before resizing, where the map is 16-64x
+        # smaller; fp32 resizing on the CPU is also faster than bf16's, forward and backward (bench_bf16)
+        logits = logits.float()
         # each head's release resizes its logits its own way: SegFormer's half-pixel, DPT's with aligned corners
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.head_name == "dpt")
 

@@ -1,5 +1,6 @@
-"""The encoders' attention (encoders/attention.py): transformers' SDPA in fp32, bit for bit; explicit products in bf16
-on the CPU, agreeing with fp32 SDPA to bf16's precision, forward and backward."""
+"""The bf16 paths that make a CPU step fast, each leaving fp32 bit for bit as it was: the encoders' attention
+(encoders/attention.py: explicit products under bf16, agreeing with fp32 SDPA to bf16's precision, forward and
+backward) and the segmenter's logits, cast to fp32 before they are resized to the input."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,7 @@ from allspark.encoders import attention as attention_module
 from allspark.encoders.attention import MAX_MAP, NAME, attention
 from allspark.encoders.registry import build_encoder
 from allspark.encoders.specs import encoder_spec
+from allspark.models import build_model
 
 
 def qkv(shape_q, shape_k, dtype, seed=0):
@@ -59,3 +61,14 @@ def test_fp32_and_large_maps_go_to_sdpa(monkeypatch):
     attention(torch.nn.Module(), *qkv((1, 1, 8, 4), (1, 1, 8, 4), torch.float32), None)
     attention(torch.nn.Module(), *qkv((1, 1, side, 4), (1, 1, side, 4), torch.bfloat16), None)
     assert calls == [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("encoder,head", [("mit_b0", "segformer"), ("dinov2_small", "dpt")])
+def test_bf16_logits_are_resized_in_fp32(encoder, head, monkeypatch):
+    model = build_model({"encoder": encoder, "head": head, "num_classes": 3, "crop_size": 56, "ablation": "none"})
+    seen = []
+    resize = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, *a, **k: seen.append(x.dtype) or resize(x, *a, **k))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.eval()(torch.randn(2, 3, 56, 56))
+    assert logits.dtype == torch.float32 and seen[-1] == torch.float32  # the last resize: logits to the input
