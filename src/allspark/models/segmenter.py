@@ -133,13 +133,17 @@ class AllSparkSegmenter(nn.Module):
             y_l, y_u = self.allspark.forward_semi(feats[3][:n_l], feats[3][n_l:], teacher_logits_u, use_memory)
             feats[3] = torch.cat([y_l, y_u])  # (B_l + B_u, C, h, w)
         logits = self._decode(feats, images_l.shape[-2:])
-        return logits[:n_l], logits[n_l:]
+        # split, not two slices: its backward joins the two gradients, where each slice's writes a zero-filled
+        # full-size one (two fills and two copies of the full-resolution logits per step)
+        logits_l, logits_u = logits.split([n_l, len(logits) - n_l])
+        return logits_l, logits_u
 
     def _decode(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         logits = self.head(feats)  # (N, K, H/4, W/4) SegFormer; (N, K, 8 H/patch, 8 W/patch) DPT
-        # under bf16 the loss and confidences read fp32 logits: cast before resizing, where the map is 16-64x
-        # smaller; fp32 resizing on the CPU is also faster than bf16's, forward and backward (bench_bf16)
-        logits = logits.float()
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            # the loss and confidences read fp32 logits: cast before resizing, where the map is 16-64x smaller;
+            # fp32 resizing on the CPU is also faster than bf16's, forward and backward (bench_bf16)
+            logits = logits.float()
         # each head's release resizes its logits its own way: SegFormer's half-pixel, DPT's with aligned corners
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.head_name == "dpt")
 
