@@ -48,7 +48,8 @@ def allspark_cases(harness, args, crop: int) -> dict[str, dict[str, Callable]]:
     from allspark import load_official
     from benchmarks.speed.bench_side_by_side import Ours, Release, inference, our_config, random_batches
 
-    setting = argparse.Namespace(arch="b0", crop=crop, classes=args.classes, batch=2, lr=0.001, lr_multi=10.0)
+    setting = argparse.Namespace(arch="b0", crop=crop, classes=args.classes, batch=2, lr=0.001, lr_multi=10.0,
+                                 device="cpu")
     batches = random_batches(setting, torch.Generator().manual_seed(0))
     release = Release(harness, setting, "allspark")
     state = release.model.state_dict()

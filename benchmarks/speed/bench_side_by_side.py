@@ -4,9 +4,10 @@ The release runs unmodified through the measuring harness in ../shared/reference
 needs `pip install einops` in the venv; not a dependency of the package). Each round times every case once, in
 turn, so a shared machine slows them alike; the table gives medians. Ours is `Trainer.step` (teacher pass,
 student pass, losses, SGD) in fp32 and, as extra columns, with `train.amp=bf16`; inference is `model(images)`
-without autograd.
+without autograd. `--device cuda` runs both on a GPU (benchmarks/gpu_rows.sh).
 
     .venv/bin/python -m benchmarks.speed.bench_side_by_side --threads 1
+    .venv/bin/python -m benchmarks.speed.bench_side_by_side --device cuda --arch b5 --crop 513
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Release:
     def __init__(self, harness, args, decoder: str):
         self.harness, self.allspark = harness, decoder == "allspark"
         self.model = harness.build_official_model(args.arch, num_classes=args.classes, crop=args.crop, seed=0,
-                                                  warmup_epoch=0, decoder=decoder)
+                                                  warmup_epoch=0, decoder=decoder).to(args.device)
         if self.allspark:
             self.model.decoder.set_SMem_status(epoch=0, isVal=False)  # the memory is the labeled keys
         self.optimizer = harness.official_optimizer(self.model, args.lr, args.lr_multi)
@@ -62,7 +63,7 @@ class Ours:
         from allspark.engine.step import Trainer
 
         cfg = our_config(args, method, amp)
-        self.trainer = Trainer(cfg, DistInfo(device=torch.device("cpu")), total=10**6)
+        self.trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)), total=10**6)
         self.trainer.model.load_state_dict(load_official(release_state, cfg).state_dict())
         self.use_memory = method == "allspark"
 
@@ -75,7 +76,7 @@ def inference(model: nn.Module, images: torch.Tensor, amp: str = "off"):
     model.eval()
 
     def run():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             model(images)
     return run
 
@@ -84,7 +85,7 @@ def random_batches(args, generator: torch.Generator):
     b, s, k = args.batch, args.crop, args.classes
     batch_l = {"image": torch.randn(b, 3, s, s, generator=generator), "mask": torch.randint(0, k, (b, s, s), generator=generator)}
     batch_u = {"image": torch.randn(b, 3, s, s, generator=generator), "valid": torch.ones(b, s, s, dtype=torch.bool)}
-    return batch_l, batch_u
+    return ({k: v.to(args.device) for k, v in batch_l.items()}, {k: v.to(args.device) for k, v in batch_u.items()})
 
 
 def training_rows(harness, args, batches) -> dict[str, dict[str, float]]:
@@ -98,7 +99,7 @@ def training_rows(harness, args, batches) -> dict[str, dict[str, float]]:
         for name, amp in (("ours", "off"), ("ours bf16", "bf16")):
             ours = Ours(args, method, state, amp)
             cases[name] = lambda o=ours: o.step(batches)
-        rows[row] = medians(interleave(cases, args.rounds, args.warmup))
+        rows[row] = medians(interleave(cases, args.rounds, args.warmup, synchronizer(args.device)))
         print(f"  {row}: done", file=sys.stderr, flush=True)
     return rows
 
@@ -109,14 +110,20 @@ def inference_rows(harness, args, generator: torch.Generator) -> dict[str, dict[
 
     release = Release(harness, args, "allspark").model
     release.decoder.set_SMem_status(epoch=0, isVal=True)
-    ours = load_official(release.state_dict(), our_config(args, "allspark"))
+    ours = load_official(release.state_dict(), our_config(args, "allspark")).to(args.device)
     rows = {}
     for batch in (1, 4):
-        images = torch.randn(batch, 3, args.crop, args.crop, generator=generator)
+        images = torch.randn(batch, 3, args.crop, args.crop, generator=generator).to(args.device)
         cases = {"release": inference(release, images), "ours": inference(ours, images),
                  "ours bf16": inference(ours, images, "bf16")}
-        rows[f"inference, AllSpark, batch {batch}"] = medians(interleave(cases, args.rounds, args.warmup))
+        rows[f"inference, AllSpark, batch {batch}"] = medians(interleave(cases, args.rounds, args.warmup,
+                                                                         synchronizer(args.device)))
     return rows
+
+
+def synchronizer(device: str):
+    """What makes a timed call wait for queued GPU work (None on the CPU)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -145,6 +152,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--lr-multi", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.crop % 32 == 0:
         parser.error(f"--crop {args.crop}: the release sizes its memory as (crop // 32 + 1)^2 tokens, which a "
@@ -159,7 +167,7 @@ def main() -> None:
     rows = training_rows(harness, args, random_batches(args, generator))
     rows.update(inference_rows(harness, args, generator))
     print(f"MiT-{args.arch.upper()}, crop {args.crop}, {args.classes} classes, batch {args.batch}+{args.batch}, "
-          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, medians of {args.rounds} interleaved "
+          f"{args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, medians of {args.rounds} interleaved "
           f"rounds; load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(format_table(rows))
 

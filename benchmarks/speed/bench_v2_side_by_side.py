@@ -7,11 +7,12 @@ cross-entropy loss at the training batch, and inference without autograd at batc
 whole step of the UniMatch V2 loop: the harness's `unimatch_v2_step` on the release's model against our
 `Trainer.step` (`method=semi recipe=unimatch_v2`) on the same synthetic batches (teacher pass, two strong views
 with complementary dropout, AdamW, EMA). Each round runs every case once, in turn, so a shared machine slows them
-alike; the table gives medians. `--profile` instead prints where the time of two loop steps goes, per side:
+alike; the table gives medians. `--device cuda` runs both on a GPU (benchmarks/gpu_rows.sh). `--profile` instead prints where the time of two loop steps goes, per side:
 the operators with the most self time (torch.profiler).
 
     .venv/bin/python -m benchmarks.speed.bench_v2_side_by_side --threads 1
     .venv/bin/python -m benchmarks.speed.bench_v2_side_by_side --threads 1 --profile --crops 98
+    .venv/bin/python -m benchmarks.speed.bench_v2_side_by_side --device cuda --size base --crops 518
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def training(model, images, labels, amp: bool):
 
     def run():
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
         F.cross_entropy(logits.float(), labels).backward()
     return run
@@ -43,7 +44,7 @@ def training(model, images, labels, amp: bool):
 def inference(model, images, amp: bool):
     def run():
         model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             model(images)
     return run
 
@@ -53,6 +54,7 @@ def loop_steps(v2, args, crop: int, amp: str = "off") -> dict:
     under `train.amp=amp`, the release in fp32 (it has no other)."""
     from allspark.data.splits import make_split
     from allspark.data.synthetic import generate_synthetic
+    from allspark.distributed import DistInfo
     from allspark.engine.step import Trainer
     from benchmarks.fidelity.fidelity_v2_training import batches, config
 
@@ -64,10 +66,12 @@ def loop_steps(v2, args, crop: int, amp: str = "off") -> dict:
     settings = argparse.Namespace(classes=classes, crop=crop, batch=args.batch, seed=0, encoder=f"dinov2_{args.size}")
     cfg = config(root, "semi", settings)
     cfg.train.amp = amp
-    pairs = batches(cfg, 4, True)
+    device = torch.device(getattr(args, "device", "cpu"))
+    pairs = [tuple({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in pair)
+             for pair in batches(cfg, 4, True)]
     total = 10 ** 6
-    trainer = Trainer(cfg, total=total)
-    release = v2.build_model(args.size, classes)
+    trainer = Trainer(cfg, DistInfo(device=device), total=total)
+    release = v2.build_model(args.size, classes).to(device)
     ema, optimizer = v2.make_ema(release), v2.make_optimizer(release, cfg.train.lr, cfg.train.lr_multi)
     state = {"ours": 0, "release": 0}
 
@@ -108,6 +112,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--profile", action="store_true", help="profile two loop steps per side at the first crop")
     args = p.parse_args()
     if args.threads:
@@ -119,10 +124,10 @@ def main() -> int:
         profile_steps(loop_steps(v2, args, args.crops[0]))
         return 0
     torch.manual_seed(0)
-    release = v2.build_model(args.size, args.classes)
+    release = v2.build_model(args.size, args.classes).to(args.device)
     ours = allspark.load_official(release.state_dict(), {
         "method": "sup", "model": {"encoder": f"dinov2_{args.size}", "head": "dpt", "ablation": "none",
-                                   "num_classes": args.classes, "crop_size": 518}})
+                                   "num_classes": args.classes, "crop_size": 518}}).to(args.device)
     load = os.getloadavg()[0]
     generator = torch.Generator().manual_seed(0)
     print(f"DINOv2-{args.size} + DPT, {args.classes} classes, {torch.get_num_threads()} thread(s), torch "
@@ -131,17 +136,18 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for crop in args.crops:
         for amp in (False, True):
-            train_images = torch.randn(args.batch, 3, crop, crop, generator=generator)
-            labels = torch.randint(0, args.classes, (args.batch, crop, crop), generator=generator)
+            train_images = torch.randn(args.batch, 3, crop, crop, generator=generator).to(args.device)
+            labels = torch.randint(0, args.classes, (args.batch, crop, crop), generator=generator).to(args.device)
             cases = {}
             for side, model in (("release", release), ("ours", ours)):
                 cases[(f"forward + backward, batch {args.batch}", side)] = training(model, train_images, labels, amp)
                 for batch in (1, 4):
-                    images = train_images.new_empty(batch, 3, crop, crop).normal_(generator=generator)
+                    images = torch.randn(batch, 3, crop, crop, generator=generator).to(args.device)
                     cases[(f"inference, batch {batch}", side)] = inference(model, images, amp)
             if not amp:
                 cases.update(loop_steps(v2, args, crop))
-            times = medians(interleave(cases, args.rounds, args.warmup))
+            sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
+            times = medians(interleave(cases, args.rounds, args.warmup, sync))
             for case in dict.fromkeys(name for name, _ in cases):
                 theirs, mine = times[(case, "release")], times[(case, "ours")]
                 batch = f", batch {args.batch} + {args.batch}" if "loop" in case else ""
