@@ -72,3 +72,18 @@ def test_bf16_logits_are_resized_in_fp32(encoder, head, monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model.eval()(torch.randn(2, 3, 56, 56))
     assert logits.dtype == torch.float32 and seen[-1] == torch.float32  # the last resize: logits to the input
+
+
+def test_bf16_channel_attention_normalises_its_maps_in_two_passes(monkeypatch):
+    from allspark.models.allspark import channel_attention, instance_normalised
+    scores = torch.randn(4, 1, 64, 48) * 3 + 1
+    assert torch.allclose(instance_normalised(scores, two_pass=True), instance_normalised(scores), atol=1e-5)
+    q, k, v = qkv((2, 1, 64, 36), (2, 1, 64, 36), torch.float32)
+    with torch.no_grad():
+        fp32 = channel_attention(q, k, v)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the bf16 path went through var_mean")
+        monkeypatch.setattr(torch, "var_mean", refuse)
+        bf16 = channel_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()

@@ -41,6 +41,17 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=1.0)[..., :d]
 
 
+def instance_normalised(scores: torch.Tensor, two_pass: bool = False) -> torch.Tensor:
+    """Each (n x m) map of `scores` less its mean, over its standard deviation (METHODS.md 1.1). two_pass: the
+    variance as the mean of the centred squares, ~50x faster on the CPU than var_mean's one-pass reduction (4 maps
+    of 512 x 512, one thread) and as exact in fp32; var_mean stays where it was, so fp32 runs keep their bits."""
+    if two_pass:
+        centred = scores - scores.mean((-2, -1), keepdim=True)
+        return centred * torch.rsqrt(centred.square().mean((-2, -1), keepdim=True) + IN_EPS)
+    var, mean = torch.var_mean(scores, dim=(-2, -1), correction=0, keepdim=True)
+    return (scores - mean) * torch.rsqrt(var + IN_EPS)
+
+
 # Run eagerly inside torch.compile graphs: inductor's lowering of this fp32 SDPA and its backward picked
 # the memory-efficient kernel with arguments it then rejected ("cutlassF: no kernel found", torch 2.11,
 # H100); eager SDPA is already a fused kernel, so the graph break costs little.
@@ -55,12 +66,11 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
     fast=False, or no autograd (nothing to store; the Gram products would be extra work), materialises the map.
     """
     dtype = torch.promote_types(q.dtype, torch.float32)
+    reduced = q.dtype in (torch.bfloat16, torch.float16)  # under autocast: the projections ran in bf16 / fp16
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if not (fast and torch.is_grad_enabled()):
-            scores = q @ k.mT  # (B, H, n, m)
-            var, mean = torch.var_mean(scores, dim=(-2, -1), correction=0, keepdim=True)
-            attn = ((scores - mean) * torch.rsqrt(var + IN_EPS)).softmax(-1)
+            attn = instance_normalised(q @ k.mT, two_pass=reduced).softmax(-1)  # (B, H, n, m)
             return F.dropout(attn, dropout_p, training=dropout_p > 0) @ v
         q = q * _map_inv_std(q, k)
         if k.shape[0] * k.shape[1] > 1:
