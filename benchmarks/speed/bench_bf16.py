@@ -54,8 +54,9 @@ def allspark_cases(harness, args, crop: int) -> dict[str, dict[str, Callable]]:
     release = Release(harness, setting, "allspark")
     state = release.model.state_dict()
     sides = {"release fp32": lambda: release.step(batches)}
-    for name, amp in (("ours bf16", "bf16"),) + ((("ours fp32", "off"),) if args.fp32 else ()):
-        ours = Ours(setting, "allspark", state, amp)
+    variants = [("ours bf16", "bf16", False)] + [("ours fp32", "off", False)] * args.fp32
+    for name, amp, compiled in variants + [("ours bf16 compiled", "bf16", True)] * args.compiled:
+        ours = Ours(setting, "allspark", state, amp, compiled)
         sides[name] = lambda o=ours: o.step(batches)
     frozen = harness.build_official_model("b0", num_classes=args.classes, crop=crop, seed=0, warmup_epoch=0,
                                           decoder="allspark")
@@ -94,9 +95,14 @@ def measure(step: str, sides: dict[str, Callable], rate: float, args) -> str:
     flops = count_flops(sides["ours bf16"])
     times = medians(interleave(sides, args.rounds, args.warmup))
     ours, release, floor = times["ours bf16"], times["release fp32"], flops / rate
-    extra = f" {times['ours fp32'] * 1e3:.0f} |" if "ours fp32" in times else (" |" if args.fp32 else "")
+    extra = "".join(f" {times[name] * 1e3:.0f} |" if name in times else " |" for name in columns(args))
     return (f"| {step} | {flops / 1e9:.1f} | {floor * 1e3:.0f} | {ours * 1e3:.0f} | {release * 1e3:.0f} |{extra} "
             f"{release / ours:.2f}x | {ours / floor:.2f}x |")
+
+
+def columns(args) -> list[str]:
+    """The optional columns: our fp32 step, our compiled bf16 step (after its compilation, in the warm-up)."""
+    return ["ours fp32"] * args.fp32 + ["ours bf16 compiled"] * args.compiled
 
 
 def profile(sides: dict[str, Callable], rows: int) -> None:
@@ -122,6 +128,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fp32", action="store_true", help="our fp32 step as a column too")
+    p.add_argument("--compiled", action="store_true",
+                   help="allspark: our bf16 step under train.compile=true as a column too (compiles for minutes "
+                        "unless inductor's cache, TORCHINDUCTOR_CACHE_DIR, is warm)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="profile our bf16 steps instead")
     args = p.parse_args()
     if args.threads:
@@ -136,9 +145,9 @@ def main() -> int:
     print(f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; bf16 GEMM {'x'.join(map(str, GEMM))}: {rate / 1e12:.3f} "
           f"TFLOP/s; medians of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"| step | GFLOP | bf16 floor ms | ours bf16 ms | release fp32 ms |{' ours fp32 ms |' if args.fp32 else ''}"
-          " release / ours | ours / floor |")
-    print("|---|---|---|---|---|---|---|" + ("---|" if args.fp32 else ""), flush=True)
+    print("| step | GFLOP | bf16 floor ms | ours bf16 ms | release fp32 ms |" + "".join(f" {c} ms |" for c in columns(args))
+          + " release / ours | ours / floor |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(columns(args)), flush=True)
     for crop in crops:
         cases = allspark_cases(harness, args, crop) if allspark else v2_cases(harness, args, crop)
         for step, sides in cases.items():

@@ -24,13 +24,13 @@ from benchmarks.fidelity.release_harness import import_harness
 from benchmarks.timing import REFERENCE, interleave, medians
 
 
-def our_config(args, method: str, amp: str = "off"):
+def our_config(args, method: str, amp: str = "off", compile: bool = False):
     from allspark.config.loading import load_config
 
     ablation = "full" if method == "allspark" else "none"
     return load_config("demo", [f"method={method}", f"model.ablation={ablation}", f"model.encoder=mit_{args.arch}",
                                 f"model.crop_size={args.crop}", f"model.num_classes={args.classes}",
-                                "model.grouping=logits", f"train.batch_size={args.batch}", f"train.amp={amp}",
+                                "model.grouping=logits", f"train.batch_size={args.batch}", f"train.amp={amp}", f"train.compile={compile}",
                                 f"train.lr={args.lr}", f"train.lr_multi={args.lr_multi}", "train.warmup_epochs=0",
                                 "run_dir=runs/bench_side_by_side"])
 
@@ -57,12 +57,12 @@ class Release:
 class Ours:
     """Our `Trainer` holding the release's initial weights (memory included), for one method and amp."""
 
-    def __init__(self, args, method: str, release_state: dict, amp: str = "off"):
+    def __init__(self, args, method: str, release_state: dict, amp: str = "off", compile: bool = False):
         from allspark import load_official
         from allspark.distributed import DistInfo
         from allspark.engine.step import Trainer
 
-        cfg = our_config(args, method, amp)
+        cfg = our_config(args, method, amp, compile)
         self.trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)), total=10**6)
         self.trainer.model.load_state_dict(load_official(release_state, cfg).state_dict())
         self.use_memory = method == "allspark"

@@ -64,7 +64,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         for _ in range(count):
             trainer.step(batch_l, batch_u, use_memory)
 
-    seconds(lambda: steps(args.warmup), sync)
+    first = seconds(lambda: steps(1), sync)  # with --compile: the compilation (or the inductor cache's load)
+    seconds(lambda: steps(args.warmup - 1), sync)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     per_step = seconds(lambda: steps(args.iters), sync) / args.iters  # the mean over --iters steps
@@ -72,7 +73,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    return {"name": name, "it_s": 1 / per_step, "s_per_it": per_step, "peak_mib": peak}
+    return {"name": name, "it_s": 1 / per_step, "s_per_it": per_step, "peak_mib": peak, "first_step_s": first}
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def main() -> None:
         out = done.stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(f"{name:24s} {rows[-1]['it_s']:7.2f} it/s  {rows[-1]['s_per_it'] * 1000:8.1f} ms/it  "
-              f"peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
+              f"peak {rows[-1]['peak_mib']:8.0f} MiB  first step {rows[-1]['first_step_s']:.1f} s", flush=True)
     by_name = {r["name"]: r for r in rows}
     if not {"allspark (memory on)", "semi"} <= set(by_name):
         return
