@@ -87,3 +87,10 @@ def test_bf16_channel_attention_normalises_its_maps_in_two_passes(monkeypatch):
         monkeypatch.setattr(torch, "var_mean", refuse)
         bf16 = channel_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
+
+
+def test_long_rows_softmax_in_bf16_equals_the_fp32_softmax_rounded():
+    scores = (torch.randn(2, 3, 40, attention_module.LONG_ROWS) * 4).bfloat16()
+    direct = torch.softmax(scores, dim=-1)
+    rounded = torch.softmax(scores, dim=-1, dtype=torch.float32).bfloat16()
+    assert (direct.float() - rounded.float()).abs().max() <= 2 ** -16  # the kernel computes in fp32 and rounds once

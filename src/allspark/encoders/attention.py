@@ -6,9 +6,9 @@ is registered there under NAME. In fp32, or on a GPU, it is transformers' own SD
 bit for bit as before). Under bf16 on the CPU, SDPA's flash kernel runs its products at a fraction of the vector
 units' bf16 rate (its backward most of all), while q k^T and A v as plain matrix products reach it: measured with one
 thread (benchmarks/speed/bench_bf16.py, BENCHMARKS.md), forward + backward 2.2x faster for DINOv2-S at crop 224
-(4 x 6 heads x 257 tokens) and 3-8x for MiT's short reduced keys. The softmax runs in fp32 (as transformers'
-eager path does), the products in the incoming dtype. Maps over MAX_MAP entries per head go to SDPA still: the
-explicit map is kept for backward, the flash kernel's is not.
+(4 x 6 heads x 257 tokens) and 3-8x for MiT's short reduced keys. The products run in the incoming dtype, the
+softmax computes in fp32 (see LONG_ROWS). Maps over MAX_MAP entries per head go to SDPA still: the explicit map
+is kept for backward, the flash kernel's is not.
 """
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "allspark"
 MAX_MAP = 2**20  # query x key entries per head map: e.g. 1024 x 1024 tokens; DINOv2 at crop 518 (1370^2) is over
+# From this many keys on, the softmax takes the bf16 scores as they are: the CPU kernel computes in fp32 and rounds
+# once, so it gives softmax(fp32).to(bf16) (1 in 2e5 entries a unit of the last place apart, 4 x 6 x 257 x 257)
+# 2-4x faster, forward and backward; on shorter rows its bf16 kernel is the slower one (25 keys: 4x), so there the
+# scores go to fp32 first (one thread; bench_bf16 --attention).
+LONG_ROWS = 96
 
 
 def explicit_wanted(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
@@ -34,7 +39,11 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    weights = torch.softmax(torch.matmul(query * scaling, key.mT), dim=-1, dtype=torch.float32).to(value.dtype)
+    scores = torch.matmul(query * scaling, key.mT)  # (B, H, n, m)
+    if key.shape[-2] >= LONG_ROWS:
+        weights = torch.softmax(scores, dim=-1)
+    else:
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = F.dropout(weights, p=dropout, training=dropout > 0)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
