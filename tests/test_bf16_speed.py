@@ -54,13 +54,16 @@ def test_bf16_takes_explicit_products_close_to_fp32_sdpa(shape_q, shape_k, monke
         assert (ours.grad.float() - theirs.grad).abs().max() < 0.03 * scale
 
 
-def test_fp32_and_large_maps_go_to_sdpa(monkeypatch):
+def test_fp32_large_maps_and_causal_attention_go_to_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(attention_module, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype))
     side = int(MAX_MAP ** 0.5) + 1
+    causal = torch.nn.Module()
+    causal.is_causal = True
     attention(torch.nn.Module(), *qkv((1, 1, 8, 4), (1, 1, 8, 4), torch.float32), None)
     attention(torch.nn.Module(), *qkv((1, 1, side, 4), (1, 1, side, 4), torch.bfloat16), None)
-    assert calls == [torch.float32, torch.bfloat16]
+    attention(causal, *qkv((1, 1, 8, 4), (1, 1, 8, 4), torch.bfloat16), None)
+    assert calls == [torch.float32, torch.bfloat16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("encoder,head", [("mit_b0", "segformer"), ("dinov2_small", "dpt")])

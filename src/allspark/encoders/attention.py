@@ -26,16 +26,18 @@ MAX_MAP = 2**20  # query x key entries per head map: e.g. 1024 x 1024 tokens; DI
 LONG_ROWS = 96
 
 
-def explicit_wanted(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-    """Whether the explicit products beat SDPA here: reduced precision on the CPU, no mask, a map of bounded size."""
+def explicit_wanted(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    attention_mask: torch.Tensor | None) -> bool:
+    """Whether the explicit products beat SDPA here: reduced precision on the CPU, an encoder's attention (no mask,
+    not causal), a map of bounded size."""
     return (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and attention_mask is None
-            and query.shape[-2] * key.shape[-2] <= MAX_MAP)
+            and not getattr(module, "is_causal", False) and query.shape[-2] * key.shape[-2] <= MAX_MAP)
 
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs):
     """transformers' attention signature: (B, H, n, d) query, (B, H, m, d) key and value -> ((B, n, H, d), None)."""
-    if not explicit_wanted(query, key, attention_mask):
+    if not explicit_wanted(module, query, key, attention_mask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
