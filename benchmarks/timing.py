@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 SHARED = ROOT.parent / "shared"  # data and the releases' measuring harness, beside the checkout
 REFERENCE = SHARED / "reference"
 RESULTS = ROOT / "benchmarks" / "results"  # small summaries, committed
+# fp32 and PyTorch's default optimiser kernel, as the releases: what a comparison with them, or with a result committed
+# before `train.amp: auto` and the fused kernels became the defaults, needs to come back bit for bit
+EXACT = {"amp": "off", "optimizer_kernel": "exact"}  # keys of a config's train section
+EXACT_OVERRIDES = tuple(f"train.{key}={value}" for key, value in EXACT.items())
 T = TypeVar("T")
 
 
