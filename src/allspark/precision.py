@@ -1,6 +1,6 @@
 """The precision of a run's forward passes (`train.amp`, `--amp` of eval, predict and suggest): what `auto` means on
 this device, the dtype of each mode and its autocast context. Weights, optimiser state, the EMA teacher, the
-Semantic Memory, losses and confidences stay fp32 whatever the mode (METHODS.md 6)."""
+Semantic Memory, losses and confidences stay fp32 whatever the mode (METHODS.md 5, "Precision follows the hardware")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

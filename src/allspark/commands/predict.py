@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from allspark.commands.options import (add_amp_option, add_checkpoint_options, add_device_option, add_threads_option, positive_int,
-                                       set_threads)
+from allspark.commands.options import (add_amp_option, add_checkpoint_options, add_device_option,
+                                       add_threads_option, positive_int, set_threads)
 from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.errors import InputError, OutputExistsError
