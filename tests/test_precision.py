@@ -1,5 +1,7 @@
-"""The precision policy (allspark.precision, METHODS.md 6): what `auto` picks on each device, the run's first line
+"""The precision policy (allspark.precision, METHODS.md 5): what `auto` picks on each device, the run's first line
 and config.yaml, a resumed run's precision, and the numbers that stay fp32 under bf16."""
+import json
+
 import pytest
 import torch
 import yaml
@@ -169,3 +171,41 @@ def test_train_command_says_and_records_the_precision_auto_chose(data_root, tmp_
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["amp"] == mode
     first = (run / "train.log").read_text().splitlines()[0]
     assert first.endswith(line)
+
+
+def test_predict_and_suggest_say_record_and_keep_their_precision(tmp_path, monkeypatch, capsys):
+    """`--amp auto` (the default) of predict and suggest: the choice on their first line; suggest's score store
+    records it and refuses to mix in scores of another precision."""
+    from inference_helpers import run_cli, tiny_checkpoint, write_images
+    from suggest_helpers import write_list
+
+    cpu_reports(monkeypatch, False, True)
+    weights = tiny_checkpoint(tmp_path / "run")
+    images = write_images(tmp_path / "data" / "images", [(40, 48)] * 3)
+    common = ["--checkpoint", str(weights), "--threads", "1", "--device", "cpu"]
+    assert run_cli(["predict", str(images[0]), "--out", str(tmp_path / "pred"), "--engine", "torch", *common]) == 0
+    assert "precision: bf16 (auto: the CPU has AVX512-BF16)" in capsys.readouterr().err
+    pool = write_list(tmp_path / "pool.txt", [f"images/{p.name}" for p in images])
+    suggest = ["suggest", "--count", "2", "--list", str(pool), "--root", str(tmp_path / "data"), "--out",
+               str(tmp_path / "out"), *common]
+    assert run_cli(suggest) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "precision: bf16 (auto: the CPU has AVX512-BF16)"
+    assert json.loads((tmp_path / "out" / "scoring" / "source.json").read_text())["amp"] == "bf16"
+    assert run_cli([*suggest, "--amp", "off"]) != 0
+    assert "amp 'bf16', now 'off'" in capsys.readouterr().err
+
+
+def test_eval_auto_records_the_mode_it_resolved(data_root, tmp_path, monkeypatch, capsys):
+    from allspark.cli import main
+    from allspark.engine.loop import train
+    from engine_helpers import make_cfg
+
+    run = tmp_path / "run"
+    train(make_cfg(data_root, run, "sup", "train.max_iters=1", "train.epochs=1", "train.amp=off"), progress=False)
+    for bf16, mode in ((False, "off"), (True, "bf16")):
+        cpu_reports(monkeypatch, False, bf16)
+        with pytest.raises(SystemExit) as code:
+            main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / mode), "--threads", "1"])
+        assert code.value.code == 0
+        assert json.loads((tmp_path / mode / "eval.json").read_text())["amp"] == mode
+        assert f"allspark eval: precision: {'bf16' if bf16 else 'fp32'} (auto: " in capsys.readouterr().err
