@@ -209,3 +209,18 @@ def test_eval_auto_records_the_mode_it_resolved(data_root, tmp_path, monkeypatch
         assert code.value.code == 0
         assert json.loads((tmp_path / mode / "eval.json").read_text())["amp"] == mode
         assert f"allspark eval: precision: {'bf16' if bf16 else 'fp32'} (auto: " in capsys.readouterr().err
+
+
+def test_the_memory_estimate_traces_the_resolved_mode(monkeypatch):
+    from allspark.config.loading import load_config
+    from allspark.engine.memory_budget import inference_bytes, training_step_bytes
+
+    def step(amp):
+        return training_step_bytes(load_config("demo", ["model.crop_size=64", f"train.amp={amp}"]), CPU)
+
+    cpu_reports(monkeypatch, False, True)
+    assert step("auto") == step("bf16") < step("off")  # bf16 activations take half the bytes
+    cpu_reports(monkeypatch, False, False)
+    assert step("auto") == step("off")
+    model = load_config("demo", ["model.crop_size=64"]).model
+    assert inference_bytes(model, 1, (64, 64), "bf16") < inference_bytes(model, 1, (64, 64), "off")
