@@ -129,7 +129,7 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                 "warning": skipped_line(done.skipped) if done.skipped else None}
 
 
-def _check_memory(cfg: Config, dataset, mode: str, device: torch.device, amp: str) -> None:
+def _check_memory(cfg: Config, dataset, mode: str, device: torch.device, amp: str = "off") -> None:
     """MemoryBudgetError before evaluating when a window, or the largest validation image read whole, cannot fit."""
     if mode != "whole":
         window = eval_window(cfg)
