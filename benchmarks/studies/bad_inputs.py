@@ -238,6 +238,17 @@ def dinov2_small_original(prefix: str = "") -> dict:
     return {prefix + name: torch.zeros(shape) for name, shape in shapes.items()}
 
 
+def before_kernel_case(tmp: Path, root: Path, run: Path) -> Case:
+    """A run whose config.yaml predates `train.optimizer_kernel` (it ran PyTorch's default kernel) continued with the
+    default, fused: refused, naming the key, rather than continued on another kernel (issue 28)."""
+    old = tmp / "runs" / "before_kernel"
+    shutil.copytree(run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["train"]["optimizer_kernel"]
+    (old / "config.yaml").write_text(yaml.safe_dump({**saved, "run_dir": str(old)}, sort_keys=False))
+    return Case("train: continuing a run from before train.optimizer_kernel", tiny_train(root, old))
+
+
 def wrong_line_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
     """Issue 32's wrong lines: the file, value or setting named, with the README's exit status."""
     import torch
@@ -705,7 +716,7 @@ def run_all(args: argparse.Namespace) -> None:
         if code != 0:
             sys.exit(f"setup training failed: {message}")
         cases = [c for c in build_cases(tmp, root, run, args.camvid) + wrong_line_cases(tmp, root, run)
-                 if args.only in c.name]
+                 + [before_kernel_case(tmp, root, run)] if args.only in c.name]
         print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
         print("|---|---|---|---|---|")
         for case, code, count, message in rows(cases, root, tmp, args):
