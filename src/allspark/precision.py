@@ -23,6 +23,7 @@ class Precision:
     reason: str
 
     def line(self) -> str:
+        """`precision: bf16 (auto: the CPU has AVX512-BF16)`: what the run's first line says."""
         return f"precision: {NAMES[self.mode]} ({self.reason})"
 
 
