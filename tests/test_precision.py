@@ -1,5 +1,6 @@
 """The precision policy (allspark.precision, METHODS.md 5): what `auto` picks on each device, the run's first line
 and config.yaml, a resumed run's precision, and the numbers that stay fp32 under bf16."""
+import copy
 import json
 
 import pytest
@@ -224,3 +225,41 @@ def test_the_memory_estimate_traces_the_resolved_mode(monkeypatch):
     assert step("auto") == step("off")
     model = load_config("demo", ["model.crop_size=64"]).model
     assert inference_bytes(model, 1, (64, 64), "bf16") < inference_bytes(model, 1, (64, 64), "off")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizer_kernel_is_fused_by_default_and_exact_on_request(optimizer):
+    """The fused kernel makes the same update as PyTorch's default one up to rounding; `exact` is that default."""
+    from torch import nn
+
+    from allspark.config.schema import TrainConfig
+    from allspark.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    start = nn.Module()
+    start.encoder, start.head = nn.Linear(8, 8), nn.Linear(8, 3)
+    grads = [torch.randn_like(p) for p in start.parameters()]
+    after = {}
+    for kernel in ("fused", "exact"):
+        model = copy.deepcopy(start)
+        opt = build_optimizer(model, TrainConfig(optimizer=optimizer, optimizer_kernel=kernel))
+        assert bool(opt.defaults.get("fused")) == (kernel == "fused")
+        for _ in range(3):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+        after[kernel] = [p.detach() for p in model.parameters()]
+    for fused, exact in zip(after["fused"], after["exact"]):
+        torch.testing.assert_close(fused, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_saved_before_the_kernel_switch_reads_as_exact(tmp_path):
+    from allspark.config.loading import load_config
+    from allspark.config.schema import config_to_dict
+    from allspark.runs.run_config import saved_config
+
+    saved = config_to_dict(load_config("demo", [f"run_dir={tmp_path}"]))
+    del saved["train"]["optimizer_kernel"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert saved_config(tmp_path).train.optimizer_kernel == "exact"
+    assert load_config("demo").train.optimizer_kernel == "fused"
