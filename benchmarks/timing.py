@@ -11,6 +11,28 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 SHARED = ROOT.parent / "shared"  # data and the releases' measuring harness, beside the checkout
 REFERENCE = SHARED / "reference"
 RESULTS = ROOT / "benchmarks" / "results"  # small summaries, committed
+# fp32 and PyTorch's default optimiser kernel, as the releases: what a comparison with them, or with a result committed
+# before `train.amp: auto` and the fused kernels became the defaults, needs to come back bit for bit
+EXACT = {"amp": "off", "optimizer_kernel": "exact"}  # keys of a config's train section
+EXACT_OVERRIDES = tuple(f"train.{key}={value}" for key, value in EXACT.items())
+PRECISIONS = ("exact", "default")  # `--precision` of the studies: EXACT, or the package's defaults
+
+
+def add_precision_option(parser) -> None:
+    """`--precision` of a study whose committed results ran before `auto` and the fused kernels were the defaults."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="exact",
+                        help="exact (the committed results): train.amp=off train.optimizer_kernel=exact; default: "
+                             "the package's defaults (train.amp auto, the fused optimiser): give it its own --results")
+
+
+def precision_overrides(precision: str) -> tuple[str, ...]:
+    """The overrides of a study's `--precision`."""
+    return EXACT_OVERRIDES if precision == "exact" else ()
+
+
+def precision_suffix(precision: str) -> str:
+    """What a study adds to its run folders' names under `--precision default`, so the two never share one."""
+    return "" if precision == "exact" else "_default"
 T = TypeVar("T")
 
 

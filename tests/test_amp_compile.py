@@ -121,7 +121,8 @@ def test_compiled_steps_compute_what_eager_steps_do(data_root, tmp_path):
     trainers = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        cfg = make_cfg(data_root, tmp_path / str(compiled), f"train.compile={str(compiled).lower()}")
+        # fp32: inductor's kernels round bf16 otherwise than eager's, past these bounds (a wrong buffer write is not)
+        cfg = make_cfg(data_root, tmp_path / str(compiled), f"train.compile={str(compiled).lower()}", "train.amp=off")
         trainers[compiled] = without_module_dropout(Trainer(cfg, total=100))
     unlabeled = build_unlabeled_loader(cfg)
     batches = list(zip(build_labeled_loader(cfg, length=len(unlabeled.dataset)), unlabeled))

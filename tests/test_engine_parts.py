@@ -12,7 +12,7 @@ from torch import nn
 from allspark import distributed as dist_utils
 from allspark.config.loading import load_config
 from allspark.config.schema import AMP_MODES, TrainConfig
-from allspark.engine.amp import AMP_DTYPES, autocast
+from allspark.precision import AMP_DTYPES, autocast
 from allspark.engine.losses import ohem_loss, ohem_mask, unlabeled_loss, ce_loss
 from allspark.engine.metrics import ConfusionMatrix, format_iou_table
 from allspark.engine.optim import build_optimizer, poly_factor, poly_schedule
@@ -152,7 +152,7 @@ def test_metrics_of_a_run_without_them(tmp_path):
 
 
 def test_every_amp_mode_has_its_dtype_and_autocast():
-    assert tuple(AMP_DTYPES) == AMP_MODES
+    assert ("auto", *AMP_DTYPES) == AMP_MODES  # auto is resolved to one of them before any autocast
     with autocast(torch.device("cpu"), "bf16"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "off"):

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = (
     ("allspark.errors",),
     ("allspark.distributed", "allspark.threads", "allspark.progress", "allspark.extras", "allspark.encoders",
-     "allspark.presets"),
+     "allspark.presets", "allspark.precision"),
     ("allspark.config",),
     ("allspark.runs",),
     ("allspark.data", "allspark.models"),

@@ -9,6 +9,7 @@ from PIL import Image
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
 from allspark.commands import predict as predict_command
+from allspark.precision import autocast
 from allspark.predict import outputs as predict_outputs
 from allspark.predict import predictor as predictor_module
 from allspark.predict.predictor import Predictor
@@ -177,7 +178,8 @@ def test_large_image_goes_through_bounded_windows_equal_to_whole_sliding(checkpo
     assert inputs == [(1, 3, 64, 64)] * 35
     assert [top for top, _ in blocks] == [0, 43, 86, 129, 136]
     assert all(rows <= 64 and width == 300 for _, (_, rows, width) in blocks) and sum(b[1][1] for b in blocks) == 200
-    whole = predict_probs(model, normalize_image(image)[None], mode="sliding", window=64)[0]
+    with autocast(predictor.device, predictor.precision.mode):  # the precision predict ran in
+        whole = predict_probs(model, normalize_image(image)[None], mode="sliding", window=64)[0]
     torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "img0.png")), whole.argmax(0).numpy())
 

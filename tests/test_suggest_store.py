@@ -64,8 +64,9 @@ def test_changed_list_scores_only_new_lines(tmp_path, fixed_model, scored):
     said = []
     run_suggest(tmp_path, second, 4, say=said.append)
     assert scored[1] == sorted((line.split()[0] for line in added), key=[x.split()[0] for x in second].index)
-    assert said[0].startswith("scoring 2 of 9 images") and "(7 scored before)" in said[0]
-    assert "dropped the scores of 3 images" in said[0]
+    assert said[0].startswith("precision: ")  # the first line, then the counts
+    assert said[1].startswith("scoring 2 of 9 images") and "(7 scored before)" in said[1]
+    assert "dropped the scores of 3 images" in said[1]
     rows, suggested = _outputs(tmp_path / "out")
     _assert_agree(rows, suggested, second)
     for row in rows:
@@ -111,7 +112,7 @@ def test_repeated_rows_from_a_killed_clean_up_are_dropped(tmp_path, fixed_model,
         shutil.copyfile(scoring / f"{kind}.0.{suffix}", scoring / f"{kind}.3.{suffix}")
     said = []
     run_suggest(tmp_path, lines[1:] + lines[:1], 2, say=said.append)
-    assert scored[1] == [] and said[0].startswith("scoring 0 of 5 images") and said[0].endswith("(5 scored before)")
+    assert scored[1] == [] and said[1].startswith("scoring 0 of 5 images") and said[1].endswith("(5 scored before)")
     assert sorted(path.name for path in scoring.glob("rows.*")) == ["rows.4.csv"]
     rows, suggested = _outputs(tmp_path / "out")
     _assert_agree(rows, suggested, lines[1:] + lines[:1])
@@ -185,7 +186,7 @@ def test_after_splits_add_the_command_suggests_none_of_the_moved_images(tmp_path
     assert run_cli(["splits", "--add", str(tmp_path / "out" / "suggested.txt"), "--out", str(splits)]) == 0
     capsys.readouterr()
     assert run_cli(command) == 0
-    said = capsys.readouterr().out.splitlines()[0]
+    said = capsys.readouterr().out.splitlines()[1]  # after the precision line
     assert said.startswith("scoring 0 of 7 images") and "(7 scored before); dropped the scores of 3 images" in said
     rows, suggested = _outputs(tmp_path / "out")
     _assert_agree(rows, suggested, (splits / "unlabeled.txt").read_text().splitlines())

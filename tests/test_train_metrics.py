@@ -10,6 +10,7 @@ from allspark.engine.loop import train
 from allspark.engine.recipes import confident_share
 from allspark.engine.step import Trainer
 from allspark.errors import ConfigError
+from allspark.precision import autocast
 from allspark.runs.checkpoints import load_checkpoint
 from allspark.runs.metrics import read_metrics
 from allspark.runs.weights_file import read_weights
@@ -38,7 +39,7 @@ def test_step_reports_the_share_of_the_teachers_view_and_sup_none(data_root, tmp
     valid = torch.ones(2, 64, 64, dtype=torch.bool)
     valid[:, :, 40:] = False  # padding
     trainer.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(trainer.device, trainer.amp):  # the teacher's pass in the run's precision
         expected = confident_share(trainer.model(images_u), valid, 0.4).item()
     batch_l = {"image": torch.randn(2, 3, 64, 64, generator=g), "mask": torch.randint(0, 4, (2, 64, 64), generator=g)}
     record = trainer.step(batch_l, {"image": images_u, "valid": valid}, use_memory=False)

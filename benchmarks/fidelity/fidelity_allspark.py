@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.fidelity.release_harness import import_harness
-from benchmarks.timing import REFERENCE, seconds, timed
+from benchmarks.timing import EXACT, REFERENCE, seconds, timed
 
 IGNORE = 255
 ARCHS = ("b0", "b1", "b2", "b3", "b4", "b5")
@@ -133,7 +133,7 @@ def check_structure(report: Report, args, release, ours) -> None:
     decoder = copy.copy(release.decoder)
     decoder.warmup_epoch = 5
     cfg = config_from_dict({"method": "allspark", "model": our_model_config(args, "allspark"),
-                            "train": {"warmup_epochs": 5}})
+                            "train": {"warmup_epochs": 5, **EXACT}})
     trainer = Trainer(cfg, total=1)
     wrong = 0
     for epoch in range(10):
@@ -418,7 +418,7 @@ def our_trajectory(ours0, method: str, batches, args, *, release_teacher: bool, 
 
     cfg = config_from_dict({"method": method, "model": our_model_config(args, method),
                             "train": {"lr": args.lr, "lr_multi": args.lr_multi, "batch_size": args.batch,
-                                      "epochs": 1, "warmup_epochs": 1}})
+                                      "epochs": 1, "warmup_epochs": 1, **EXACT}})
     trainer = Trainer(cfg, total=len(batches))
     trainer.model.load_state_dict(ours0.state_dict())
     no_dropout(trainer.model, args.attn_dropout)

@@ -31,7 +31,7 @@ from torch import nn
 
 from benchmarks.fidelity.fidelity_allspark import Report, relative
 from benchmarks.fidelity.release_harness import import_harness
-from benchmarks.timing import REFERENCE
+from benchmarks.timing import EXACT_OVERRIDES, REFERENCE
 
 
 class ReleaseShaped(nn.Module):
@@ -85,7 +85,7 @@ def config(root: Path, method: str, args):
                                 f"run_dir={root / 'run'}", f"model.num_classes={args.classes}",
                                 f"model.crop_size={args.crop}", f"train.batch_size={args.batch}",
                                 f"model.encoder={args.encoder}",
-                                "eval.miou_over=all", "data.workers=0", f"train.seed={args.seed}"])
+                                "eval.miou_over=all", "data.workers=0", f"train.seed={args.seed}", *EXACT_OVERRIDES])
 
 
 def batches(cfg, steps: int, unlabeled: bool):

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.timing import REFERENCE, RESULTS, ROOT, seconds
+from benchmarks.timing import EXACT_OVERRIDES, REFERENCE, RESULTS, ROOT, seconds
 
 METHODS = ("sup", "semi", "allspark")
 SIDES = ("release", "ours")
@@ -74,7 +74,7 @@ def ours_overrides(args: argparse.Namespace, method: str, seed: int, run_dir: Pa
                  f"train.seed={seed}", f"train.max_iters={args.iters}", f"train.epochs={epochs}",
                  f"train.eval_every={epochs}", f"train.batch_size={BATCH}", f"train.lr={LR}",
                  f"train.lr_multi={LR_MULTI}", f"train.warmup_epochs={WARMUP_EPOCHS}",
-                 f"train.checkpoint_every={args.iters}", "data.workers=0"]  # model.ablation follows the method
+                 f"train.checkpoint_every={args.iters}", "data.workers=0", *EXACT_OVERRIDES]  # ablation: the method's
     return overrides + list(args.extra)
 
 

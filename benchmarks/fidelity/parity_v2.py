@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.fidelity.release_harness import import_harness
-from benchmarks.timing import REFERENCE, RESULTS, ROOT
+from benchmarks.timing import EXACT_OVERRIDES, REFERENCE, RESULTS, ROOT, precision_overrides
 
 METHODS = {"sup": "sup", "unimatch_v2": "semi"}  # the release's name -> our method (both with recipe=unimatch_v2)
 
@@ -57,7 +57,7 @@ def our_command(args, method: str, seed: int, data: Path, encoder: Path, run_dir
             f"model.crop_size={args.crop}", f"model.pretrained={encoder}", f"data.root={data}",
             "train.batch_size=4", f"train.max_iters={args.iters}", f"train.epochs={epochs}",
             f"train.eval_every={epochs}", f"train.checkpoint_every={args.iters}", f"train.seed={seed}",
-            "eval.miou_over=all", f"run_dir={run_dir}"]
+            "eval.miou_over=all", f"run_dir={run_dir}", *precision_overrides(getattr(args, "precision", "exact"))]
 
 
 def release_command(args, method: str, seed: int, data: Path, backbone: Path, out: Path) -> list[str]:
@@ -127,7 +127,8 @@ def main() -> int:
     data = out / "demo_data"
     prepare_demo_data(data, 4)
     encoder = pretrain_source_encoder(out, args.source_iters, ("model.encoder=dinov2_small",
-                                                               f"model.crop_size={args.crop}"), progress=False)
+                                                               f"model.crop_size={args.crop}", *EXACT_OVERRIDES),
+                                      progress=False)
     backbone = out / "source_dinov2_small_release_layout.pth"
     torch.save(release_layout(encoder, "small", v2), backbone)
     args.results.mkdir(parents=True, exist_ok=True)

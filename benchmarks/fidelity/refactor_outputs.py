@@ -19,11 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.timing import SHARED
+from benchmarks.timing import EXACT_OVERRIDES, SHARED
 
 CAMVID = SHARED / "data" / "camvid-mini"
 TRAIN = ["model.pretrained=null", "model.crop_size=64", "train.epochs=6", "train.warmup_epochs=2",
-         "train.batch_size=2", "train.log_every=4", "data.workers=0"]
+         "train.batch_size=2", "train.log_every=4", "data.workers=0", *EXACT_OVERRIDES]
 PREDICT_MODES = {"whole": [], "sliding": ["--mode", "sliding", "--window", "128"],
                  "tiled": ["--max-pixels", "200000", "--window", "256"]}
 
@@ -69,8 +69,8 @@ def produce(data: Path, work: Path) -> Path:
     for engine, checkpoint in (("torch", str(run)), ("onnx", str(export))):
         for mode, options in PREDICT_MODES.items():
             allspark("predict", *images, "--checkpoint", checkpoint, "--engine", engine, "--out",
-                     str(out / f"predict_{engine}_{mode}"), "--legend", "--threads", "1", *options)
-    allspark("eval", "--checkpoint", str(run), "--out", str(out / "eval"), "--threads", "1")
+                     str(out / f"predict_{engine}_{mode}"), "--legend", "--threads", "1", "--amp", "off", *options)
+    allspark("eval", "--checkpoint", str(run), "--out", str(out / "eval"), "--threads", "1", "--amp", "off")
     figures = {"features": [images[0]], "grouping": images, "memory": []}
     for plot, inputs in figures.items():
         allspark("viz", plot, *inputs, "--checkpoint", str(run), "--out", str(out / f"viz_{plot}.png"))

@@ -81,6 +81,8 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("train: train.lr_multi=-1", tiny_train(root, runs / "e6", "train.lr_multi=-1")),
         Case("train: train.momentum=5", tiny_train(root, runs / "e7", "train.momentum=5")),
         Case("train: train.lr=abc (command line)", tiny_train(root, runs / "e8", "train.lr=abc")),
+        Case("train: train.amp=fp8", tiny_train(root, runs / "e10", "train.amp=fp8")),
+        Case("train: train.optimizer_kernel=fast", tiny_train(root, runs / "e11", "train.optimizer_kernel=fast")),
         Case("train: run_dir under a file", tiny_train(root, tmp / "a_file" / "run")),
         Case("train: run_dir is a file", tiny_train(root, tmp / "a_file")),
         Case("train: model.pretrained=nvidia/mit-b0 offline", tiny_train(root, runs / "e9", "model.pretrained=nvidia/mit-b0"),
@@ -123,6 +125,9 @@ def build_cases(tmp: Path, root: Path, run: Path, camvid: Path) -> list[Case]:
         Case("eval: checkpoint/config mismatch (crop 96)",
              ["eval", *eval_args[:-1], "model.crop_size=96", "--checkpoint", str(run)]),
         Case("eval: --out is a file", ["eval", *eval_args, "--checkpoint", str(run), "--out", str(tmp / "a_file")]),
+        Case("eval: --amp fp8", ["eval", *eval_args, "--checkpoint", str(run), "--amp", "fp8"]),
+        Case("predict: --amp fp8", ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "pred_amp"),
+                                    "--amp", "fp8"]),
         Case("predict: --out under a file",
              ["predict", str(image), "--checkpoint", str(run), "--out", str(tmp / "a_file" / "pred")]),
         Case("export: OUT under a file",
@@ -231,6 +236,17 @@ def dinov2_small_original(prefix: str = "") -> dict:
              "mlp.fc2.bias": (width,)}
     shapes.update({f"blocks.{j}.{name}": shape for j in range(12) for name, shape in block.items()})
     return {prefix + name: torch.zeros(shape) for name, shape in shapes.items()}
+
+
+def before_kernel_case(tmp: Path, root: Path, run: Path) -> Case:
+    """A run whose config.yaml predates `train.optimizer_kernel` (it ran PyTorch's default kernel) continued with the
+    default, fused: refused, naming the key, rather than continued on another kernel (issue 28)."""
+    old = tmp / "runs" / "before_kernel"
+    shutil.copytree(run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["train"]["optimizer_kernel"]
+    (old / "config.yaml").write_text(yaml.safe_dump({**saved, "run_dir": str(old)}, sort_keys=False))
+    return Case("train: continuing a run from before train.optimizer_kernel", tiny_train(root, old))
 
 
 def wrong_line_cases(tmp: Path, root: Path, run: Path) -> list[Case]:
@@ -700,7 +716,7 @@ def run_all(args: argparse.Namespace) -> None:
         if code != 0:
             sys.exit(f"setup training failed: {message}")
         cases = [c for c in build_cases(tmp, root, run, args.camvid) + wrong_line_cases(tmp, root, run)
-                 if args.only in c.name]
+                 + [before_kernel_case(tmp, root, run)] if args.only in c.name]
         print("| command: bad input | expect | exit | stderr lines | first stderr line (not a log line or progress bar) |")
         print("|---|---|---|---|---|")
         for case, code, count, message in rows(cases, root, tmp, args):

@@ -52,7 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="crop size (default: the camvid preset's 161)")
     p.add_argument("--pretrained", default=None, help="encoder weights: HF id/dir or mit_b0.pth (default: none)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    p.add_argument("--amp", default="off", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--optimizer-kernel", default="exact", choices=("exact", "fused"),
+                   help="train.optimizer_kernel (exact: as the committed tables)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run (allspark train --threads)")
     p.add_argument("--parallel", type=int, default=1, help="methods trained at the same time (GPU: all five)")
@@ -81,7 +83,7 @@ def command(name: str, seed: int, args: argparse.Namespace, lists: tuple[Path, P
         f"data.workers={args.workers}", f"model.pretrained={args.pretrained or 'null'}",
         f"train.max_iters={args.iters}", "train.epochs=100000", "train.eval_every=100000",
         f"train.batch_size={args.batch_size}", f"train.seed={seed}", f"train.amp={args.amp}",
-        f"train.checkpoint_every={max(100, args.iters // 10)}",
+        f"train.checkpoint_every={max(100, args.iters // 10)}", f"train.optimizer_kernel={args.optimizer_kernel}",
     ]
     optional = {"train.lr": args.lr, "train.warmup_epochs": args.warmup_epochs, "model.crop_size": args.crop}
     overrides += [f"{key}={value}" for key, value in optional.items() if value is not None]

@@ -20,7 +20,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.timing import RESULTS
+from benchmarks.timing import (EXACT_OVERRIDES, RESULTS, add_precision_option, precision_overrides,
+                               precision_suffix)
 
 # two-sided 95 % quantiles of Student's t by degrees of freedom (no SciPy here); beyond the table, 1.96
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -35,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=2, help="runs at the same time, one thread each")
     p.add_argument("--results", default=None, help="where results.json and .md go "
                    "(default: benchmarks/results/demo_seeds/data<data seed>)")
+    add_precision_option(p)
     return p.parse_args()
 
 
@@ -83,12 +85,13 @@ def main() -> None:
     results_dir = Path(args.results or RESULTS / "demo_seeds" / f"data{args.data_seed}")
     data = out / f"demo_data{args.data_seed}"
     prepare_demo_data(data, load_config("demo").model.num_classes, args.data_seed)
-    encoder = pretrain_source_encoder(out, progress=False)
+    encoder = pretrain_source_encoder(out, extra=EXACT_OVERRIDES, progress=False)  # the committed rows' start
     jobs = {}
     for seed in args.seeds:
         for run, (preset, _) in DEMO_RUNS.items():
-            rows_out = out / f"data{args.data_seed}_seed{seed}"
-            overrides = demo_overrides(run, rows_out, data, args.iters, encoder, seed)
+            rows_out = out / f"data{args.data_seed}_seed{seed}{precision_suffix(args.precision)}"
+            overrides = [*demo_overrides(run, rows_out, data, args.iters, encoder, seed),
+                         *precision_overrides(args.precision)]
             rows_out.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "allspark", "train", preset, *overrides, "--threads", "1", "--no-progress"]
             jobs[(run, seed)] = (command, rows_out / f"{run}.log", rows_out / run)

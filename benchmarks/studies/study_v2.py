@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.fidelity.parity_v2 import finished, our_command, our_labeled_loss, our_result, run
 from benchmarks.studies.demo_seeds import interval
-from benchmarks.timing import RESULTS
+from benchmarks.timing import RESULTS, add_precision_option, precision_suffix
 
 ROWS = {"sup": "sup", "unimatch_v2": "semi", "allspark_v2": "allspark"}  # row -> our method, all recipe=unimatch_v2
 REFERENCE = RESULTS / "demo_seeds" / "data0" / "results.json"
@@ -34,7 +34,9 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=150, help="iterations of every row (parity_v2.py's)")
     p.add_argument("--crop", type=int, default=56, help="a multiple of 14")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    add_precision_option(p)
     args = p.parse_args()
+    tag = precision_suffix(args.precision)
     out = args.out.resolve()
     data, encoder = out / "demo_data", out / "source_encoder" / "checkpoints" / "latest.safetensors"
     if not encoder.is_file():
@@ -43,15 +45,15 @@ def main() -> int:
     jobs = []
     for seed in args.seeds:
         for row, method in ROWS.items():
-            run_dir = out / f"ours_{row}_s{seed}"
+            run_dir = out / f"ours_{row}_s{seed}{tag}"
             if not finished(run_dir):  # a killed run resumes: `allspark train` continues its folder
                 jobs.append((our_command(args, method, seed, data, encoder, run_dir),
-                             out / f"ours_{row}_s{seed}.log"))
+                             out / f"ours_{row}_s{seed}{tag}.log"))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job), jobs))
-    results = {row: {seed: our_result(out / f"ours_{row}_s{seed}", method) for seed in args.seeds}
+    results = {row: {seed: our_result(out / f"ours_{row}_s{seed}{tag}", method) for seed in args.seeds}
                for row, method in ROWS.items()}
-    losses = {row: {seed: our_labeled_loss(out / f"ours_{row}_s{seed}") for seed in args.seeds} for row in ROWS}
+    losses = {row: {seed: our_labeled_loss(out / f"ours_{row}_s{seed}{tag}") for seed in args.seeds} for row in ROWS}
     reference = {int(seed): value for seed, value in
                  json.loads(REFERENCE.read_text())["miou"]["allspark_recipe"].items()}
     (args.results / "summary.json").write_text(json.dumps(

@@ -35,7 +35,11 @@ import numpy as np
 
 from benchmarks.studies import camvid_proxy
 from benchmarks.studies.suggest_variants import VARIANTS, pick
-from benchmarks.timing import RESULTS
+from benchmarks.timing import RESULTS, add_precision_option, precision_overrides
+
+# camvid_proxy's own options for each --precision
+CAMVID_PRECISION = {"exact": {"amp": "off", "optimizer_kernel": "exact"},
+                    "default": {"amp": "auto", "optimizer_kernel": "fused"}}
 
 ADD = {"demo": 6, "camvid": 23}  # images added in round 1: the demo's labeled count, half of CamVid's 46
 ROWS = {"sup": "SupBaseline", "semi_recipe": "SemiBaseline + recipe", "recipe": "AllSpark + recipe"}  # camvid_proxy's
@@ -60,6 +64,7 @@ def parse_args() -> argparse.Namespace:
                    help="score variants of benchmarks/studies/suggest_variants.py, each with `--strategy both`")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (each on one thread)")
     p.add_argument("--table-only", action="store_true", help="rewrite RESULTS/table.md from RESULTS/runs.jsonl")
+    add_precision_option(p)
     a = p.parse_args()
     if a.dataset == "demo" and not a.encoder:
         p.error("--dataset demo needs --encoder")
@@ -82,8 +87,8 @@ def train_args(run_dir: Path, splits: Path, seed: int, a: argparse.Namespace) ->
     lists = (splits.resolve() / "labeled.txt", splits.resolve() / "unlabeled.txt")
     if a.dataset == "camvid":  # camvid_proxy's own command, so the rows match its table
         proxy = argparse.Namespace(data=a.data, workers=0, pretrained=a.encoder and str(Path(a.encoder).resolve()),
-                                   iters=a.iters, batch_size=4, amp="off", lr=0.005, warmup_epochs=None, crop=97,
-                                   extra=[], device="cpu", threads=1)
+                                   iters=a.iters, batch_size=4, lr=0.005, warmup_epochs=None, crop=97, extra=[],
+                                   device="cpu", threads=1, **CAMVID_PRECISION[a.precision])
         return camvid_proxy.command(ROWS[a.row], seed, proxy, lists, run_dir)[3:]  # less `python -m allspark`
     unlabeled = len(lists[1].read_text().splitlines())
     epochs = math.ceil(a.iters / (unlabeled // 4))
@@ -91,7 +96,7 @@ def train_args(run_dir: Path, splits: Path, seed: int, a: argparse.Namespace) ->
             f"data.labeled_list={lists[0]}", f"data.unlabeled_list={lists[1]}",
             f"model.pretrained={Path(a.encoder).resolve()}", f"train.seed={seed}", f"train.max_iters={a.iters}",
             f"train.epochs={epochs}", f"train.eval_every={epochs}", f"train.checkpoint_every={a.iters}",
-            "--threads", "1", "--device", "cpu", "--no-progress"]
+            *precision_overrides(a.precision), "--threads", "1", "--device", "cpu", "--no-progress"]
 
 
 def train(name: str, splits: Path, seed: int, a: argparse.Namespace) -> dict:
@@ -141,7 +146,8 @@ def round1(name: str, seed: int, arm: str, a: argparse.Namespace) -> dict:
     if kind == "suggest":
         out = Path(a.out) / "suggest" / f"{what}_s{seed}"
         allspark(["suggest", "--checkpoint", str(round0), "--which", "latest", "--count", str(a.add), "--strategy",
-                  what, "--out", str(out), "--threads", "1", "--device", "cpu"],
+                  what, "--out", str(out), "--threads", "1", "--device", "cpu",
+                  "--amp", "off" if a.precision == "exact" else "auto"],
                  Path(a.out) / "logs" / f"{name}.suggest.log")
         chosen = Path(shutil.copy(out / "suggested.txt", target))
     elif kind == "variant":

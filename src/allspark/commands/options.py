@@ -1,4 +1,5 @@
-"""Arguments that several subcommands share: `--threads`, `--device`, `--checkpoint`, and CONFIG with overrides."""
+"""Arguments that several subcommands share: `--threads`, `--device`, `--amp`, `--checkpoint`, and CONFIG with
+overrides."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from allspark.config.schema import AMP_MODES
 from allspark.runs.folder import CHECKPOINTS
 from allspark.threads import busy_cores, default_threads, usable_cores
 
@@ -51,6 +53,13 @@ def set_threads(args: argparse.Namespace) -> None:
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     """`--device auto|cpu|cuda`, the same for every command that runs a model."""
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+
+
+def add_amp_option(parser: argparse.ArgumentParser) -> None:
+    """`--amp auto|off|bf16|fp16`: the precision of the forward passes, as `train.amp` for training."""
+    parser.add_argument("--amp", choices=AMP_MODES, default="auto",
+                        help="auto: bf16 where the device runs it natively (a CPU with AMX-BF16 or AVX512-BF16, a "
+                             "CUDA GPU with bf16), else fp32; off: fp32")
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser, what: str = "run directory or .safetensors weights file",

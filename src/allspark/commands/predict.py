@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
-                                       set_threads)
+from allspark.commands.options import (add_amp_option, add_checkpoint_options, add_device_option,
+                                       add_threads_option, positive_int, set_threads)
 from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.errors import InputError, OutputExistsError
@@ -39,11 +39,12 @@ def check_memory(predictor: Predictor, files: list[Path], batch_size: int) -> No
         scale = max(options["scales"])
         check_inference(predictor.cfg.model, predictor.device, batch_size, (round(h * scale), round(w * scale)),
                         "predicting an image whole",
-                        "use --tile auto with a lower --max-pixels (larger images go in tiles), or a lower --batch-size")
+                        "use --tile auto with a lower --max-pixels (larger images go in tiles), or a lower --batch-size",
+                        predictor.precision.mode)
         return
     window = tile or options["window"]
     check_inference(predictor.cfg.model, predictor.device, 1 if tile else batch_size, (window, window),
-                    "predicting a window", "lower --window")
+                    "predicting a window", "lower --window", predictor.precision.mode)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable(out)  # before the model loads
     predictor = Predictor(args.checkpoint, device=args.device, mode=args.mode, window=args.window,
                           stride_ratio=args.stride_ratio, flip=args.flip, scales=args.scales, which=args.which,
-                          tile=args.tile, max_pixels=args.max_pixels, engine=args.engine)
+                          tile=args.tile, max_pixels=args.max_pixels, engine=args.engine, amp=args.amp)
     check_memory(predictor, files, args.batch_size)
-    print(f"allspark predict: {predictor.engine_note}", file=sys.stderr)
+    print(f"allspark predict: {predictor.engine_note}; {predictor.precision.line()}", file=sys.stderr)
     written, skipped = run_predict(predictor, files, out, batch_size=args.batch_size, alpha=args.alpha)
     if args.legend:
         write_legend(out, predictor.palette, predictor.class_names)
@@ -109,6 +110,7 @@ def register(sub) -> None:
                         help="also write legend.png and legend.json (class index, name and colour)")
     add_threads_option(parser)
     add_device_option(parser)
+    add_amp_option(parser)
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="onnx: the graph `allspark export` wrote beside the weights (made from them, checked by "
                              "SHA-256) under onnxruntime on the CPU, about 2x PyTorch; auto: onnx where it can run, "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from allspark.commands.options import (add_checkpoint_options, add_device_option, add_threads_option, positive_int,
-                                       set_threads)
+from allspark.commands.options import (add_amp_option, add_checkpoint_options, add_device_option,
+                                       add_threads_option, positive_int, set_threads)
 from allspark.extras import require_extra
 from allspark.labeling.export import FORMATS
 from allspark.labeling.label_studio import LOCAL_FILES
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     result = suggest(args.checkpoint, args.out, args.count, list_path=args.list, root=args.root,
                      labeled_list=args.labeled, which=args.which, strategy=args.strategy, batch_size=args.batch_size,
                      max_side=args.max_side, device=args.device, force=args.force, say=print, exports=exports,
-                     image_prefix=args.image_url)
+                     image_prefix=args.image_url, amp=args.amp)
     if result is None:  # a torchrun rank other than 0: its share is scored
         return 0
     captions = [f"#{number} {row['image'].rsplit('/', 1)[-1]}\nscore {float(row['score']):.3f} "
@@ -73,5 +73,6 @@ def register(sub) -> None:
                              "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=the data root)")
     add_threads_option(parser)
     add_device_option(parser)
+    add_amp_option(parser)
     parser.set_defaults(run=run, interrupted="the scores so far are kept in OUT/scoring/; the same command resumes "
                                              "from them")

@@ -20,7 +20,8 @@ METHODS = ("sup", "semi", "allspark")
 METHOD_ABLATION = {"sup": "none", "semi": "none", "allspark": "full"}
 LAYOUTS = ("pascal", "cityscapes", "coco", "ade20k", "ade20k_prepared", "camvid", "folder", "synthetic")  # data.layout; see data.layouts
 LABELED_LOSSES = ("ce", "ohem")
-AMP_MODES = ("off", "bf16", "fp16")  # train.amp and `eval --amp`
+AMP_MODES = ("auto", "off", "bf16", "fp16")  # train.amp, `--amp` of eval, predict, suggest; see allspark.precision
+OPTIMIZER_KERNELS = ("fused", "exact")  # train.optimizer_kernel: torch's fused kernel, or the releases' default one
 EVAL_MODES = ("whole", "sliding", "center")  # eval.mode and `eval --mode`
 WHOLE_IMAGE_MODES = ("whole", "sliding")  # the eval modes that predict every pixel: `predict --mode`
 WINDOW_PLACEMENTS = ("aligned", "release")
@@ -76,7 +77,7 @@ class TrainConfig:
     labeled_loss: str = "ce"  # ce | ohem
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 200000
-    amp: str = "off"  # off | bf16 | fp16
+    amp: str = "auto"  # auto (bf16 where the device runs it natively, else fp32) | off (fp32) | bf16 | fp16
     compile: bool = False
     checkpoint_every: int = 200  # iterations between `latest` checkpoints (also at the run's end)
     eval_every: int = 1  # epochs between evaluations
@@ -87,6 +88,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute encoder blocks in the backward pass: less memory, more time
     optimizer: str = "sgd"  # sgd (momentum) | adamw (betas 0.9/0.999, UniMatch V2's); both take weight_decay
     lr_timing: str = "before"  # before: step i at poly(i) (METHODS.md 5) | after: at poly(i - 1), UniMatch V2's
+    optimizer_kernel: str = "fused"  # fused: torch's one-kernel update, 2-3x faster | exact: the releases' kernel
 
 
 @dataclass

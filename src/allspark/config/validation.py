@@ -11,7 +11,8 @@ from typing import Any
 
 from allspark.config.schema import (ABLATIONS, AMP_MODES, BEST_OF, CUTMIX_BOXES, CUTMIX_PARTNERS, EVAL_MODES,
                                     GROUPINGS, LABELED_LOSSES, LAYOUTS, LR_TIMINGS, METHODS, MIN_CROP, MIOU_OVER,
-                                    OPTIMIZERS, PASSES, TEACHERS, WINDOW_PLACEMENTS, Config, RecipeConfig)
+                                    OPTIMIZER_KERNELS, OPTIMIZERS, PASSES, TEACHERS, WINDOW_PLACEMENTS, Config,
+                                    RecipeConfig)
 from allspark.errors import ConfigError
 from allspark.encoders.specs import ENCODERS, HEADS, POS_EMBED_MODES, encoder_spec
 
@@ -35,6 +36,7 @@ _CHOICES = {
     "recipe.passes": PASSES,
     "train.optimizer": OPTIMIZERS,
     "train.lr_timing": LR_TIMINGS,
+    "train.optimizer_kernel": OPTIMIZER_KERNELS,
 }
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -16,11 +16,11 @@ from allspark.config.schema import Config, config_to_dict
 from allspark.config.validation import check_data_root
 from allspark.data.layouts import class_names_and_palette
 from allspark.data.loaders import build_val_loader
-from allspark.engine.amp import autocast
 from allspark.engine.memory_budget import check_inference, largest_images
 from allspark.engine.metrics import ConfusionMatrix
 from allspark.errors import ConfigError
 from allspark.models.weights import load_model
+from allspark.precision import autocast, resolve_amp
 from allspark.predict.windows import center_crop_box, eval_window, predict_probs
 from allspark.progress import progress_bar
 from allspark.runs.atomic import atomic_write_text, ensure_writable
@@ -93,16 +93,19 @@ def evaluate(model, loader, cfg: Config, device: torch.device, mode: str | None 
 
 
 def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None = None, out: str | Path | None = None,
-                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "off", which: str = "best",
-                   progress: bool = True) -> dict:
+                   device: str = "auto", overrides: Sequence[str] = (), amp: str = "auto", which: str = "best",
+                   progress: bool = True, say: Callable[[str], None] = log.info) -> dict:
     """`allspark eval`: load weights, evaluate on `data.val_list` and write eval.json (in the checkpoint's run
     directory unless `out`, whose writability is checked first); returns eval.json's content with its path under
     "written" (rank 0) and, when samples were skipped, the line naming them under "warning". Works under torchrun
     (one share per rank; a caller's process group is left to it). With `cfg` None the config embedded in the
-    weights is used, with `overrides` applied. `amp` ("off", "bf16", "fp16") runs the forward passes under
-    autocast, as `train.amp` does. `which` picks a run directory's checkpoint (best or latest);
-    `progress` False: no progress bar."""
+    weights is used, with `overrides` applied. `amp` (auto, off, bf16, fp16) is the forward passes' precision, as
+    `train.amp`; rank 0 says which through `say` first and eval.json records it. `which` picks a run directory's
+    checkpoint (best or latest); `progress` False: no progress bar."""
     with dist_utils.distributed(device) as info:
+        precision = resolve_amp(amp, info.device, key="--amp")
+        if info.is_main:
+            say(precision.line())
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
         # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
@@ -111,14 +114,14 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         check_data_root(cfg)
         mode = mode or cfg.eval.mode
         loader = build_val_loader(cfg, info.rank, info.world_size)
-        dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device))
-        done = evaluate_set(model, loader, cfg, info.device, mode, amp=amp,
+        dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device, precision.mode))
+        done = evaluate_set(model, loader, cfg, info.device, mode, amp=precision.mode,
                             progress=progress and info.is_main)
         names, _ = class_names_and_palette(cfg)
         confusion = done.confusion
         result = {"mode": mode, "window_placement": cfg.eval.window_placement, "miou_over": cfg.eval.miou_over,
                   "miou": confusion.miou(), "iou": confusion.iou().tolist(), "class_names": names,
-                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": amp,
+                  "confusion": confusion.matrix.tolist(), "checkpoint": str(weights), "amp": precision.mode,
                   "images": done.images, "skipped": [path for path, _ in done.skipped]}
         if info.is_main:
             atomic_write_text(run.eval_json, json.dumps({**result, "iou": json_safe(result["iou"])}, indent=1))
@@ -126,17 +129,17 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
                 "warning": skipped_line(done.skipped) if done.skipped else None}
 
 
-def _check_memory(cfg: Config, dataset, mode: str, device: torch.device) -> None:
+def _check_memory(cfg: Config, dataset, mode: str, device: torch.device, amp: str = "off") -> None:
     """MemoryBudgetError before evaluating when a window, or the largest validation image read whole, cannot fit."""
     if mode != "whole":
         window = eval_window(cfg)
         check_inference(cfg.model, device, 1, (window, window), f"evaluation ({mode}) of a window",
-                        "lower eval.crop_size")
+                        "lower eval.crop_size", amp)
         return
     sizes = largest_images(dataset.root / image for image, _ in dataset.entries[:64])
     if sizes:
         check_inference(cfg.model, device, 1, sizes[0], "whole-image evaluation of an image",
-                        "evaluate with --mode sliding (windows of eval.crop_size)")
+                        "evaluate with --mode sliding (windows of eval.crop_size)", amp)
 
 
 def _model_and_config(weights: Path, cfg: Config | None, overrides: Sequence[str], device: torch.device):

@@ -24,13 +24,14 @@ from allspark.engine.rank_buffers import load_rank_buffers, rank_buffers
 from allspark.engine.step import Trainer
 from allspark.engine.stop import StopRequest
 from allspark.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from allspark.precision import Precision
 from allspark.progress import progress_bar
 from allspark.runs.checkpoints import newest_pair, save_checkpoint
 from allspark.runs.folder import RunFolder
 from allspark.runs.lock import lock_run_dir
 from allspark.runs.logs import setup_logger
 from allspark.runs.metrics import MetricsWriter, truncate_metrics
-from allspark.runs.run_config import check_run_dir, write_run_config
+from allspark.runs.run_config import check_run_dir, run_precision, write_run_config
 from allspark.runs.weights_file import save_weights
 
 
@@ -47,11 +48,6 @@ def skip_batches(loader, count: int):
         persistent_workers=False, prefetch_factor=loader.prefetch_factor)
 
 
-def _set_epoch(loader, epoch: int) -> None:
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-
-
 def train(cfg: Config, force_config: bool = False, device: str = "auto", progress: bool = True) -> dict:
     """Train `cfg` in `cfg.run_dir`, resuming from its `latest` checkpoint if there is one; relative paths are
     read against the current folder and stored absolute. Works single-process and under torchrun.
@@ -66,7 +62,8 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
     """Build the run (its data and model checked) before the run directory is touched, so that a bad value leaves
     no folder behind; then lock the directory and resume. config.yaml is written only once all of that has
     succeeded, so a failed or refused start leaves the directory as it was."""
-    run = _Run(cfg, info, progress)
+    cfg, precision = run_precision(cfg, info)  # before the memory estimate; config.yaml keeps the concrete mode
+    run = _Run(cfg, info, progress, precision)
     lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
     try:
         changed = dist_utils.on_main(info, lambda: check_run_dir(cfg, force_config))
@@ -116,8 +113,8 @@ def _warn_about_overlap(log, labeled, unlabeled) -> None:
 class _Run:
     """One training in its run directory: trainer, loaders and position; epochs, evaluation, checkpoints, logs."""
 
-    def __init__(self, cfg: Config, info: DistInfo, progress: bool):
-        self.cfg, self.info, self.progress = cfg, info, progress
+    def __init__(self, cfg: Config, info: DistInfo, progress: bool, precision: Precision):
+        self.cfg, self.info, self.progress, self.precision = cfg, info, progress, precision
         self.run_dir = Path(cfg.run_dir)
         self.folder = RunFolder(cfg.run_dir)
         self.log = setup_logger(None, console=info.is_main)  # train.log once the run directory is locked (open_log)
@@ -153,6 +150,7 @@ class _Run:
     def open_log(self) -> None:
         """Log to the run directory's train.log too (rank 0), once it is locked; then the warnings about the data."""
         self.log = setup_logger(self.run_dir if self.info.is_main else None, console=self.info.is_main)
+        self.log.info(self.precision.line())
         if self.unlabeled is not None:
             _warn_about_overlap(self.log, self.labeled.dataset, self.unlabeled.dataset)
 
@@ -218,8 +216,8 @@ class _Run:
     def batches(self):
         """(labeled, unlabeled or None) batch pairs of the current epoch, from batch `epoch_iter` on."""
         loaders = [loader for loader in (self.labeled, self.unlabeled) if loader is not None]
-        for loader in loaders:
-            _set_epoch(loader, self.position.epoch)
+        for loader in (loader for loader in loaders if hasattr(loader.sampler, "set_epoch")):
+            loader.sampler.set_epoch(self.position.epoch)
         rest = [skip_batches(loader, self.position.epoch_iter) for loader in loaders]
         return zip(*rest) if self.unlabeled is not None else ((batch, None) for batch in rest[0])
 

@@ -18,9 +18,9 @@ from torch.utils._pytree import tree_flatten
 
 from allspark.config.schema import Config, ModelConfig
 from allspark.encoders.base import checkpoint_layers
-from allspark.engine.amp import autocast
 from allspark.errors import ConfigError, MemoryBudgetError
 from allspark.models import build_model
+from allspark.precision import autocast, resolve_amp
 
 AVAILABLE_ENV = "ALLSPARK_MEMORY_AVAILABLE"  # bytes (or 200M, 2G) read as free memory instead of the machine's
 MARGIN = 1.25  # the traced peak times this: what the trace leaves out (allocator slack, the loss's temporaries)
@@ -91,23 +91,26 @@ def trace(mcfg: ModelConfig, images: int, size: tuple[int, int], train: bool, am
     return Trace(counter.peak, weights, sum(p.numel() * 4 for p in model.parameters() if p.requires_grad))
 
 
-def training_step_bytes(cfg: Config) -> int:
-    """Peak bytes of one training step: the student's pass over a micro-batch (labeled and unlabeled views) and its
-    backward, its logits' loss terms, the teacher's logits, plus weights, optimizer state and an EMA teacher."""
+def training_step_bytes(cfg: Config, device: torch.device = torch.device("cpu")) -> int:
+    """Peak bytes of one training step on `device` in the run's precision (a run resolves `auto` before): the
+    student's pass over a micro-batch (labeled and unlabeled views) and its backward, its logits' loss terms, the
+    teacher's logits, plus weights, optimizer state and an EMA teacher."""
     t, crop, classes = cfg.train, cfg.model.crop_size, cfg.model.num_classes
+    amp = resolve_amp(t.amp, device).mode
     unlabeled = 0 if cfg.method == "sup" else cfg.recipe.views * t.batch_size
     images = math.ceil((t.batch_size + unlabeled) / t.accumulate)
-    step = trace(cfg.model, images, (crop, crop), True, t.amp, t.activation_checkpointing)
+    step = trace(cfg.model, images, (crop, crop), True, amp, t.activation_checkpointing)
     logits = (2 * images + 2 * math.ceil(unlabeled / t.accumulate)) * classes * crop * crop * 4  # loss, teacher
     slots = 2 if t.optimizer == "adamw" else 1
     state = step.weights + slots * step.trainable + (step.weights if cfg.recipe.teacher == "ema" else 0)
     return int(MARGIN * (step.peak + logits)) + state
 
 
-def inference_bytes(mcfg: ModelConfig, images: int, size: tuple[int, int]) -> int:
-    """Peak bytes of predicting `images` pieces of `size` without gradients: the pass and its probabilities."""
+def inference_bytes(mcfg: ModelConfig, images: int, size: tuple[int, int], amp: str = "off") -> int:
+    """Peak bytes of predicting `images` pieces of `size` under `amp` without gradients: the pass and its
+    probabilities (fp32)."""
     probs = 3 * images * mcfg.num_classes * size[0] * size[1] * 4  # softmax, the running sum, the result
-    return int(MARGIN * (trace(mcfg, images, size, False).peak + probs))
+    return int(MARGIN * (trace(mcfg, images, size, False, amp).peak + probs))
 
 
 def _size_bytes(text: str) -> int:
@@ -159,7 +162,7 @@ def check_training(cfg: Config, device: torch.device) -> str:
     """The line saying what a step needs and what is free; MemoryBudgetError, naming the keys to lower, when the
     step cannot fit."""
     try:
-        need, free = training_step_bytes(cfg), available_bytes(device)
+        need, free = training_step_bytes(cfg, device), available_bytes(device)
     except RuntimeError as err:  # a shape the traced kernels refuse: the step itself will say what is wrong
         return f"memory estimate skipped: {str(err).splitlines()[0]}"
     t = cfg.train
@@ -177,14 +180,14 @@ def check_training(cfg: Config, device: torch.device) -> str:
 
 
 def check_inference(mcfg: ModelConfig, device: torch.device, images: int, size: tuple[int, int], what: str,
-                    lower: str) -> None:
-    """MemoryBudgetError when predicting `images` pieces of `size` cannot fit: `what` names the piece, `lower` the
-    options that make it smaller."""
+                    lower: str, amp: str = "off") -> None:
+    """MemoryBudgetError when predicting `images` pieces of `size` under `amp` cannot fit: `what` names the piece,
+    `lower` the options that make it smaller."""
     free = available_bytes(device)
     if free is None:
         return
     try:
-        need = inference_bytes(mcfg, images, size)
+        need = inference_bytes(mcfg, images, size, amp)
     except RuntimeError:  # a shape the traced kernels refuse: the prediction itself will say what is wrong
         return
     if need > free:

@@ -19,17 +19,23 @@ def param_groups(model: nn.Module, lr: float, lr_multi: float) -> list[dict]:
     return [{"params": encoder, "lr": lr, "name": "encoder"}, {"params": rest, "lr": lr * lr_multi, "name": "head"}]
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused AdamW and SGD kernels
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """`train.optimizer`: SGD with momentum, or AdamW with betas 0.9/0.999 (train.momentum unused) as UniMatch V2.
 
-    Both on PyTorch's default kernel, as the releases: the fused ones are 2-3x faster per optimiser step on the CPU
-    (benchmarks/speed/bench_optimizer.py) but change the last bits, which training amplifies (a weight the loss cannot
-    move, such as a key bias ahead of the softmax, gets a gradient of rounding noise that Adam scales to lr-sized
-    steps), so the release comparisons and the committed results would no longer come back exactly."""
+    `train.optimizer_kernel` fused: torch's one-kernel update, 2-3x faster per optimiser step on the CPU
+    (benchmarks/speed/bench_optimizer.py); exact: PyTorch's default kernel, as the releases. They differ in the last
+    bits, which training amplifies (a weight the loss cannot move, such as a key bias ahead of the softmax, gets a
+    gradient of rounding noise that Adam scales to lr-sized steps), so the release comparisons and the results
+    committed before the switch (BENCHMARKS.md) come back exactly only with exact."""
     groups = param_groups(model, cfg.lr, cfg.lr_multi)
+    device = next(model.parameters()).device.type
+    kernel = {"fused": True} if cfg.optimizer_kernel == "fused" and device in FUSED_DEVICES else {}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, **kernel)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
 
 
 def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:

@@ -18,13 +18,13 @@ from allspark import distributed as dist_utils
 from allspark.config.schema import Config
 from allspark.distributed import DistInfo
 from allspark.encoders.base import checkpoint_layers
-from allspark.engine.amp import autocast
 from allspark.engine.losses import labeled_loss
 from allspark.engine.optim import build_optimizer, poly_schedule
 from allspark.engine.recipes import (EmaTeacher, complementary_masks, confident_share, pseudo_label_loss,
                                      rampup_factor, student_views)
 from allspark.errors import ConfigError, NonFiniteLossError
 from allspark.models import build_model
+from allspark.precision import autocast, resolve_amp
 from allspark.runs.run_config import config_diff
 from allspark.runs.weights_file import read_weights
 
@@ -58,7 +58,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.total = total
         self.scheduler = poly_schedule(self.optimizer, total, timing=cfg.train.lr_timing)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.amp = resolve_amp(cfg.train.amp, self.device).mode  # engine.loop resolves it first; this for callers
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         student = self.model
         if self.info.distributed:
             # broadcast_buffers=False: the Semantic Memory is a buffer, and every rank already writes the
@@ -89,12 +90,12 @@ class Trainer:
         t = self.cfg.train
         images_l, masks_l = batch_l["image"], batch_l["mask"]
         if self.cfg.method == "sup":
-            with autocast(self.device, self.cfg.train.amp):
+            with autocast(self.device, self.amp):
                 logits_l = self.student(images_l)
             loss_l = labeled_loss(logits_l, masks_l, t.labeled_loss, t.ohem_thresh, t.ohem_min_kept)
             return {"loss": loss_l, "loss_l": loss_l, "loss_u": torch.zeros_like(loss_l)}
         self.model.eval()  # the student as its own teacher; an EMA teacher is always in eval mode
-        with torch.no_grad(), autocast(self.device, self.cfg.train.amp):
+        with torch.no_grad(), autocast(self.device, self.amp):
             teacher_logits = self.teacher(batch_u["image"]).float()  # (B, K, S, S), on the weak view
         self.model.train()
         recipe = self.cfg.recipe
@@ -105,7 +106,7 @@ class Trainer:
         masks = None
         if recipe.comp_drop:
             masks = complementary_masks(len(batch_u["image"]), max(self.model.encoder.channels)).to(self.device)
-        with autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, self.amp):
             if self.two_passes:  # UniMatch V2: labeled, then the views (BatchNorm statistics per pass)
                 logits_l, logits_u = self.student(images_l), self.student(images_u, channel_masks=masks)
             else:

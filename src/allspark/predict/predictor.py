@@ -11,6 +11,7 @@ from PIL import Image
 from allspark.config.schema import MIN_CROP, WHOLE_IMAGE_MODES
 from allspark.data.io import rgb_array
 from allspark.data.normalize import normalize_image
+from allspark.precision import Precision, autocast, resolve_amp
 from allspark.predict.backends import load_engine
 from allspark.predict.tiled import tiled_rows, window_grid
 from allspark.predict.windows import eval_window, predict_probs, window_stride
@@ -35,6 +36,7 @@ class Predictor:
     `device` is auto (CUDA when available), cpu or cuda, as `--device` everywhere. `checkpoint` is a run
     directory, a weights file or an `allspark export` .onnx file; `engine` (auto, torch, onnx) picks PyTorch or
     that graph under onnxruntime (see `allspark.predict.backends.load_engine`); `engine_note` says which runs.
+    `amp` (auto, off, bf16, fp16) is the PyTorch engine's precision (`allspark.precision`); `precision` says which.
 
     Images of more than `max_pixels` pixels (default DEFAULT_MAX_PIXELS; after the largest of `scales`) go in tiles
     unless `tile="off"`: sliding windows of `tile_window` px (the sliding window, `window`, or the
@@ -44,7 +46,7 @@ class Predictor:
     def __init__(self, checkpoint, device: str | torch.device = "auto", mode: str | None = None,
                  window: int | None = None, stride_ratio: float | None = None, flip: bool = False,
                  scales: Sequence[float] = (1.0,), which: str = "best", tile: str = "auto",
-                 max_pixels: int | None = None, engine: str = "auto"):
+                 max_pixels: int | None = None, engine: str = "auto", amp: str = "auto"):
         loaded = load_engine(checkpoint, engine, which, device)
         model, cfg, device = loaded.model, loaded.cfg, loaded.device
         mode = mode or ("whole" if cfg.eval.mode == "center" else cfg.eval.mode)
@@ -61,6 +63,8 @@ class Predictor:
         self.tile, self.max_pixels = tile, max_pixels or DEFAULT_MAX_PIXELS
         self.class_names, self.palette = loaded.class_names, loaded.palette
         self.engine, self.engine_note = loaded.name, loaded.note
+        self.precision = (resolve_amp(amp, device, key="amp") if loaded.name == "torch"
+                          else Precision("off", "the ONNX graph runs in fp32"))
 
     @property
     def num_classes(self) -> int:
@@ -115,7 +119,8 @@ class Predictor:
                 crop = normalize_image(np.ascontiguousarray(pixels[top:top + window, left:left + window]))
             crop = F.pad(crop, (0, window - crop.shape[-1], 0, window - crop.shape[-2]))  # 0 = mean colour
             options = dict(self.options, mode="whole")
-            return predict_probs(self.model, crop[None].to(self.device), **options)[0].cpu()
+            with autocast(self.device, self.precision.mode):
+                return predict_probs(self.model, crop[None].to(self.device), **options)[0].cpu()
 
         h, w = _size(pixels)
         return tiled_rows(predict_window, h, w, window, self.options["stride_ratio"])
@@ -133,7 +138,8 @@ class Predictor:
         pixels, (h, w), window = self._checked(images)
         if window is None:
             batch = torch.stack([p if isinstance(p, torch.Tensor) else normalize_image(p) for p in pixels])
-            return predict_probs(self.model, batch.to(self.device), **self.options).cpu()
+            with autocast(self.device, self.precision.mode):
+                return predict_probs(self.model, batch.to(self.device), **self.options).cpu()
         probs = torch.empty(len(pixels), self.num_classes, h, w)
         for out, image in zip(probs, pixels):
             for top, rows in self._tiled_rows(image, window):

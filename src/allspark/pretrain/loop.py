@@ -22,7 +22,7 @@ from allspark.runs.folder import ENCODER, RunFolder
 from allspark.runs.lock import lock_run_dir
 from allspark.runs.logs import setup_logger
 from allspark.runs.metrics import MetricsWriter, truncate_metrics
-from allspark.runs.run_config import check_run_dir, write_run_config
+from allspark.runs.run_config import check_run_dir, run_precision, write_run_config
 from allspark.runs.weights_file import save_weights
 
 
@@ -33,11 +33,13 @@ def pretrain(cfg: Config, options: PretrainOptions, force_config: bool = False, 
     options.check()
     cfg, options = with_absolute_paths(cfg), options.absolute()
     with dist_utils.distributed(device) as info:
+        cfg, precision = run_precision(cfg, info)  # config.yaml keeps the concrete mode
         run = _PretrainRun(cfg, options, info, progress)  # images read, teacher loaded: before the folder is touched
         lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
         try:
             dist_utils.on_main(info, lambda: (check_run_dir(cfg, force_config), check_options(cfg.run_dir, options)))
             run.log = setup_logger(Path(cfg.run_dir) if info.is_main else None, console=info.is_main)
+            run.log.info(precision.line())
             run.resume()
             dist_utils.on_main(info, lambda: (write_run_config(cfg, run.iteration), write_options(cfg.run_dir, options)))
             return run.fit()

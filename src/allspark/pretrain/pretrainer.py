@@ -14,10 +14,10 @@ from allspark.distributed import DistInfo
 from allspark.encoders.base import checkpoint_layers
 from allspark.encoders.registry import build_encoder
 from allspark.encoders.specs import encoder_spec
-from allspark.engine.amp import autocast
 from allspark.engine.optim import build_optimizer, warmup_cosine_schedule
 from allspark.errors import NonFiniteLossError
 from allspark.models.pretrained import load_pretrained_encoder
+from allspark.precision import autocast, resolve_amp
 from allspark.pretrain.masking import block_masks, mask_unit
 from allspark.pretrain.objectives import FeatureDistiller, MaskedImageModel
 from allspark.pretrain.options import PretrainOptions
@@ -51,7 +51,8 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, train)
         self.warmup = round(options.warmup * options.iters)
         self.scheduler = warmup_cosine_schedule(self.optimizer, options.iters, self.warmup)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.amp = resolve_amp(cfg.train.amp, self.device).mode  # pretrain.loop resolves it first; this for callers
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.student = self.model
         if self.info.distributed:  # every weight reaches the last map (a ViT's mask token is frozen: encoders.base)
             self.student = DistributedDataParallel(
@@ -64,13 +65,13 @@ class Pretrainer:
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """This step's loss on `images`: masked blocks drawn from (seed, step, rank), or the teacher's map."""
         if self.teacher is not None:
-            with autocast(self.device, self.cfg.train.amp):
+            with autocast(self.device, self.amp):
                 target = teacher_map(self.teacher, images)
                 return self.student(images, target)
         seed = dist_utils.derive_seed(self.cfg.train.seed, self.iteration, self.info.rank)
         masks = block_masks(len(images), images.shape[-1], self.unit, self.options.mask_ratio,
                             torch.Generator().manual_seed(seed)).to(self.device)
-        with autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, self.amp):
             return self.student(images, masks)
 
     def step(self, batch: dict) -> dict[str, float]:

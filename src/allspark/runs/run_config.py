@@ -3,12 +3,16 @@ has started (the old one kept under the iteration it applied up to)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import yaml
 
 from allspark.config.loading import config_from_dict, load_yaml
 from allspark.config.schema import Config, config_to_dict, with_absolute_paths
+from allspark.distributed import DistInfo, broadcast_object, on_main
 from allspark.errors import ConfigError
+from allspark.precision import Precision, resolve_amp
 from allspark.runs.atomic import atomic_write_text
 from allspark.runs.checkpoints import has_checkpoint
 from allspark.runs.folder import RunFolder
@@ -35,16 +39,41 @@ def config_diff(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def saved_config(run_dir: str | Path) -> Config | None:
+    """The run directory's config.yaml (None where there is none), its relative paths made absolute. A config saved
+    before `train.optimizer_kernel` existed ran the default kernel, `exact`, and is read so."""
+    saved = RunFolder(run_dir).config
+    if not saved.is_file():
+        return None
+    data = load_yaml(saved.read_text())
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+        data["train"].setdefault("optimizer_kernel", "exact")
+    # an older run may hold relative paths: they were typed in the folder the run is continued from
+    return with_absolute_paths(config_from_dict(data, where=str(saved)))
+
+
+def saved_amp(run_dir: str | Path) -> str | None:
+    """The concrete precision a run with a checkpoint started in (what `train.amp: auto` continues in), else None."""
+    saved = saved_config(run_dir) if has_checkpoint(run_dir) else None
+    return saved.train.amp if saved is not None and saved.train.amp != "auto" else None
+
+
+def run_precision(cfg: Config, info: DistInfo) -> tuple[Config, Precision]:
+    """`cfg` with `train.amp` made concrete, once per run and alike on every rank, and why: auto picks by the
+    device (allspark.precision), or continues a resumed run in the mode it started in, so the resume is exact."""
+    saved = broadcast_object(on_main(info, lambda: saved_amp(cfg.run_dir)))
+    precision = resolve_amp(cfg.train.amp, info.device, saved=saved)
+    return replace(cfg, train=replace(cfg.train, amp=precision.mode)), precision
+
+
 def check_run_dir(cfg: Config, force_config: bool = False) -> list[str]:
     """The lines 'key: old -> new' where `cfg` differs from the run directory's config.yaml. A difference is
     refused (naming the keys) only when the run has a checkpoint to continue from, a key can change the result
     (not one of RESULT_NEUTRAL_KEYS) and `force_config` is not given. Writes nothing, so a start that fails later
     leaves the directory as it was."""
-    saved = RunFolder(cfg.run_dir).config
-    if not saved.is_file():
+    old = saved_config(cfg.run_dir)
+    if old is None:
         return []
-    # an older run may hold relative paths: they were typed in the folder the run is continued from
-    old = with_absolute_paths(config_from_dict(load_yaml(saved.read_text()), where=str(saved)))
     diff = config_diff(old, cfg)
     blocking = [line for line in diff if line.split(":")[0] not in RESULT_NEUTRAL_KEYS]
     if blocking and not force_config and has_checkpoint(cfg.run_dir):

@@ -8,10 +8,11 @@ scores every world_size-th image not yet stored; rank 0 then lifts the stored ro
 selects (`selection`) and writes the outputs (`outputs`)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from allspark.errors import InputError
 from allspark.labeling.classes import ClassSet
 from allspark.labeling.export import write_exports
 from allspark.labeling.label_studio import LOCAL_FILES
+from allspark.precision import autocast, resolve_amp
 from allspark.suggest.outputs import SHEET_MAX, Suggestion, chosen_predictions, write_outputs
 from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool, score_row
 from allspark.suggest.selection import class_rarity, select
@@ -72,12 +74,12 @@ def _pool(cfg: Config, weights: Path, list_path: str | Path | None, labeled_list
     return _Pool(list_path, entries, indices, labeled, counts)
 
 
-def _open_store(out: Path, model, cfg: Config, what: str, pool: _Pool, root: Path, max_side: int,
+def _open_store(out: Path, model, cfg: Config, what: str, pool: _Pool, root: Path, max_side: int, amp: str,
                 force: bool) -> tuple[int, int]:
     """Rank 0's part before scoring: refuse stored rows of another model, trim what a kill left, drop the rows of
     images no longer listed or changed since; returns (rows kept, rows dropped)."""
     architecture = {key: value for key, value in config_to_dict(cfg)["model"].items() if key not in NOT_IN_FORWARD}
-    check_source(out, source_key(model_digest(model), what, architecture, max_side), force)
+    check_source(out, source_key(model_digest(model), what, architecture, max_side, amp), force)
     return keep_current(out, {image: stamp(root / image) for image in pool.images()})
 
 
@@ -118,24 +120,34 @@ def _predict_chosen(model, cfg: Config, root: Path, out: Path, chosen: list[dict
     return sheet, paths
 
 
+@contextmanager
+def _precision(amp: str, info, say: Say) -> Iterator[str]:
+    """The concrete mode of `amp` on this rank's device, said by rank 0, with its autocast around the block."""
+    precision = resolve_amp(amp, info.device, key="--amp")
+    if info.is_main:
+        say(precision.line())
+    with autocast(info.device, precision.mode):
+        yield precision.mode
+
+
 def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str | Path | None = None,
             root: str | Path | None = None, labeled_list: str | Path | None = None, which: str = "best",
             strategy: str = "both", batch_size: int = 1, max_side: int = 1024, device: str = "auto",
             force: bool = False, progress: bool = True, say: Say = _silent, exports: Sequence[str] = (),
-            image_prefix: str = LOCAL_FILES) -> Suggestion | None:
+            image_prefix: str = LOCAL_FILES, amp: str = "auto") -> Suggestion | None:
     """Rank the images of `list_path` (default: the run's unlabeled list; paths relative to `root`, default the
     run's data.root) for labelling and write OUT/suggested.txt (`count` lines), OUT/scores.csv, the scoring files
     and the `exports` (labeling.export.FORMATS; Label Studio reaches the images as `image_prefix` + their path).
     Under torchrun each rank scores every world_size-th image; rank 0 ranks and returns the Suggestion, the others
     None. `labeled_list` (default: the run's) gives the class shares and the images the chosen ones should differ
-    from."""
-    with distributed(device) as info:
+    from. `amp` is the forward passes' precision (allspark.precision); the scores themselves are fp32."""
+    with distributed(device) as info, _precision(amp, info, say) as precision:
         model, cfg, weights, what = load_teacher(checkpoint, which, info.device)
         root = Path(root) if root is not None else Path(cfg.data.root)
         pool = _pool(cfg, weights, list_path, labeled_list, count, root)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        kept = on_main(info, lambda: _open_store(out, model, cfg, what, pool, root, max_side, force))  # others wait
+        kept = on_main(info, lambda: _open_store(out, model, cfg, what, pool, root, max_side, precision, force))
         if info.is_main:
             _say_counts(say, pool, *kept, what, weights)
         done = stored_images(out)

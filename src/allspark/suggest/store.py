@@ -142,10 +142,10 @@ def keep_current(out: Path, current: dict[str, Stamp | None]) -> tuple[int, int]
     return len(kept), sum(not is_current(row) for row in rows)
 
 
-def source_key(model: str, what: str, model_config: dict, max_side: int) -> dict:
+def source_key(model: str, what: str, model_config: dict, max_side: int, amp: str = "off") -> dict:
     """What decides the stored rows besides the image: the model's tensors (a digest), which model it is, its
-    architecture and the side images are shrunk to."""
-    return {"format": FORMAT, "model": model, "what": what, "config": model_config, "max_side": max_side}
+    architecture, the side images are shrunk to and the precision of the passes."""
+    return {"format": FORMAT, "model": model, "what": what, "config": model_config, "max_side": max_side, "amp": amp}
 
 
 def _differences(stored: dict, key: dict) -> str:
@@ -158,12 +158,13 @@ def _differences(stored: dict, key: dict) -> str:
 
 
 def _read_record(record: Path) -> dict:
-    """source.json, or {} where it is not a JSON object (then it differs from every key)."""
+    """source.json, or {} where it is not a JSON object (then it differs from every key); one written before the
+    precision was recorded was scored in fp32."""
     try:
         stored = json.loads(record.read_text())
     except ValueError:
         return {}
-    return stored if isinstance(stored, dict) else {}
+    return {"amp": "off", **stored} if isinstance(stored, dict) else {}
 
 
 def check_source(out: Path, key: dict, force: bool) -> None:
