@@ -108,3 +108,18 @@ def test_rejects_bad_inputs():
         chunked_dropout_attention(torch.ones(2, D), torch.ones(3, D), torch.ones(3, D), 1.0)
     with pytest.raises(ValueError, match="2-D CPU"):
         chunked_dropout_attention(torch.ones(1, 2, D), torch.ones(3, D), torch.ones(3, D), P)
+
+
+def test_backward_inside_a_callers_autocast_keeps_forwards_fp32():
+    """A backward called under bf16 autocast (a user's own wrapper) runs as its fp32 forward did, same gradients."""
+    q, k, v = (t.detach().float().requires_grad_() for t in inputs())
+    torch.manual_seed(0)
+    chunked_dropout_attention(q, k, v, P).sum().backward()
+    expected = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    torch.manual_seed(0)
+    out = chunked_dropout_attention(q, k, v, P)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out.sum().backward()
+    assert all(torch.equal(t.grad, e) for t, e in zip((q, k, v), expected))

@@ -42,6 +42,7 @@ class _ChunkedDropoutAttention(torch.autograd.Function):
     Saves q, k, v, the output, the logsumexp and the (n, m) bool keep mask (None without dropout)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state, whoever calls it
     def forward(ctx, q, k, v, dropout_p):
         n, m = q.shape[0], k.shape[0]
         threshold, keep = keep_threshold(dropout_p)
@@ -66,6 +67,7 @@ class _ChunkedDropoutAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse, mask = ctx.saved_tensors
