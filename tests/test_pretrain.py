@@ -19,20 +19,8 @@ from allspark.pretrain.pretrainer import Pretrainer
 from allspark.pretrain.teacher import teacher_map
 from allspark.runs.folder import RunFolder
 from allspark.runs.weights_file import save_weights
-from encoder_helpers import tiny_encoders
-from engine_helpers import make_train_data
-from pretrain_helpers import FAMILY_ENCODERS, options, pretrain_cfg
+from pretrain_helpers import FAMILY_ENCODERS, options, pretrain_cfg, registered, root  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(autouse=True)
-def registered():
-    with tiny_encoders():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_train_data(tmp_path_factory.mktemp("pretrain_data"))
 
 
 def test_block_masks_hide_the_ratio_of_whole_blocks():

@@ -1,29 +1,16 @@
 """`allspark pretrain` through the command line: a run, its probe score, and each bad input in one line."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from allspark.models import build_model
 from allspark.runs.folder import RunFolder
 from allspark.runs.weights_file import save_weights
-from encoder_helpers import tiny_encoders
-from engine_helpers import make_train_data
 from inference_helpers import run_cli
-from pretrain_helpers import pretrain_cfg
+from pretrain_helpers import pretrain_cfg, registered, root  # noqa: F401 (fixtures)
 
 SMALL = ["--iters", "2", "--batch-size", "2", "--crop", "64", "--no-progress", "--threads", "1"]
 
-
-@pytest.fixture(autouse=True)
-def registered():
-    with tiny_encoders():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_train_data(tmp_path_factory.mktemp("pretrain_cli_data"))
 
 
 def _argv(run_dir, images, *extra):

@@ -169,3 +169,12 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def restore_rank_rng(saved: list[dict], info: DistInfo, seed: int, iteration: int) -> None:
+    """This rank's RNGs from a checkpoint's per-rank states; saved by another world size: fresh ones derived from
+    (seed, iteration), the same on every run that resumes there."""
+    if len(saved) == info.world_size:
+        set_rng_state(saved[info.rank])
+    else:
+        seed_everything(derive_seed(seed, iteration), info.rank)

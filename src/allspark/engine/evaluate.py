@@ -104,8 +104,6 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
     checkpoint (best or latest); `progress` False: no progress bar."""
     with dist_utils.distributed(device) as info:
         precision = resolve_amp(amp, info.device, key="--amp")
-        if info.is_main:
-            say(precision.line())
         weights = resolve_weights(checkpoint, which)
         run = RunFolder(out) if out else (RunFolder.of_weights(weights) or RunFolder(weights.parent))
         # before the whole set is evaluated, not after; rank 0 checks, every rank stops if it fails
@@ -114,6 +112,8 @@ def run_evaluation(cfg: Config | None, checkpoint: str | Path, mode: str | None 
         check_data_root(cfg)
         mode = mode or cfg.eval.mode
         loader = build_val_loader(cfg, info.rank, info.world_size)
+        if info.is_main:  # once the inputs are known good: a refused one gets its single error line
+            say(precision.line())
         dist_utils.on_main(info, lambda: _check_memory(cfg, loader.dataset, mode, info.device, precision.mode))
         done = evaluate_set(model, loader, cfg, info.device, mode, amp=precision.mode,
                             progress=progress and info.is_main)

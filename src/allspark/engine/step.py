@@ -171,11 +171,7 @@ class Trainer:
                                        timing=self.cfg.train.lr_timing)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == self.info.world_size:
-            dist_utils.set_rng_state(rngs[self.info.rank])
-        else:
-            dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
+        dist_utils.restore_rank_rng(state["rng"], self.info, self.cfg.train.seed, state["iteration"])
 
     def _check_fits(self, model_state: dict, weights: Path) -> None:
         """Raise ConfigError, naming the model keys that changed since `weights`, when its tensors do not fit."""

@@ -100,8 +100,4 @@ class Pretrainer:
         self.scheduler = warmup_cosine_schedule(self.optimizer, self.options.iters, self.warmup,
                                                 start=state["iteration"])
         self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == self.info.world_size:
-            dist_utils.set_rng_state(rngs[self.info.rank])
-        else:
-            dist_utils.seed_everything(dist_utils.derive_seed(self.cfg.train.seed, state["iteration"]), self.info.rank)
+        dist_utils.restore_rank_rng(state["rng"], self.info, self.cfg.train.seed, state["iteration"])

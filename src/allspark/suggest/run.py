@@ -24,7 +24,7 @@ from allspark.errors import InputError
 from allspark.labeling.classes import ClassSet
 from allspark.labeling.export import write_exports
 from allspark.labeling.label_studio import LOCAL_FILES
-from allspark.precision import autocast, resolve_amp
+from allspark.precision import Precision, autocast, resolve_amp
 from allspark.suggest.outputs import SHEET_MAX, Suggestion, chosen_predictions, write_outputs
 from allspark.suggest.scoring import anchor_features, labeled_class_counts, score_pool, score_row
 from allspark.suggest.selection import class_rarity, select
@@ -121,13 +121,11 @@ def _predict_chosen(model, cfg: Config, root: Path, out: Path, chosen: list[dict
 
 
 @contextmanager
-def _precision(amp: str, info, say: Say) -> Iterator[str]:
-    """The concrete mode of `amp` on this rank's device, said by rank 0, with its autocast around the block."""
+def _precision(amp: str, info) -> Iterator[Precision]:
+    """The concrete mode of `amp` on this rank's device, with its autocast around the block."""
     precision = resolve_amp(amp, info.device, key="--amp")
-    if info.is_main:
-        say(precision.line())
     with autocast(info.device, precision.mode):
-        yield precision.mode
+        yield precision
 
 
 def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str | Path | None = None,
@@ -141,14 +139,16 @@ def suggest(checkpoint: str | Path, out: str | Path, count: int, list_path: str 
     Under torchrun each rank scores every world_size-th image; rank 0 ranks and returns the Suggestion, the others
     None. `labeled_list` (default: the run's) gives the class shares and the images the chosen ones should differ
     from. `amp` is the forward passes' precision (allspark.precision); the scores themselves are fp32."""
-    with distributed(device) as info, _precision(amp, info, say) as precision:
+    with distributed(device) as info, _precision(amp, info) as precision:
         model, cfg, weights, what = load_teacher(checkpoint, which, info.device)
         root = Path(root) if root is not None else Path(cfg.data.root)
         pool = _pool(cfg, weights, list_path, labeled_list, count, root)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        kept = on_main(info, lambda: _open_store(out, model, cfg, what, pool, root, max_side, precision, force))
-        if info.is_main:
+        kept = on_main(info, lambda: _open_store(out, model, cfg, what, pool, root, max_side, precision.mode,
+                                                  force))
+        if info.is_main:  # once the inputs are known good: a refused one gets its single error line
+            say(precision.line())
             _say_counts(say, pool, *kept, what, weights)
         done = stored_images(out)
         mine = [i for i in pool.indices if pool.entries[i][0] not in done][info.rank::info.world_size]
