@@ -606,7 +606,7 @@ def suggest_store_cases(root: Path, tmp: Path, run: Path, timeout: float):
     done = subprocess.run([sys.executable, "-m", "allspark", *case.argv], capture_output=True, text=True,
                           env=case_env(case), timeout=timeout)
     count, message = first_message(done.returncode, done.stderr, done.stdout)
-    said = (done.stdout.splitlines() or [""])[0]
+    said = next((line for line in done.stdout.splitlines() if line.startswith("scoring ")), "")  # after the precision
     rows_ = _scores_csv(out) if done.returncode == 0 else []
     ranked = [row["image"] for row in sorted((r for r in rows_ if r["rank"]), key=lambda r: int(r["rank"]))]
     right = ([row["image"] for row in rows_] == second and said.startswith("scoring 2 of 6 images")
