@@ -59,7 +59,7 @@ def source_encoder(out: Path) -> Path:
 
 
 def pretrain(args: argparse.Namespace, out: Path, name: str, init: Path | None = None) -> dict:
-    """The MIM run OUT/`name` from `init` or random (resumed or skipped when done) and its cost, in OUT/NAME_cost.json."""
+    """The MIM run OUT/`name` from `init` or random (resumed, or skipped when done); its cost, in OUT/NAME_cost.json."""
     cost_file = out / f"{name}_cost.json"
     if cost_file.is_file():
         return json.loads(cost_file.read_text())
@@ -94,7 +94,8 @@ def train_rows(args: argparse.Namespace, out: Path, start: str, method: str, wei
     """camvid_proxy's `method` rows from `weights` (None: random) in OUT/`start`: {seed: mIoU %}."""
     command = [sys.executable, "-m", "benchmarks.studies.camvid_proxy", "--data", args.data, "--out", str(out / start),
                "--iters", str(args.iters), "--batch-size", "4", "--lr", "0.005", "--crop", "97", "--device", "cpu",
-               "--workers", "0", "--amp", "off", "--optimizer-kernel", "exact", "--methods", method, "--seeds", *map(str, args.seeds)]
+               "--workers", "0", "--amp", "off", "--optimizer-kernel", "exact",  # as committed
+               "--methods", method, "--seeds", *map(str, args.seeds)]
     command += ["--pretrained", str(weights)] if weights else []
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return {seed: json.loads((out / start / f"seed{seed}" / f"{method}.json").read_text())["miou"] * 100
