@@ -1,13 +1,14 @@
 """The demo's table at several training seeds, with paired differences against SupBaseline: how wide the
 demo's claim may be worded.
 
-    python -m benchmarks.studies.demo_seeds --seeds 0 1 2 3 4 [--data-seed 0] [--parallel 2]
+    python -m benchmarks.studies.demo_seeds --seeds 0 1 2 3 4 [--data-seed 0] [--parallel 2] [--rows sup ...]
 
 Prepares the demo set (`--data-seed`) and the source encoder once (`allspark.demo`, as `allspark demo`), then
 runs every row of `allspark demo` at every seed as its own `allspark train` (one thread each; a finished run
 is not run again, so the script resumes). Writes OUT/results.json and OUT/results.md: final mIoU per row and
 seed, mean and sample standard deviation, and per row the paired difference to SupBaseline (same seed) with
-its mean and 95 % t-interval.
+its mean and 95 % t-interval; results.json also the wall seconds of each run's process (a run found finished
+takes only its start-up).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/demo_seeds", help="data, encoder and one run folder per row and seed")
     p.add_argument("--iters", type=int, default=None, help="iterations per row (default: the demo's)")
     p.add_argument("--parallel", type=int, default=2, help="runs at the same time, one thread each")
+    p.add_argument("--rows", nargs="+", default=None, help="the rows trained (default: all of the demo's; "
+                   "sup, the rows' reference, always)")
     p.add_argument("--results", default=None, help="where results.json and .md go "
                    "(default: benchmarks/results/demo_seeds/data<data seed>)")
     add_precision_option(p)
@@ -49,10 +53,13 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, half
 
 
-def train_row(command: list[str], log: Path) -> None:
+def train_row(command: list[str], log: Path) -> float:
+    """Wall seconds of one row's training process, its output in `log`."""
+    started = time.perf_counter()
     with open(log, "w") as handle:
         subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - started
 
 
 def final_miou(run_dir: Path) -> float:
@@ -86,9 +93,10 @@ def main() -> None:
     data = out / f"demo_data{args.data_seed}"
     prepare_demo_data(data, load_config("demo").model.num_classes, args.data_seed)
     encoder = pretrain_source_encoder(out, extra=EXACT_OVERRIDES, progress=False)  # the committed rows' start
+    rows = {run: DEMO_RUNS[run] for run in DEMO_RUNS if args.rows is None or run in {"sup", *args.rows}}
     jobs = {}
     for seed in args.seeds:
-        for run, (preset, _) in DEMO_RUNS.items():
+        for run, (preset, _) in rows.items():
             rows_out = out / f"data{args.data_seed}_seed{seed}{precision_suffix(args.precision)}"
             overrides = [*demo_overrides(run, rows_out, data, args.iters, encoder, seed),
                          *precision_overrides(args.precision)]
@@ -96,12 +104,13 @@ def main() -> None:
             command = [sys.executable, "-m", "allspark", "train", preset, *overrides, "--threads", "1", "--no-progress"]
             jobs[(run, seed)] = (command, rows_out / f"{run}.log", rows_out / run)
     with ThreadPoolExecutor(args.parallel) as pool:
-        for future in [pool.submit(train_row, command, log) for command, log, _ in jobs.values()]:
-            future.result()
-    results = {run: {seed: final_miou(jobs[(run, seed)][2]) for seed in args.seeds} for run in DEMO_RUNS}
+        futures = {key: pool.submit(train_row, command, log) for key, (command, log, _) in jobs.items()}
+        seconds = {key: future.result() for key, future in futures.items()}
+    results = {run: {seed: final_miou(jobs[(run, seed)][2]) for seed in args.seeds} for run in rows}
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "results.json").write_text(json.dumps(
-        {"data_seed": args.data_seed, "iters": args.iters, "miou": results}, indent=1) + "\n")
+        {"data_seed": args.data_seed, "iters": args.iters, "precision": args.precision, "miou": results,
+         "seconds": {run: {seed: seconds[(run, seed)] for seed in args.seeds} for run in rows}}, indent=1) + "\n")
     text = table(results, args.seeds)
     (results_dir / "results.md").write_text(text + "\n")
     print(text)
