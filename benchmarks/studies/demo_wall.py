@@ -6,8 +6,9 @@ The demo is four parts: the demo set and source set generated and the source enc
 rows. Each part runs in its own process on one thread, first in EXACT, then in the default, so a shared machine's
 load hits both precisions alike. The EXACT side writes where `demo_seeds` does (OUT/source_encoder,
 OUT/data0_seed<seed>/<row>: its runs count as demo_seeds' exact rows), the default side under OUT/wall_default.
-A part found finished is not trained again (its seconds are then not a measurement). Prints per part its seconds
-in each precision, the load average before it, and each precision's demo table; writes OUT's JSON to --results.
+The JSON (--results) is written after every part; a part it already holds is not run again, so the script
+resumes. Prints per part its seconds in each precision and the load average before and after it, then each
+precision's demo table.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def table(out: Path, seed: int, side: str, seconds: dict[str, float]) -> str:
     for run in DEMO_RUNS:
         val = [r for r in read_metrics(rows / run) if r.get("split") == "val"]
         results[run] = {"miou": val[-1]["miou"], "best_miou": max(r["miou"] for r in val),
-                        "iteration": val[-1]["iteration"], "seconds": seconds[run], "run_dir": rows / run}
+                        "iteration": val[-1]["iter"], "seconds": seconds[run], "run_dir": rows / run}
     return format_demo_table(results)
 
 
@@ -104,14 +105,18 @@ def main() -> None:
         prepare_and_encode(out, args.encoder_only, args.seed)
         return
     commands = {side: part_commands(out, args.seed, side) for side in SIDES}
-    record = {"seed": args.seed, "parts": {}}
+    results = Path(args.results)
+    record = json.loads(results.read_text()) if results.is_file() else {"seed": args.seed, "parts": {}}
+    results.parent.mkdir(parents=True, exist_ok=True)
     for part in commands["exact"]:
-        record["parts"][part] = {}
         for side in SIDES:
-            before = load()
-            took = run_part(*commands[side][part])
-            record["parts"][part][side] = {"seconds": took, "load_before": before, "load_after": load()}
-            print(f"{part:<16} {side:<8} {took:8.1f} s  load {before:.2f} -> {load():.2f}", flush=True)
+            if side not in record["parts"].setdefault(part, {}):
+                before = load()
+                took = run_part(*commands[side][part])
+                record["parts"][part][side] = {"seconds": took, "load_before": before, "load_after": load()}
+                results.write_text(json.dumps(record, indent=1) + "\n")
+            took, before, after = (record["parts"][part][side][k] for k in ("seconds", "load_before", "load_after"))
+            print(f"{part:<16} {side:<8} {took:8.1f} s  load {before:.2f} -> {after:.2f}", flush=True)
     for side in SIDES:
         total = sum(p[side]["seconds"] for p in record["parts"].values())
         record[side] = {"seconds": total, "table": table(out, args.seed, side,
@@ -119,8 +124,7 @@ def main() -> None:
         print(f"\n{side}: {total:.1f} s in all\n{record[side]['table']}")
     record["ratio_exact_over_default"] = record["exact"]["seconds"] / record["default"]["seconds"]
     print(f"\nexact / default: {record['ratio_exact_over_default']:.2f}x")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    results.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
