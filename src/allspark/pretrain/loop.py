@@ -42,7 +42,9 @@ def pretrain(cfg: Config, options: PretrainOptions, force_config: bool = False, 
             run.log.info(precision.line())
             run.resume()
             dist_utils.on_main(info, lambda: (write_run_config(cfg, run.iteration), write_options(cfg.run_dir, options)))
-            return run.fit()
+            result = run.fit()
+            dist_utils.all_gather_object(None)  # the ranks leave the group together, once rank 0 wrote the encoder
+            return result
         finally:
             if lock is not None:
                 lock.close()
