@@ -49,10 +49,8 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total: int, start: int = 0, 
     timing "after": at poly_factor(i - 1) from step 1 on (step 0 at the full lr), as UniMatch V2 sets the next step's
     lr after each step from the index of the step just taken. `start` places it at step `start` (a resumed run),
     from the groups' current `initial_lr`."""
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
     lag = 1 if timing == "after" else 0
-    return LambdaLR(optimizer, lambda step: poly_factor(max(step - lag, 0), total), last_epoch=start - 1)
+    return _schedule(optimizer, lambda step: poly_factor(max(step - lag, 0), total), start)
 
 
 def warmup_cosine_factor(iteration: int, total: int, warmup: int) -> float:
@@ -66,6 +64,11 @@ def warmup_cosine_factor(iteration: int, total: int, warmup: int) -> float:
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, start: int = 0) -> LambdaLR:
     """`warmup_cosine_factor` of each group's `initial_lr`, set before each step; `start` places it at a resumed
     run's step."""
+    return _schedule(optimizer, lambda step: warmup_cosine_factor(step, total, warmup), start)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, factor, start: int) -> LambdaLR:
+    """A LambdaLR of factor(step) times each group's `initial_lr` (its lr when first scheduled), at step `start`."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total, warmup), last_epoch=start - 1)
+    return LambdaLR(optimizer, factor, last_epoch=start - 1)
