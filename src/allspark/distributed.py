@@ -65,7 +65,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
 @contextmanager
 def distributed(device: str = "auto") -> Iterator[DistInfo]:
     """`with distributed(device) as info:` joins torchrun's process group for the block (init_distributed) and
-    leaves it after, however the block ends, only when this block joined it: a caller's group is left to the caller."""
+    leaves it after, however the block ends, only when this block joined it: a caller's group is left to the caller.
+    A DDP wrapper must be dropped inside the block (the trainers' `close`): one freed after it would free the gloo
+    group from a thread that holds the GIL while gloo's worker thread waits for the GIL to drop its last work, a
+    deadlock at exit (pytorch/pytorch#56297; seen here in about one two-process run in four under load)."""
     joined_before = is_initialized()
     info = init_distributed(device)
     try:

@@ -64,8 +64,9 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
     succeeded, so a failed or refused start leaves the directory as it was."""
     cfg, precision = run_precision(cfg, info)  # before the memory estimate; config.yaml keeps the concrete mode
     run = _Run(cfg, info, progress, precision)
-    lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
+    lock = None
     try:
+        lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
         changed = dist_utils.on_main(info, lambda: check_run_dir(cfg, force_config))
         run.open_log()
         run.resume()
@@ -75,6 +76,7 @@ def _train(cfg: Config, info: DistInfo, force_config: bool, progress: bool) -> d
         dist_utils.on_main(info, lambda: write_run_config(cfg, run.iteration))
         return run.fit()
     finally:
+        run.trainer.close()
         if lock is not None:
             lock.close()
 

@@ -81,6 +81,10 @@ class Trainer:
         """Steps taken so far: the index of the next step in the poly schedule."""
         return self.scheduler.last_epoch
 
+    def close(self) -> None:
+        """Drop the DDP wrapper while the process group is alive (see `distributed.distributed`)."""
+        self.student = self.model
+
     def use_memory(self, epoch: int) -> bool:
         """S-Mem is the key/value source once the warm-up epochs are over (METHODS.md 1.2), for cca_mem / full."""
         return self.cfg.model.ablation in ("cca_mem", "full") and epoch >= self.cfg.train.warmup_epochs

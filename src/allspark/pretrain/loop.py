@@ -35,8 +35,9 @@ def pretrain(cfg: Config, options: PretrainOptions, force_config: bool = False, 
     with dist_utils.distributed(device) as info:
         cfg, precision = run_precision(cfg, info)  # config.yaml keeps the concrete mode
         run = _PretrainRun(cfg, options, info, progress)  # images read, teacher loaded: before the folder is touched
-        lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
+        lock = None
         try:
+            lock = dist_utils.on_main(info, lambda: lock_run_dir(cfg.run_dir))
             dist_utils.on_main(info, lambda: (check_run_dir(cfg, force_config), check_options(cfg.run_dir, options)))
             run.log = setup_logger(Path(cfg.run_dir) if info.is_main else None, console=info.is_main)
             run.log.info(precision.line())
@@ -46,6 +47,7 @@ def pretrain(cfg: Config, options: PretrainOptions, force_config: bool = False, 
             dist_utils.all_gather_object(None)  # the ranks leave the group together, once rank 0 wrote the encoder
             return result
         finally:
+            run.trainer.close()
             if lock is not None:
                 lock.close()
 

@@ -62,6 +62,10 @@ class Pretrainer:
     def iteration(self) -> int:
         return self.scheduler.last_epoch
 
+    def close(self) -> None:
+        """Drop the DDP wrapper while the process group is alive (see `distributed.distributed`)."""
+        self.student = self.model
+
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """This step's loss on `images`: masked blocks drawn from (seed, step, rank), or the teacher's map."""
         if self.teacher is not None:
