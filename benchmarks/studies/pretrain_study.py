@@ -10,6 +10,8 @@ The source encoder is `allspark.demo`'s (SupBaseline on the synthetic source set
 is one `allspark pretrain` run (OUT/mim; OUT/source_mim with `--init` the source encoder), its CPU time measured;
 each row is one `camvid_proxy` run (OUT/<start>) with that script's settings. Finished runs are not run again, so
 the script resumes. OUT/results.md and .json hold the per-seed rows, their mean and spread and the pretrainings' cost.
+`--encoder dinov2_small --crop 98` gives the random and MIM rows of another family (whole patches: crop a multiple
+of 14); the source starts are MiT-B0's alone.
 """
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.timing import EXACT_OVERRIDES, SHARED
+from benchmarks.timing import EXACT_OVERRIDES, SHARED, add_precision_option, precision_overrides
 
 # start (its OUT folder) -> (table label, the pretraining it needs: None, "source", or a MIM run's name)
-STARTS = {"random": ("MiT-B0 from random weights", None),
-          "mim_sup": ("MiT-B0 after MIM on CamVid train (labels unused)", "mim"),
-          "source": ("MiT-B0, the synthetic-source encoder", "source"),
-          "source_mim": ("MiT-B0, the source encoder after MIM on CamVid train", "source_mim")}
+STARTS = {"random": ("{} from random weights", None),
+          "mim_sup": ("{} after MIM on CamVid train (labels unused)", "mim"),
+          "source": ("{}, the synthetic-source encoder", "source"),
+          "source_mim": ("{}, the source encoder after MIM on CamVid train", "source_mim")}
+NAMES = {"mit_b0": "MiT-B0", "dinov2_small": "DINOv2-small"}
 METHODS = {"sup": "SupBaseline", "semi_recipe": "SemiBaseline + recipe"}  # camvid_proxy's slugs
 
 
@@ -40,10 +43,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pretrain-batch", type=int, default=8)
     p.add_argument("--pretrain-crop", type=int, default=96)
     p.add_argument("--iters", type=int, default=1000, help="training budget of every row")
+    p.add_argument("--encoder", choices=NAMES, default="mit_b0", help="the family of every row")
+    p.add_argument("--crop", type=int, default=97, help="training crop of every row")
     p.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS), help="encoder starts to compare")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["sup"], help="how each start is then trained")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    return p.parse_args()
+    add_precision_option(p)  # the MIM runs and rows; the source encoder is the committed (exact) one
+    args = p.parse_args()
+    if args.encoder != "mit_b0" and {"source", "source_mim"} & set(args.starts):
+        p.error(f"--starts source and source_mim are MiT-B0's (the demo's source encoder), not {args.encoder}'s")
+    return args
 
 
 def children_cpu_seconds() -> float:
@@ -65,7 +74,8 @@ def pretrain(args: argparse.Namespace, out: Path, name: str, init: Path | None =
         return json.loads(cost_file.read_text())
     data = Path(args.data).resolve()
     command = [sys.executable, "-m", "allspark", "pretrain", "camvid/sup", "model.pretrained=null", f"data.root={data}",
-               f"run_dir={out / name}", "data.workers=0", "train.log_every=100", *EXACT_OVERRIDES,  # as committed
+               f"model.encoder={args.encoder}", f"model.crop_size={args.crop}",
+               f"run_dir={out / name}", "data.workers=0", "train.log_every=100", *precision_overrides(args.precision),
                "--images", str(data / "train.txt"),
                "--iters", str(args.pretrain_iters), "--batch-size", str(args.pretrain_batch), "--crop",
                str(args.pretrain_crop), "--device", "cpu", "--threads", "1", "--no-progress"]
@@ -93,22 +103,29 @@ def encoder(args: argparse.Namespace, out: Path, start: str, costs: dict[str, di
 def train_rows(args: argparse.Namespace, out: Path, start: str, method: str, weights: Path | None) -> dict[int, float]:
     """camvid_proxy's `method` rows from `weights` (None: random) in OUT/`start`: {seed: mIoU %}."""
     command = [sys.executable, "-m", "benchmarks.studies.camvid_proxy", "--data", args.data, "--out", str(out / start),
-               "--iters", str(args.iters), "--batch-size", "4", "--lr", "0.005", "--crop", "97", "--device", "cpu",
-               "--workers", "0", "--amp", "off", "--optimizer-kernel", "exact",  # as committed
+               "--iters", str(args.iters), "--batch-size", "4", "--lr", "0.005", "--crop", str(args.crop), "--device", "cpu",
+               "--workers", "0", *_precision_options(args.precision),
                "--methods", method, "--seeds", *map(str, args.seeds)]
     command += ["--pretrained", str(weights)] if weights else []
+    command += ["--extra", f"model.encoder={args.encoder}"] if args.encoder != "mit_b0" else []
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return {seed: json.loads((out / start / f"seed{seed}" / f"{method}.json").read_text())["miou"] * 100
             for seed in args.seeds}
 
 
-def table(method: str, rows: dict[str, dict[int, float]], seeds: list[int]) -> str:
+def _precision_options(precision: str) -> list[str]:
+    """camvid_proxy's options for the study's `--precision`."""
+    exact = precision == "exact"
+    return ["--amp", "off" if exact else "auto", "--optimizer-kernel", "exact" if exact else "fused"]
+
+
+def table(method: str, rows: dict[str, dict[int, float]], seeds: list[int], encoder: str) -> str:
     lines = [f"| {METHODS[method]} from | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread |",
              "|---" * (len(seeds) + 3) + "|"]
     for start, values in rows.items():
         cells = " | ".join(f"{values[s]:.2f}" for s in seeds)
         numbers = list(values.values())
-        lines.append(f"| {STARTS[start][0]} | {cells} | {statistics.fmean(numbers):.2f} | "
+        lines.append(f"| {STARTS[start][0].format(NAMES[encoder])} | {cells} | {statistics.fmean(numbers):.2f} | "
                      f"{max(numbers) - min(numbers):.2f} |")
     return "\n".join(lines)
 
@@ -121,7 +138,7 @@ def main() -> None:
     weights = {start: encoder(args, out, start, costs) for start in args.starts}
     rows = {method: {start: train_rows(args, out, start, method, weights[start]) for start in args.starts}
             for method in args.methods}
-    text = "\n\n".join(table(method, rows[method], args.seeds) for method in args.methods)
+    text = "\n\n".join(table(method, rows[method], args.seeds, args.encoder) for method in args.methods)
     for name, cost in costs.items():
         text += (f"\n\nMIM pretraining ({name}): {args.pretrain_iters} iterations, batch {args.pretrain_batch}, crop "
                  f"{args.pretrain_crop}: {cost['cpu_seconds'] / 3600:.2f} CPU-hours ({cost['wall_seconds']:.0f} s "
