@@ -10,7 +10,7 @@ The source encoder is `allspark.demo`'s (SupBaseline on the synthetic source set
 is one `allspark pretrain` run (OUT/mim; OUT/source_mim with `--init` the source encoder), its CPU time measured;
 each row is one `camvid_proxy` run (OUT/<start>) with that script's settings. Finished runs are not run again, so
 the script resumes. OUT/results.md and .json hold the per-seed rows, their mean and spread and the pretrainings' cost.
-`--encoder dinov2_small --crop 98` gives the random and MIM rows of another family (whole patches: crop a multiple
+`--encoder dinov2_small --crop 98 --lr 0.001` gives the random and MIM rows of another family (whole patches: crop a multiple
 of 14); the source starts are MiT-B0's alone.
 """
 from __future__ import annotations
@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=1000, help="training budget of every row")
     p.add_argument("--encoder", choices=NAMES, default="mit_b0", help="the family of every row")
     p.add_argument("--crop", type=int, default=97, help="training crop of every row")
+    p.add_argument("--lr", type=float, default=0.005, help="training lr of every row (DINOv2-small from random "
+                   "weights diverges at 0.005, in fp32 as in bf16: 0.001)")
     p.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS), help="encoder starts to compare")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["sup"], help="how each start is then trained")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -103,7 +105,7 @@ def encoder(args: argparse.Namespace, out: Path, start: str, costs: dict[str, di
 def train_rows(args: argparse.Namespace, out: Path, start: str, method: str, weights: Path | None) -> dict[int, float]:
     """camvid_proxy's `method` rows from `weights` (None: random) in OUT/`start`: {seed: mIoU %}."""
     command = [sys.executable, "-m", "benchmarks.studies.camvid_proxy", "--data", args.data, "--out", str(out / start),
-               "--iters", str(args.iters), "--batch-size", "4", "--lr", "0.005", "--crop", str(args.crop), "--device", "cpu",
+               "--iters", str(args.iters), "--batch-size", "4", "--lr", str(args.lr), "--crop", str(args.crop), "--device", "cpu",
                "--workers", "0", *_precision_options(args.precision),
                "--methods", method, "--seeds", *map(str, args.seeds)]
     command += ["--pretrained", str(weights)] if weights else []
