@@ -23,6 +23,10 @@ from pathlib import Path
 
 from benchmarks.timing import SHARED
 
+# this script's --amp and --optimizer-kernel for a study's `--precision` (benchmarks.timing.PRECISIONS)
+PRECISION = {"exact": {"amp": "off", "optimizer_kernel": "exact"},
+             "default": {"amp": "auto", "optimizer_kernel": "fused"}}
+
 # method name in the table -> (preset, extra overrides)
 METHODS = {
     "SupBaseline": ("camvid/sup", []),

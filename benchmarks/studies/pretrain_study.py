@@ -10,8 +10,8 @@ The source encoder is `allspark.demo`'s (SupBaseline on the synthetic source set
 is one `allspark pretrain` run (OUT/mim; OUT/source_mim with `--init` the source encoder), its CPU time measured;
 each row is one `camvid_proxy` run (OUT/<start>) with that script's settings. Finished runs are not run again, so
 the script resumes. OUT/results.md and .json hold the per-seed rows, their mean and spread and the pretrainings' cost.
-`--encoder dinov2_small --crop 98 --lr 0.001` gives the random and MIM rows of another family (whole patches: crop a multiple
-of 14); the source starts are MiT-B0's alone.
+`--encoder dinov2_small --crop 98 --lr 0.001` gives the random and MIM rows of another family (whole patches: crop a
+multiple of 14); the source starts are MiT-B0's alone.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.studies import camvid_proxy
 from benchmarks.timing import EXACT_OVERRIDES, SHARED, add_precision_option, precision_overrides
 
 # start (its OUT folder) -> (table label, the pretraining it needs: None, "source", or a MIM run's name)
@@ -104,21 +105,17 @@ def encoder(args: argparse.Namespace, out: Path, start: str, costs: dict[str, di
 
 def train_rows(args: argparse.Namespace, out: Path, start: str, method: str, weights: Path | None) -> dict[int, float]:
     """camvid_proxy's `method` rows from `weights` (None: random) in OUT/`start`: {seed: mIoU %}."""
+    precision = camvid_proxy.PRECISION[args.precision]
     command = [sys.executable, "-m", "benchmarks.studies.camvid_proxy", "--data", args.data, "--out", str(out / start),
-               "--iters", str(args.iters), "--batch-size", "4", "--lr", str(args.lr), "--crop", str(args.crop), "--device", "cpu",
-               "--workers", "0", *_precision_options(args.precision),
+               "--iters", str(args.iters), "--batch-size", "4", "--lr", str(args.lr), "--crop", str(args.crop),
+               "--device", "cpu", "--workers", "0", "--amp", precision["amp"],
+               "--optimizer-kernel", precision["optimizer_kernel"],
                "--methods", method, "--seeds", *map(str, args.seeds)]
     command += ["--pretrained", str(weights)] if weights else []
     command += ["--extra", f"model.encoder={args.encoder}"] if args.encoder != "mit_b0" else []
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return {seed: json.loads((out / start / f"seed{seed}" / f"{method}.json").read_text())["miou"] * 100
             for seed in args.seeds}
-
-
-def _precision_options(precision: str) -> list[str]:
-    """camvid_proxy's options for the study's `--precision`."""
-    exact = precision == "exact"
-    return ["--amp", "off" if exact else "auto", "--optimizer-kernel", "exact" if exact else "fused"]
 
 
 def table(method: str, rows: dict[str, dict[int, float]], seeds: list[int], encoder: str) -> str:

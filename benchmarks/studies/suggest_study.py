@@ -37,10 +37,6 @@ from benchmarks.studies import camvid_proxy
 from benchmarks.studies.suggest_variants import VARIANTS, pick
 from benchmarks.timing import RESULTS, add_precision_option, precision_overrides
 
-# camvid_proxy's own options for each --precision
-CAMVID_PRECISION = {"exact": {"amp": "off", "optimizer_kernel": "exact"},
-                    "default": {"amp": "auto", "optimizer_kernel": "fused"}}
-
 ADD = {"demo": 6, "camvid": 23}  # images added in round 1: the demo's labeled count, half of CamVid's 46
 ROWS = {"sup": "SupBaseline", "semi_recipe": "SemiBaseline + recipe", "recipe": "AllSpark + recipe"}  # camvid_proxy's
 STRATEGIES = ("both", "uncertainty", "diversity")
@@ -88,7 +84,7 @@ def train_args(run_dir: Path, splits: Path, seed: int, a: argparse.Namespace) ->
     if a.dataset == "camvid":  # camvid_proxy's own command, so the rows match its table
         proxy = argparse.Namespace(data=a.data, workers=0, pretrained=a.encoder and str(Path(a.encoder).resolve()),
                                    iters=a.iters, batch_size=4, lr=0.005, warmup_epochs=None, crop=97, extra=[],
-                                   device="cpu", threads=1, **CAMVID_PRECISION[a.precision])
+                                   device="cpu", threads=1, **camvid_proxy.PRECISION[a.precision])
         return camvid_proxy.command(ROWS[a.row], seed, proxy, lists, run_dir)[3:]  # less `python -m allspark`
     unlabeled = len(lists[1].read_text().splitlines())
     epochs = math.ceil(a.iters / (unlabeled // 4))
